@@ -1,0 +1,160 @@
+# Vista settings: a Python module, read once at start-up (and again on `vista reload`).
+#
+# Copy this file to /etc/skyline/vista/settings.py (the default path), or point Vista at it
+# with `vista --settings PATH ...` or the VISTA_SETTINGS environment variable. Check it with
+#
+#     vista --settings /etc/skyline/vista/settings.py check-config
+#
+# which lists every mistake at once (entry, field, bad value, what is expected) and exits 1,
+# or prints a summary and exits 0. `vista start` and `vista run` refuse to start on any error.
+#
+# The VISTA_*, REDIS_*, FLUX_* and CARBON_* names are those of Skyline's settings.py, so an
+# existing Skyline install can keep its values. Names only this Vista has are marked (new).
+
+# --- Vista ---------------------------------------------------------------------------------
+
+# Vista does nothing unless this is True: `vista start`/`vista run` exit 6 and say so.
+VISTA_ENABLED = True
+
+# Extra log lines: one summary per fetch cycle, DEBUG level for everything else.
+VISTA_VERBOSE_LOGGING = False
+
+# Accepted for compatibility and ignored: one asyncio loop fetches every metric concurrently.
+VISTA_FETCHER_PROCESSES = 1
+
+# Deadline of one fetch cycle, in seconds. Metrics not fetched by then are counted, logged once
+# and go first in the next cycle.
+VISTA_FETCHER_PROCESS_MAX_RUNTIME = 50
+
+# How many requests may be in flight at once over all remote hosts (the original read and
+# ignored this setting; here it is the global limit).
+VISTA_ASYNCIO_FETCHER_LIMIT = 100
+
+# Worker processes that validate the fetched series and deliver them to the sink.
+VISTA_WORKER_PROCESSES = 2
+
+# Never submit a point of the still-open minute (computed in UTC, whatever the host's TZ).
+VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE = True
+
+# Up to this many Graphite targets in one render request (same host, credentials and window).
+VISTA_GRAPHITE_BATCH_SIZE = 20
+
+# What to fetch. Each entry is the 12-field tuple Skyline users write:
+#
+#   (remote_host, remote_host_type, frequency, remote_target, graphite_target, uri,
+#    namespace_prefix, api_key, token, user, password, populate_at_resolutions)
+#
+# remote_host       base URL with scheme and port, e.g. 'https://graphite.example.org'
+#                   (a path prefix such as a Grafana proxy path is allowed; no credentials)
+# remote_host_type  'graphite' or 'prometheus'
+# frequency         seconds between points at the source (10 s to a day), e.g. 60
+# remote_target     Graphite: a path or function, e.g. 'sumSeries(stats.*.cpu)';
+#                   Prometheus: a PromQL expression that returns ONE series
+# graphite_target   the local metric name (after the prefix)
+# uri               Graphite: render path ending in 'target=', with from=-N minutes|hours|days,
+#                   e.g. '/render/?from=-10minutes&format=json&target='.
+#                   Prometheus: 'default' (query_range with start/end/step = frequency), or an
+#                   API path used as given, e.g. '/api/v1/query?query=up' (no gap filling then)
+# namespace_prefix  prepended with a dot ('' for none; no trailing dot)
+# api_key           sent in the header named by VISTA_API_KEY_HEADER (default 'X-API-Key')
+# token             sent as 'Authorization: Bearer <token>'
+# user, password    HTTP basic auth
+# populate_at_resolutions
+#                   history to load when a metric is first seen, coarsest first.
+#                   Graphite: ('90days', '7days', '24hours', '6hours'); Prometheus: ('15d',).
+#                   One value needs a trailing comma: ('15d',). () or None: no pre-populate.
+#
+# Credentials are never logged, never put in Redis and never put in a URL.
+# A dict per metric with the same field names is accepted too (frequency, uri, prefix,
+# credentials and populate_at_resolutions may then be left out).
+VISTA_FETCH_METRICS = (
+    # Prometheus' own series, fetched from the local Prometheus every minute.
+    ('http://127.0.0.1:9090', 'prometheus', 60,
+     'sum(prometheus_http_requests_total)', 'prometheus.http_requests_total',
+     'default', 'vista.local', None, None, None, None, ()),
+    ('http://127.0.0.1:9090', 'prometheus', 60,
+     'sum(process_resident_memory_bytes{job="prometheus"})', 'prometheus.resident_memory_bytes',
+     'default', 'vista.local', None, None, None, None, ('1h',)),
+    # A Graphite function over a glob, behind basic auth.
+    # ('https://graphite.example.org', 'graphite', 60,
+    #  'sumSeries(stats.web*.requests)', 'web.requests',
+    #  '/render/?from=-10minutes&format=json&target=', 'vista.remote',
+    #  None, None, 'reader', 'secret', ('7days', '24hours')),
+    # The keyword form.
+    # {'remote_host': 'https://prometheus.example.org', 'remote_host_type': 'prometheus',
+    #  'remote_target': 'sum(rate(http_requests_total[5m]))', 'graphite_target': 'http.rps',
+    #  'namespace_prefix': 'vista.example', 'token': 'eyJ...'},
+)
+
+# (new) Transport options per remote_host (the exact remote_host string of the entries):
+# verify_ssl (True), ca_bundle (path), headers (dict), timeout (seconds, 30),
+# max_concurrency (requests at once to that host, 10), api_key_header ('X-API-Key').
+VISTA_REMOTE_HOSTS = {
+    # 'https://graphite.example.org': {'ca_bundle': '/etc/ssl/certs/internal-ca.pem',
+    #                                  'timeout': 20, 'max_concurrency': 4},
+}
+VISTA_REQUEST_TIMEOUT = 30  # (new) default per-request timeout, seconds
+VISTA_MAX_CONCURRENCY_PER_HOST = 10  # (new) default per-host concurrency
+VISTA_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # (new) larger answers are refused and counted
+
+# (new) How far back a gap is filled after an outage, in seconds; 0 = as far back as the
+# source holds data. Long windows are split into requests of at most 11,000 points
+# (Prometheus' limit) and into queue items of VISTA_QUEUE_ITEM_MAX_POINTS points.
+VISTA_MAX_BACKFILL = 0
+VISTA_QUEUE_ITEM_MAX_POINTS = 10000
+VISTA_FETCH_MAX_POINTS = 50000  # (new) per metric per cycle; the rest comes next cycle
+
+# (new) Where delivered points go: 'graphite' (carbon, below) or 'flux' (Skyline Flux).
+VISTA_SINK = 'graphite'
+
+VISTA_WORKER_BATCH_ITEMS = 50  # (new) queue items a worker claims at once
+VISTA_WORKER_LEASE = 60  # (new) seconds before a silent worker's items are recovered
+VISTA_MAX_ATTEMPTS = 5  # (new) failures before an item is dead-lettered
+VISTA_SHUTDOWN_TIMEOUT = 10  # (new) SIGTERM drain limit, seconds
+
+# (new) Serve Prometheus metrics (counters, queue depth, fetch latency) on host:port.
+# None: off. Keep it on loopback unless you put it behind something.
+VISTA_METRICS_ADDRESS = None  # e.g. '127.0.0.1:9313'
+
+# BigQuery sources (Skyline's format; validated, see the README). Needs the 'bigquery' extra.
+VISTA_BQ_ACCOUNTS = {}
+
+# --- Redis ---------------------------------------------------------------------------------
+
+# Skyline's unix socket and password; or REDIS_URL (redis://host:port/db, rediss:// for TLS,
+# unix:///path) which wins when set. The password goes in REDIS_PASSWORD, never in the URL.
+REDIS_SOCKET_PATH = '/var/run/redis/redis.sock'
+REDIS_PASSWORD = None
+REDIS_URL = None
+
+# --- Skyline Flux (VISTA_SINK = 'flux') ----------------------------------------------------
+
+FLUX_IP = '127.0.0.1'
+FLUX_PORT = 8000
+FLUX_SELF_API_KEY = None  # 32 letters and digits; sent in the POST body, never in a URL
+FLUX_MAX_AGE = 3600  # older points are sent with "fill": "true"
+VISTA_FLUX_PROTOCOL = 'http'  # (new) 'https' to reach Flux over TLS
+VISTA_FLUX_VERIFY_SSL = True  # (new)
+VISTA_FLUX_CA_BUNDLE = None  # (new)
+VISTA_FLUX_BATCH_SIZE = 450  # (new) metrics per POST; Flux documents 450 at most
+VISTA_FLUX_TIMEOUT = 30  # (new) seconds
+
+# --- carbon (VISTA_SINK = 'graphite') ------------------------------------------------------
+
+CARBON_HOST = '127.0.0.1'
+CARBON_PORT = 2003  # plaintext
+CARBON_PICKLE_PORT = 2004
+VISTA_CARBON_PROTOCOL = 'pickle'  # (new) or 'plaintext'
+VISTA_CARBON_TIMEOUT = 10  # (new) connect/send timeout, seconds
+
+# --- self-metrics (skyline.vista.<SERVER_METRICS_NAME>.fetcher.time_to_fetch, ...) ---------
+
+# Carbon plaintext address for Vista's own metrics; defaults to CARBON_HOST/CARBON_PORT.
+SKYLINE_METRICS_CARBON_HOST = None
+SKYLINE_METRICS_CARBON_PORT = 2003
+SERVER_METRICS_NAME = ''
+
+# --- files ---------------------------------------------------------------------------------
+
+LOG_PATH = '/var/log/skyline'  # vista.log, appended to; rotate with etc/logrotate.d/vista
+PID_PATH = '/var/run/skyline'  # vista.pid

@@ -1,0 +1,500 @@
+"""Settings: a Python ``settings.py`` module, loaded once and validated into frozen records.
+
+``load(path)`` executes the module, reads its upper-case names and returns a
+:class:`VistaConfig`, or raises :class:`ConfigError` listing **every** mistake (entry, field, bad
+value, what is expected). Warnings (accepted but suspicious values) travel on the config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import runpy
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from skyline.vista import bigquery_settings
+from skyline.vista.constants import DEFAULT_SETTINGS_PATH, FLUX_BATCH_SIZE, SETTINGS_ENV
+from skyline.vista.entries import FetchEntry, check_entries
+from skyline.vista.errors import ConfigError
+from skyline.vista.problems import Problems, show
+from skyline.vista.secret import Secret
+
+SinkType = Literal["flux", "graphite"]
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str  # redis://, rediss:// or unix:// ; never carries the password
+    password: Secret | None = None
+    socket_timeout: float = 10.0
+
+    def describe(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class FluxConfig:
+    host: str
+    port: int
+    key: Secret | None
+    protocol: Literal["http", "https"] = "http"
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
+    max_age: int = 3600
+    batch_size: int = FLUX_BATCH_SIZE
+    timeout: float = 30.0
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CarbonConfig:
+    host: str | None
+    port: int = 2003
+    pickle_port: int = 2004
+    protocol: Literal["pickle", "plaintext"] = "pickle"
+    timeout: float = 10.0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        port = self.pickle_port if self.protocol == "pickle" else self.port
+        return (self.host or "127.0.0.1", port)
+
+
+@dataclass(frozen=True)
+class SelfMetricsConfig:
+    """Where Skyline-style self-metrics (skyline.vista.*) go: carbon plaintext, or nowhere."""
+
+    host: str | None
+    port: int = 2003
+    server_metrics_name: str = ""
+
+    @property
+    def prefix(self) -> str:
+        suffix = f".{self.server_metrics_name}" if self.server_metrics_name else ""
+        return f"skyline.vista{suffix}"
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """Transport options for one remote host (VISTA_REMOTE_HOSTS[<remote_host>])."""
+
+    verify_ssl: bool = True
+    ca_bundle: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 30.0
+    max_concurrency: int = 10
+    api_key_header: str = "X-API-Key"
+
+
+@dataclass(frozen=True)
+class VistaConfig:
+    path: str
+    enabled: bool = False
+    verbose_logging: bool = False
+    fetch_metrics: tuple[FetchEntry, ...] = ()
+    fetcher_max_runtime: float = 50.0
+    fetcher_processes: int = 1
+    worker_processes: int = 1
+    do_not_submit_current_minute: bool = True
+    graphite_batch_size: int = 20
+    fetch_concurrency: int = 100
+    default_host_options: HostOptions = field(default_factory=HostOptions)
+    remote_hosts: Mapping[str, HostOptions] = field(default_factory=dict)
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_backfill: int = 0  # seconds; 0 = as far back as the source holds data
+    queue_item_max_points: int = 10_000
+    fetch_max_points: int = 50_000  # per metric per cycle
+    worker_batch_items: int = 50
+    worker_lease: float = 60.0
+    max_attempts: int = 5
+    shutdown_timeout: float = 10.0
+    metrics_address: tuple[str, int] | None = None
+    sink: SinkType = "flux"
+    redis: RedisConfig = field(default_factory=lambda: RedisConfig("unix:///tmp/redis.sock"))
+    flux: FluxConfig = field(default_factory=lambda: FluxConfig("127.0.0.1", 8000, None))
+    carbon: CarbonConfig = field(default_factory=lambda: CarbonConfig(None))
+    self_metrics: SelfMetricsConfig = field(default_factory=lambda: SelfMetricsConfig(None))
+    log_path: str = "/var/log/skyline"
+    pid_path: str = "/var/run/skyline"
+    bq_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def host_options(self, remote_host: str) -> HostOptions:
+        return self.remote_hosts.get(remote_host.rstrip("/"), self.default_host_options)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the settings, for the log redaction filter."""
+        found = [self.redis.password, self.flux.key]
+        for entry in self.fetch_metrics:
+            found += [entry.api_key, entry.token, entry.password]
+        for options in (self.default_host_options, *self.remote_hosts.values()):
+            found += [Secret(v) for k, v in options.headers if k.lower() in _SECRET_HEADERS]
+        found += [Secret(s) for s in bigquery_settings.secret_values(self.bq_accounts)]
+        return [s.reveal() for s in found if s]
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.pid_path, "vista.pid")
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.log_path, "vista.log")
+
+
+_SECRET_HEADERS = {"authorization", "x-api-key", "api-key", "x-auth-token", "cookie"}
+
+KNOWN_SETTINGS = frozenset(
+    {
+        "VISTA_ENABLED",
+        "VISTA_VERBOSE_LOGGING",
+        "VISTA_FETCHER_PROCESSES",
+        "VISTA_FETCHER_PROCESS_MAX_RUNTIME",
+        "VISTA_WORKER_PROCESSES",
+        "VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE",
+        "VISTA_FETCH_METRICS",
+        "VISTA_GRAPHITE_BATCH_SIZE",
+        "VISTA_BQ_VIRTUALENV_PATH",
+        "VISTA_BQ_ACCOUNTS",
+        "VISTA_ASYNCIO_FETCHER_LIMIT",
+        "VISTA_SINK",
+        "VISTA_REMOTE_HOSTS",
+        "VISTA_REQUEST_TIMEOUT",
+        "VISTA_MAX_CONCURRENCY_PER_HOST",
+        "VISTA_API_KEY_HEADER",
+        "VISTA_MAX_RESPONSE_BYTES",
+        "VISTA_MAX_BACKFILL",
+        "VISTA_QUEUE_ITEM_MAX_POINTS",
+        "VISTA_FETCH_MAX_POINTS",
+        "VISTA_WORKER_BATCH_ITEMS",
+        "VISTA_WORKER_LEASE",
+        "VISTA_MAX_ATTEMPTS",
+        "VISTA_SHUTDOWN_TIMEOUT",
+        "VISTA_METRICS_ADDRESS",
+        "VISTA_CARBON_PROTOCOL",
+        "VISTA_CARBON_TIMEOUT",
+        "VISTA_FLUX_PROTOCOL",
+        "VISTA_FLUX_VERIFY_SSL",
+        "VISTA_FLUX_CA_BUNDLE",
+        "VISTA_FLUX_BATCH_SIZE",
+        "VISTA_FLUX_TIMEOUT",
+        "REDIS_SOCKET_PATH",
+        "REDIS_PASSWORD",
+        "REDIS_URL",
+        "FLUX_IP",
+        "FLUX_PORT",
+        "FLUX_SELF_API_KEY",
+        "FLUX_MAX_AGE",
+        "CARBON_HOST",
+        "CARBON_PORT",
+        "CARBON_PICKLE_PORT",
+        "SKYLINE_METRICS_CARBON_HOST",
+        "SKYLINE_METRICS_CARBON_PORT",
+        "SERVER_METRICS_NAME",
+        "LOG_PATH",
+        "PID_PATH",
+        "SKYLINE_TMP_DIR",
+    }
+)
+
+
+def settings_path(cli_path: str | None = None) -> str:
+    """--settings PATH, else $VISTA_SETTINGS, else the documented default."""
+    return cli_path or os.environ.get(SETTINGS_ENV) or DEFAULT_SETTINGS_PATH
+
+
+def read_module(path: str) -> dict[str, Any]:
+    """Execute settings.py and return its upper-case names. Raises ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(
+            [
+                f"settings file {path!r} does not exist (give --settings PATH or set "
+                f"${SETTINGS_ENV})"
+            ],
+            path,
+        )
+    try:
+        namespace = runpy.run_path(path, run_name="vista_settings")
+    except SyntaxError as exc:
+        raise ConfigError(
+            [f"line {exc.lineno}: syntax error: {exc.msg}: {show(exc.text)}"], path
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any error raised by user code in settings.py
+        raise ConfigError([f"settings.py raised {type(exc).__name__}: {exc}"], path) from exc
+    return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+
+
+class _Reader:
+    """Typed access to the raw settings namespace, recording problems."""
+
+    def __init__(self, values: Mapping[str, Any], problems: Problems) -> None:
+        self.values = values
+        self.problems = problems
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.values.get(name, default)
+        if not isinstance(value, bool):
+            self.problems.bad(name, value, "True or False")
+            return default
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 1, maximum: int | None = None
+    ) -> int:
+        value = self.values.get(name, default)
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < minimum
+        if not bad and maximum is not None and value > maximum:
+            bad = True
+        if bad:
+            limits = f"an integer >= {minimum}" + (
+                f" and <= {maximum}" if maximum is not None else ""
+            )
+            self.problems.bad(name, value, limits)
+            return default
+        return int(value)
+
+    def number(self, name: str, default: float, *, minimum: float = 0.001) -> float:
+        value = self.values.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.problems.bad(name, value, f"a number >= {minimum}")
+            return default
+        return float(value)
+
+    def text(self, name: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
+        value = self.values.get(name, default)
+        if value is None or value == "":
+            return default if value is None else None
+        if not isinstance(value, str):
+            self.problems.bad(name, value, "a string")
+            return default
+        if choices and value not in choices:
+            self.problems.bad(name, value, " or ".join(repr(c) for c in choices))
+            return default
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        return self.integer(name, default, minimum=1, maximum=65535)
+
+
+def _redis(r: _Reader) -> RedisConfig:
+    url = r.text("REDIS_URL", None)
+    socket_path = r.text("REDIS_SOCKET_PATH", None)
+    password_text = r.values.get("REDIS_PASSWORD")
+    password = None
+    if password_text not in (None, ""):
+        if isinstance(password_text, str):
+            password = Secret(password_text)
+        else:
+            r.problems.bad("REDIS_PASSWORD", "<hidden>", "a string or None")
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            r.problems.bad("REDIS_URL", url, "a redis://, rediss:// or unix:// URL")
+        if parts.password:
+            r.problems.error("REDIS_URL", "carries a password; put it in REDIS_PASSWORD instead")
+            url = url.replace(f":{parts.password}@", ":@")
+        return RedisConfig(url=url, password=password)
+    if socket_path:
+        return RedisConfig(url=f"unix://{socket_path}", password=password)
+    r.problems.error("REDIS_SOCKET_PATH", "neither REDIS_SOCKET_PATH nor REDIS_URL is set")
+    return RedisConfig(url="unix:///tmp/redis.sock", password=password)
+
+
+def _flux(r: _Reader, required: bool) -> FluxConfig:
+    key_value = r.values.get("FLUX_SELF_API_KEY")
+    key = None
+    if isinstance(key_value, str) and key_value:
+        key = Secret(key_value)
+        if required and not (len(key_value) == 32 and key_value.isalnum()):
+            r.problems.error(
+                "FLUX_SELF_API_KEY",
+                "expected 32 letters and digits, as Flux requires "
+                f"(got {len(key_value)} characters)",
+            )
+    elif required:
+        r.problems.error("FLUX_SELF_API_KEY", "not set; VISTA_SINK = 'flux' needs Flux's key")
+    protocol = r.text("VISTA_FLUX_PROTOCOL", "http", choices=("http", "https"))
+    return FluxConfig(
+        host=r.text("FLUX_IP", "127.0.0.1") or "127.0.0.1",
+        port=r.port("FLUX_PORT", 8000),
+        key=key,
+        protocol="https" if protocol == "https" else "http",
+        verify_ssl=r.boolean("VISTA_FLUX_VERIFY_SSL", True),
+        ca_bundle=r.text("VISTA_FLUX_CA_BUNDLE", None),
+        max_age=r.integer("FLUX_MAX_AGE", 3600),
+        batch_size=r.integer("VISTA_FLUX_BATCH_SIZE", FLUX_BATCH_SIZE, maximum=10_000),
+        timeout=r.number("VISTA_FLUX_TIMEOUT", 30.0),
+    )
+
+
+def _carbon(r: _Reader, required: bool) -> CarbonConfig:
+    host = r.text("CARBON_HOST", None)
+    if required and not host:
+        r.problems.error("CARBON_HOST", "not set; VISTA_SINK = 'graphite' needs carbon's address")
+    protocol = r.text("VISTA_CARBON_PROTOCOL", "pickle", choices=("pickle", "plaintext"))
+    return CarbonConfig(
+        host=host,
+        port=r.port("CARBON_PORT", 2003),
+        pickle_port=r.port("CARBON_PICKLE_PORT", 2004),
+        protocol="plaintext" if protocol == "plaintext" else "pickle",
+        timeout=r.number("VISTA_CARBON_TIMEOUT", 10.0),
+    )
+
+
+def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> HostOptions:
+    if not isinstance(raw, Mapping):
+        r.problems.bad(name, raw, "a dict of transport options")
+        return default
+    known = {"verify_ssl", "ca_bundle", "headers", "timeout", "max_concurrency", "api_key_header"}
+    for key in sorted(set(map(str, raw)) - known):
+        r.problems.error(name, f"unknown option {key!r} (options: {', '.join(sorted(known))})")
+    sub = _Reader({k.upper(): v for k, v in raw.items()}, Problems())
+    verify = sub.boolean("VERIFY_SSL", default.verify_ssl)
+    ca_bundle = sub.text("CA_BUNDLE", default.ca_bundle)
+    timeout = sub.number("TIMEOUT", default.timeout)
+    concurrency = sub.integer("MAX_CONCURRENCY", default.max_concurrency, maximum=1000)
+    header = sub.text("API_KEY_HEADER", default.api_key_header)
+    for problem in sub.problems.errors:
+        option, _, rest = problem.partition(": ")
+        r.problems.error(f"{name} option '{option.lower()}'", rest)
+    headers = raw.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        r.problems.bad(f"{name} option 'headers'", "<hidden>", "a dict of str to str")
+        headers = {}
+    if ca_bundle and not os.path.isfile(ca_bundle):
+        r.problems.bad(f"{name} option 'ca_bundle'", ca_bundle, "an existing CA bundle file")
+    return HostOptions(
+        verify_ssl=verify,
+        ca_bundle=ca_bundle,
+        headers=tuple(sorted(dict(default.headers, **headers).items())),
+        timeout=timeout,
+        max_concurrency=concurrency,
+        api_key_header=header or default.api_key_header,
+    )
+
+
+def _remote_hosts(r: _Reader, default: HostOptions) -> dict[str, HostOptions]:
+    raw = r.values.get("VISTA_REMOTE_HOSTS", {})
+    if not isinstance(raw, Mapping):
+        r.problems.bad("VISTA_REMOTE_HOSTS", raw, "a dict of remote_host URL -> options dict")
+        return {}
+    hosts: dict[str, HostOptions] = {}
+    for host, options in raw.items():
+        name = f"VISTA_REMOTE_HOSTS[{host!r}]"
+        if not isinstance(host, str) or urlsplit(host).scheme not in ("http", "https"):
+            r.problems.bad("VISTA_REMOTE_HOSTS", host, "keys that are remote_host URLs")
+            continue
+        hosts[host.rstrip("/")] = _host_options(r, name, options, default)
+    return hosts
+
+
+def _metrics_address(r: _Reader) -> tuple[str, int] | None:
+    value = r.text("VISTA_METRICS_ADDRESS", None)
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        r.problems.bad("VISTA_METRICS_ADDRESS", value, "'host:port', e.g. '127.0.0.1:9313'")
+        return None
+    return (host.strip("[]"), int(port))
+
+
+def _unknown_names(values: Mapping[str, Any], problems: Problems) -> None:
+    for name in sorted(values):
+        if name.startswith("VISTA_") and name not in KNOWN_SETTINGS:
+            close = difflib.get_close_matches(name, KNOWN_SETTINGS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.warn(name, f"unknown Vista setting, ignored{hint}")
+
+
+def _paths(r: _Reader) -> tuple[str, str]:
+    log_path = r.text("LOG_PATH", "/var/log/skyline") or "/var/log/skyline"
+    pid_path = r.text("PID_PATH", "/var/run/skyline") or "/var/run/skyline"
+    for name, path in (("LOG_PATH", log_path), ("PID_PATH", pid_path)):
+        if not os.path.isabs(path):
+            r.problems.bad(name, path, "an absolute directory path")
+        elif not os.path.isdir(path):
+            r.problems.warn(name, f"{path!r} does not exist yet; vista start creates it")
+    return log_path, pid_path
+
+
+def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig:  # noqa: C901
+    """Turn the raw settings namespace into a VistaConfig, or raise ConfigError (all problems)."""
+    problems = Problems()
+    r = _Reader(values, problems)
+    _unknown_names(values, problems)
+    sink_text = r.text("VISTA_SINK", "flux", choices=("flux", "graphite"))
+    sink: SinkType = "graphite" if sink_text == "graphite" else "flux"
+    fetcher_processes = r.integer("VISTA_FETCHER_PROCESSES", 1)
+    if fetcher_processes > 1:
+        problems.warn(
+            "VISTA_FETCHER_PROCESSES",
+            "ignored: one asyncio loop fetches every metric "
+            "concurrently; VISTA_ASYNCIO_FETCHER_LIMIT sets how many requests at once",
+        )
+    if values.get("VISTA_BQ_VIRTUALENV_PATH"):
+        problems.warn(
+            "VISTA_BQ_VIRTUALENV_PATH",
+            "ignored: install the 'bigquery' extra into "
+            "Vista's own environment instead of a second virtualenv",
+        )
+    default_host = HostOptions(
+        timeout=r.number("VISTA_REQUEST_TIMEOUT", 30.0),
+        max_concurrency=r.integer("VISTA_MAX_CONCURRENCY_PER_HOST", 10, maximum=1000),
+        api_key_header=r.text("VISTA_API_KEY_HEADER", "X-API-Key") or "X-API-Key",
+    )
+    entries = check_entries(values.get("VISTA_FETCH_METRICS", ()), problems)
+    log_path, pid_path = _paths(r)
+    self_host = r.text("SKYLINE_METRICS_CARBON_HOST", None)
+    carbon = _carbon(r, sink == "graphite")
+    config = VistaConfig(
+        path=path,
+        enabled=r.boolean("VISTA_ENABLED", False),
+        verbose_logging=r.boolean("VISTA_VERBOSE_LOGGING", False),
+        fetch_metrics=entries,
+        fetcher_max_runtime=r.number("VISTA_FETCHER_PROCESS_MAX_RUNTIME", 50.0, minimum=1),
+        fetcher_processes=fetcher_processes,
+        worker_processes=r.integer("VISTA_WORKER_PROCESSES", 1, maximum=64),
+        do_not_submit_current_minute=r.boolean("VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE", True),
+        graphite_batch_size=r.integer("VISTA_GRAPHITE_BATCH_SIZE", 20, maximum=1000),
+        fetch_concurrency=r.integer("VISTA_ASYNCIO_FETCHER_LIMIT", 100, maximum=10_000),
+        default_host_options=default_host,
+        remote_hosts=_remote_hosts(r, default_host),
+        max_response_bytes=r.integer("VISTA_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1024),
+        max_backfill=r.integer("VISTA_MAX_BACKFILL", 0, minimum=0),
+        queue_item_max_points=r.integer("VISTA_QUEUE_ITEM_MAX_POINTS", 10_000, minimum=10),
+        fetch_max_points=r.integer("VISTA_FETCH_MAX_POINTS", 50_000, minimum=100),
+        worker_batch_items=r.integer("VISTA_WORKER_BATCH_ITEMS", 50, maximum=10_000),
+        worker_lease=r.number("VISTA_WORKER_LEASE", 60.0, minimum=5),
+        max_attempts=r.integer("VISTA_MAX_ATTEMPTS", 5),
+        shutdown_timeout=r.number("VISTA_SHUTDOWN_TIMEOUT", 10.0, minimum=1),
+        metrics_address=_metrics_address(r),
+        sink=sink,
+        redis=_redis(r),
+        flux=_flux(r, sink == "flux"),
+        carbon=carbon,
+        self_metrics=SelfMetricsConfig(
+            host=self_host if self_host is not None else carbon.host,
+            port=r.port("SKYLINE_METRICS_CARBON_PORT", carbon.port),
+            server_metrics_name=r.text("SERVER_METRICS_NAME", "") or "",
+        ),
+        log_path=log_path,
+        pid_path=pid_path,
+        bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
+        warnings=(),
+    )
+    if problems.errors:
+        raise ConfigError(problems.errors, path, warnings=problems.warnings)
+    return replace(config, warnings=tuple(problems.warnings))
+
+
+def load(path: str) -> VistaConfig:
+    """Read and validate a settings.py file. Raises ConfigError listing every problem."""
+    return validate(read_module(path), path)

@@ -1,0 +1,97 @@
+"""Redis key names, defaults and exit codes: every literal shared between modules lives here.
+
+Key names marked *Skyline* are read or written by an unmodified Skyline (flux, thunder,
+webapp) and must keep their exact spelling.
+"""
+
+from __future__ import annotations
+
+# --- Redis keys -------------------------------------------------------------------------------
+
+QUEUE_KEY = "vista.fetcher.metrics.json"
+"""Set of queued items (versioned JSON). Name kept from Skyline."""
+
+INFLIGHT_KEY = "vista.fetcher.metrics.inflight"
+"""Hash item -> JSON {worker, claimed_at}: items claimed by a worker and not yet acknowledged."""
+
+PENDING_KEY = "vista.fetcher.metrics.pending"
+"""Hash metric -> head item: the metric has an item queued or in flight (one per metric)."""
+
+CHAIN_KEY_PREFIX = "vista.fetcher.metrics.chain."
+"""List per metric: the next items of a long window, released one at a time on acknowledgement."""
+
+DEAD_KEY = "vista.fetcher.metrics.dead"
+"""Hash dead-letter id -> JSON {reason, dead_at, worker, item}."""
+
+ATTEMPTS_KEY = "vista.fetcher.metrics.attempts"
+"""Hash item -> number of failed processing attempts (poison detection)."""
+
+WORKERS_KEY = "vista.workers"
+"""Sorted set worker id -> lease expiry (epoch seconds). Expired workers' items are recovered."""
+
+WATERMARK_HASH = "flux.last.metric_data"
+"""*Skyline*: hash metric -> {'timestamp': ts, 'value': v}, the last point delivered."""
+
+WATERMARK_KEY_PREFIX = "flux.last."
+"""*Skyline*: string per metric, [ts, value]; the older form of the watermark."""
+
+WATERMARK_KEY_TTL = 3600
+"""Flux writes flux.last.<metric> with this TTL; so do we."""
+
+RESOLUTION_KEY_PREFIX = "vista.last.resolution."
+"""*Skyline*: string per metric, the detected resolution in seconds (TTL 3600)."""
+
+RESOLUTION_KEY_TTL = 3600
+
+VISTA_METRICS_KEY = "vista.metrics"
+"""*Skyline*: set of metric names Vista submits; flux keeps its dedupe on for them."""
+
+FETCHER_HEARTBEAT_KEY = "vista.fetcher"
+"""*Skyline*: SETEX 120, value = epoch of the cycle start; thunder alerts when it is missing."""
+
+WORKER_HEARTBEAT_KEY = "vista.worker"
+"""*Skyline*: SETEX 120, written by every worker."""
+
+WORKER_HEARTBEAT_PREFIX = "vista.worker."
+"""Per-worker heartbeat: vista.worker.<worker id>, SETEX 120."""
+
+HEARTBEAT_TTL = 120
+
+AGENT_KEY_PREFIX = "vista.agent."
+"""Per-host agent record: vista.agent.<hostname>, JSON with pid and children (SETEX 120)."""
+
+LOG_ERRORS_KEY = "vista.log.errors.per_minute"
+"""*Skyline*: INCRBY on every ERROR record, EXPIRE 119; thunder turns it into logged_errors."""
+
+LOG_ERRORS_TTL = 119
+
+# --- defaults ---------------------------------------------------------------------------------
+
+DEFAULT_SETTINGS_PATH = "/etc/skyline/vista/settings.py"
+SETTINGS_ENV = "VISTA_SETTINGS"
+
+DEFAULT_FREQUENCY = 60
+PROMETHEUS_DEFAULT_WINDOW = 300
+"""Prometheus 'default' uri, no watermark: fetch the last 5 minutes, as the original does."""
+
+PROMETHEUS_MAX_POINTS = 11_000
+"""Prometheus refuses query_range requests of more than 11,000 points per series."""
+
+FLUX_BATCH_SIZE = 450
+"""Flux documents at most 450 metrics per POST /metric_data_post."""
+
+CARBON_PICKLE_POINTS = 500
+"""Points per carbon pickle message (carbon's MAX_DATAPOINTS_PER_MESSAGE default)."""
+
+# --- exit codes (LSB init-script actions) -----------------------------------------------------
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+"""Generic failure; for `status`: dead but the pidfile exists."""
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+"""`status`: the program is not running."""
+EXIT_NOT_CONFIGURED = 6
+"""`start`: invalid settings or VISTA_ENABLED = False."""
+EXIT_STOP_NOT_RUNNING = 7
+"""`reload`: the program is not running."""
