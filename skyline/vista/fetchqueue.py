@@ -1,0 +1,325 @@
+"""The work queue in Redis: push (fetcher), claim / ack / release / dead-letter (workers),
+recovery of a dead worker's items, and watermark reads.
+
+Every transition is one Lua script, so it is atomic: an item is always either queued (the set
+``vista.fetcher.metrics.json``), held by exactly one worker (the in-flight hash), or gone
+(acknowledged or dead-lettered). A metric has at most one item queued or in flight; the rest of
+a long window waits in the metric's chain and is released when the head is acknowledged, so
+points of one metric are delivered in order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from skyline.vista import codec, constants, queue_scripts
+from skyline.vista.model import DeadLetter, Watermark
+
+KEYS = [
+    constants.QUEUE_KEY,
+    constants.INFLIGHT_KEY,
+    constants.PENDING_KEY,
+    constants.DEAD_KEY,
+    constants.ATTEMPTS_KEY,
+    constants.WORKERS_KEY,
+    constants.WATERMARK_HASH,
+]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What a worker reports for one processed item."""
+
+    raw: str  # the item exactly as claimed
+    metric: str
+    watermark: Watermark | None  # advance to this (None: nothing new delivered or dead)
+    resolution: int | None = None
+    delivered: bool = False
+    dead: tuple[DeadLetter, ...] = ()
+    keep: bool = False  # partly delivered: advance the watermark but leave the item held
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queued: int
+    inflight: int
+    dead: int
+    pending_metrics: int
+    inflight_by_worker: dict[str, int] = field(default_factory=dict)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dead_letter(raw: str, reason: str, worker: str, metric: str = "") -> DeadLetter:
+    return DeadLetter(
+        id=new_id(), reason=reason, dead_at=time.time(), worker=worker, item=raw, metric=metric
+    )
+
+
+# --- pure argument builders (tested without Redis) --------------------------------------------
+
+
+def push_args(chains: Iterable[tuple[str, Sequence[str]]]) -> list[str]:
+    args = [constants.CHAIN_KEY_PREFIX]
+    for metric, items in chains:
+        if items:
+            args += [metric, str(len(items)), *items]
+    return args
+
+
+def ack_args(worker: str, acks: Iterable[Ack]) -> list[str]:
+    args = [
+        worker,
+        constants.CHAIN_KEY_PREFIX,
+        constants.WATERMARK_KEY_PREFIX,
+        str(constants.WATERMARK_KEY_TTL),
+        constants.RESOLUTION_KEY_PREFIX,
+        str(constants.RESOLUTION_KEY_TTL),
+        constants.VISTA_METRICS_KEY,
+    ]
+    for ack in acks:
+        mark = ack.watermark
+        args += [
+            ack.raw,
+            ack.metric,
+            str(mark.timestamp) if mark else "",
+            codec.encode_watermark_hash(mark) if mark else "",
+            codec.encode_watermark_key(mark) if mark else "",
+            str(ack.resolution) if ack.resolution else "",
+            "1" if ack.delivered else "0",
+            "1" if ack.keep else "0",
+            str(len(ack.dead)),
+        ]
+        for dead in ack.dead:
+            args += [dead.id, codec.encode_dead(dead)]
+    return args
+
+
+def release_args(
+    worker: str,
+    raws: Iterable[str],
+    *,
+    count_attempt: bool,
+    max_attempts: int,
+    reason: str = "",
+) -> list[str]:
+    args = [worker, "1" if count_attempt else "0", str(max_attempts), constants.CHAIN_KEY_PREFIX]
+    args.append(str(time.time()))
+    for raw in raws:
+        metric = codec.item_metric(raw) or ""
+        dead = dead_letter(raw, f"failed {max_attempts} times: {reason}", worker, metric)
+        args += [raw, metric, dead.id, codec.encode_dead(dead)]
+    return args
+
+
+def dead_args(worker: str, dead: Iterable[tuple[str, DeadLetter]]) -> list[str]:
+    args = [worker, constants.CHAIN_KEY_PREFIX]
+    for raw, letter in dead:
+        args += [raw, letter.metric, letter.id, codec.encode_dead(letter)]
+    return args
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- synchronous queue (workers, CLI, agent) --------------------------------------------------
+
+
+class FetchQueue:
+    """The queue seen from a synchronous redis-py client (decode_responses=False)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._push = client.register_script(queue_scripts.PUSH)
+        self._claim = client.register_script(queue_scripts.CLAIM)
+        self._ack = client.register_script(queue_scripts.ACK)
+        self._release = client.register_script(queue_scripts.RELEASE)
+        self._dead = client.register_script(queue_scripts.DEAD_LETTER)
+        self._recover = client.register_script(queue_scripts.RECOVER)
+        self._reconcile = client.register_script(queue_scripts.RECONCILE)
+
+    def push(self, chains: Iterable[tuple[str, Sequence[str]]]) -> int:
+        return int(self._push(keys=KEYS, args=push_args(chains)))
+
+    def claim(self, worker: str, count: int, lease: float) -> list[str]:
+        now = time.time()
+        items = self._claim(keys=KEYS, args=[worker, count, now, now + lease])
+        return [_text(i) for i in items]
+
+    def renew(self, worker: str, lease: float) -> None:
+        self.client.zadd(constants.WORKERS_KEY, {worker: time.time() + lease})
+
+    def ack(self, worker: str, acks: Sequence[Ack]) -> int:
+        if not acks:
+            return 0
+        return int(self._ack(keys=KEYS, args=ack_args(worker, acks)))
+
+    def release(
+        self,
+        worker: str,
+        raws: Sequence[str],
+        *,
+        count_attempt: bool = False,
+        max_attempts: int = 5,
+        reason: str = "",
+    ) -> tuple[int, int]:
+        """Give items back to the queue. Returns (released, dead-lettered)."""
+        if not raws:
+            return (0, 0)
+        args = release_args(
+            worker, raws, count_attempt=count_attempt, max_attempts=max_attempts, reason=reason
+        )
+        released, dead = self._release(keys=KEYS, args=args)
+        return int(released), int(dead)
+
+    def dead_letter(self, worker: str, dead: Sequence[tuple[str, DeadLetter]]) -> int:
+        if not dead:
+            return 0
+        return int(self._dead(keys=KEYS, args=dead_args(worker, dead)))
+
+    def recover(self, only_worker: str = "") -> int:
+        """Requeue items of workers whose lease expired (or of ``only_worker``)."""
+        return int(self._recover(keys=KEYS, args=[time.time(), only_worker]))
+
+    def leave(self, worker: str) -> int:
+        """A worker stopping cleanly: give back everything it holds and drop its lease."""
+        return self.recover(only_worker=worker)
+
+    def reconcile(self) -> int:
+        return int(self._reconcile(keys=KEYS, args=[constants.CHAIN_KEY_PREFIX]))
+
+    def counts(self) -> QueueCounts:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scard(constants.QUEUE_KEY)
+        pipe.hvals(constants.INFLIGHT_KEY)
+        pipe.hlen(constants.DEAD_KEY)
+        pipe.hlen(constants.PENDING_KEY)
+        queued, tags, dead, pending = pipe.execute()
+        by_worker: dict[str, int] = {}
+        for tag in tags:
+            try:
+                worker = str(json.loads(tag)["worker"])
+            except (ValueError, KeyError, TypeError):
+                worker = "?"
+            by_worker[worker] = by_worker.get(worker, 0) + 1
+        return QueueCounts(int(queued), len(tags), int(dead), int(pending), by_worker)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        letters = []
+        for raw in self.client.hvals(constants.DEAD_KEY):
+            try:
+                letters.append(codec.decode_dead(raw))
+            except ValueError:
+                continue
+        return sorted(letters, key=lambda d: d.dead_at)
+
+    def requeue_dead(self, ids: Sequence[str] = ()) -> int:
+        """Put dead letters back in the queue as replay items (delivered even if at or below the
+        watermark, which has moved past them). Returns how many were requeued."""
+        entries = self.client.hgetall(constants.DEAD_KEY)
+        moved = 0
+        for key, raw in entries.items():
+            dead_id = _text(key)
+            if ids and dead_id not in ids:
+                continue
+            try:
+                letter = codec.decode_dead(raw)
+            except ValueError:
+                continue
+            item = _as_replay(letter.item)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(constants.DEAD_KEY, dead_id)
+            pipe.sadd(constants.QUEUE_KEY, item)
+            pipe.execute()
+            moved += 1
+        return moved
+
+    def watermarks(self, metrics: Sequence[str]) -> dict[str, Watermark]:
+        return read_watermarks_sync(self.client, metrics)
+
+
+def _as_replay(raw: str) -> str:
+    try:
+        item = codec.decode_item(raw)
+    except ValueError:
+        return raw  # undecodable: requeued as is, the operator asked for it
+    return codec.encode_item(replace(item, id=new_id(), replay=True))
+
+
+def _parse_watermarks(
+    metrics: Sequence[str], hashed: Sequence[Any], keyed: dict[str, Any]
+) -> dict[str, Watermark]:
+    found: dict[str, Watermark] = {}
+    for metric, raw in zip(metrics, hashed, strict=True):
+        mark = codec.decode_watermark_hash(raw)
+        if mark is None:
+            mark = codec.decode_watermark_key(keyed.get(metric))
+        if mark is not None:
+            found[metric] = mark
+    return found
+
+
+def read_watermarks_sync(client: redis.Redis, metrics: Sequence[str]) -> dict[str, Watermark]:
+    """flux.last.metric_data for each metric, falling back to flux.last.<metric>."""
+    if not metrics:
+        return {}
+    hashed = client.hmget(constants.WATERMARK_HASH, list(metrics))
+    missing = [m for m, raw in zip(metrics, hashed, strict=True) if raw is None]
+    keyed: dict[str, Any] = {}
+    if missing:
+        values = client.mget([constants.WATERMARK_KEY_PREFIX + m for m in missing])
+        keyed = dict(zip(missing, values, strict=True))
+    return _parse_watermarks(metrics, hashed, keyed)
+
+
+# --- asynchronous side (the fetcher thread's event loop) --------------------------------------
+
+
+class AsyncFetchQueue:
+    """What the fetcher needs: watermarks, pending metrics, and push."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._push = client.register_script(queue_scripts.PUSH)
+        self._reconcile = client.register_script(queue_scripts.RECONCILE)
+
+    async def push(self, chains: Sequence[tuple[str, Sequence[str]]], batch: int = 500) -> int:
+        queued = 0
+        for start in range(0, len(chains), batch):
+            part = chains[start : start + batch]
+            queued += int(await self._push(keys=KEYS, args=push_args(part)))
+        return queued
+
+    async def pending(self, metrics: Sequence[str]) -> set[str]:
+        if not metrics:
+            return set()
+        values = await self.client.hmget(constants.PENDING_KEY, list(metrics))
+        return {m for m, v in zip(metrics, values, strict=True) if v is not None}
+
+    async def watermarks(self, metrics: Sequence[str]) -> dict[str, Watermark]:
+        if not metrics:
+            return {}
+        hashed = await self.client.hmget(constants.WATERMARK_HASH, list(metrics))
+        missing = [m for m, raw in zip(metrics, hashed, strict=True) if raw is None]
+        keyed: dict[str, Any] = {}
+        if missing:
+            values = await self.client.mget([constants.WATERMARK_KEY_PREFIX + m for m in missing])
+            keyed = dict(zip(missing, values, strict=True))
+        return _parse_watermarks(metrics, hashed, keyed)
+
+    async def reconcile(self) -> int:
+        return int(await self._reconcile(keys=KEYS, args=[constants.CHAIN_KEY_PREFIX]))
+
+    async def size(self) -> int:
+        return int(await self.client.scard(constants.QUEUE_KEY))

@@ -1,0 +1,89 @@
+"""Typed records that travel between the fetcher, Redis and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Point = tuple[int, float]
+"""(epoch seconds UTC, finite value)."""
+
+ITEM_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One queued time series chunk: what a worker validates and delivers.
+
+    Never carries a credential: the host is ``scheme://netloc`` and the worker looks up
+    anything secret in its own settings.
+    """
+
+    id: str
+    metric: str
+    source: Literal["graphite", "prometheus", "replay"]
+    host: str
+    target: str
+    points: tuple[Point, ...]
+    fetched_at: float
+    frequency: int = 60
+    seq: int = 0  # position in a chain of items for one long window (0 = first)
+    replay: bool = False  # requeued dead letter: deliver even at or below the watermark
+    version: int = ITEM_VERSION
+
+    @property
+    def first_ts(self) -> int | None:
+        return self.points[0][0] if self.points else None
+
+    @property
+    def last_ts(self) -> int | None:
+        return self.points[-1][0] if self.points else None
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The last point delivered to the sink for one metric (flux.last.metric_data)."""
+
+    timestamp: int
+    value: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An item (or the points of one) that cannot be delivered, with the reason."""
+
+    id: str
+    reason: str
+    dead_at: float
+    worker: str
+    item: str  # the raw item text (for requeue), or the encoded item of the rejected points
+    metric: str = ""
+
+
+@dataclass(slots=True)
+class DropCounts:
+    """Points removed by validation, by reason (pure accounting, no I/O)."""
+
+    none: int = 0
+    non_finite: int = 0
+    unparsable: int = 0
+    duplicate_ts: int = 0
+    at_or_below_watermark: int = 0
+    current_minute: int = 0
+
+    def add(self, other: DropCounts) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__ if getattr(self, name)}
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, name) for name in self.__slots__)
+
+
+@dataclass(frozen=True, slots=True)
+class CleanSeries:
+    points: tuple[Point, ...]
+    dropped: DropCounts = field(default_factory=DropCounts)

@@ -1,0 +1,80 @@
+"""Redis clients (one pool per process) and the "Redis went away" bookkeeping.
+
+Callers catch :data:`REDIS_ERRORS`, call :meth:`RedisOutage.failed` (logs once, returns the
+backoff delay with jitter) and wait; :meth:`RedisOutage.ok` logs the recovery once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.exceptions
+
+from skyline.vista.backoff import Backoff
+from skyline.vista.config import RedisConfig
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+)
+"""Errors that mean "Redis is not reachable right now", as opposed to a bug in a command."""
+
+
+def _options(config: RedisConfig) -> dict[str, Any]:
+    return {
+        "password": config.password.reveal() if config.password else None,
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 15,
+    }
+
+
+def connect(config: RedisConfig) -> redis.Redis:
+    """A client with its own connection pool; create one per process and share it."""
+    return redis.Redis.from_url(config.url, **_options(config))
+
+
+def connect_async(config: RedisConfig) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(config.url, **_options(config))
+
+
+class RedisOutage:
+    """Logs an outage once when it starts and once when it ends; computes the waits."""
+
+    def __init__(self, logger: logging.Logger, who: str, *, cap: float = 30.0) -> None:
+        self.logger = logger
+        self.who = who
+        self.backoff = Backoff(base=0.5, cap=cap)
+        self.since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, exc: BaseException) -> float:
+        delay = self.backoff.failure()
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning(
+                "%s: Redis unavailable (%s: %s); retrying with backoff",
+                self.who,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self.logger.debug("%s: Redis still unavailable; next try in %.1fs", self.who, delay)
+        return delay
+
+    def ok(self) -> None:
+        if self.since is not None:
+            self.logger.info(
+                "%s: Redis is back after %.1fs", self.who, time.monotonic() - self.since
+            )
+            self.since = None
+        self.backoff.success()
