@@ -1,0 +1,391 @@
+"""One fetch cycle: plan the due metrics' windows, fetch them concurrently, turn each metric's
+answer into queue items. I/O is limited to the HTTP session and the (optional) queue.
+
+Used by the Fetcher thread for every cycle and by ``vista fetch --once`` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import aiohttp
+
+from skyline.vista import codec
+from skyline.vista.config import VistaConfig
+from skyline.vista.entries import FetchEntry
+from skyline.vista.errors import SourceError
+from skyline.vista.fetchqueue import AsyncFetchQueue, new_id
+from skyline.vista.model import DropCounts, Point, QueueItem
+from skyline.vista.redisconn import REDIS_ERRORS
+from skyline.vista.schedule import Limits, Window, windows_for
+from skyline.vista.sources import HOST_LEVEL_ERRORS, graphite, prometheus
+from skyline.vista.sources.http import Credentials, HostState, get_json
+from skyline.vista.validate import clean, current_minute_start
+
+logger = logging.getLogger(__name__)
+
+EMPTY_SCAN_HORIZON = 3600
+"""A window that ended this long ago and held nothing will not fill later: skip past it."""
+
+
+@dataclass
+class MetricResult:
+    """What happened to one metric in a cycle (printed by ``vista fetch --once``)."""
+
+    entry: FetchEntry
+    watermark: int | None = None
+    windows: list[Window] = field(default_factory=list)
+    raw: dict[int, list[tuple[object, object]] | SourceError] = field(default_factory=dict)
+    points: tuple[Point, ...] = ()
+    dropped: DropCounts = field(default_factory=DropCounts)
+    error: SourceError | None = None
+    items: list[str] = field(default_factory=list)
+    requests: int = 0
+    skipped: str | None = None  # why it was not fetched: 'pending', 'host_backoff'
+    done: bool = False
+    scan_to: int | None = None  # empty history up to here (no late data can arrive)
+
+    @property
+    def metric(self) -> str:
+        return self.entry.metric
+
+
+@dataclass
+class CycleReport:
+    started: float
+    results: list[MetricResult]
+    duration: float = 0.0
+    unfinished: int = 0
+    queued: int = 0
+    hosts: dict[str, HostState] = field(default_factory=dict)
+
+    @property
+    def fetched(self) -> list[MetricResult]:
+        return [r for r in self.results if r.items]
+
+    @property
+    def errors(self) -> list[MetricResult]:
+        return [r for r in self.results if r.error is not None]
+
+
+@dataclass(frozen=True)
+class _GraphiteRequest:
+    host: str
+    url_base: str
+    path: str
+    params: tuple[tuple[str, str], ...]
+    credentials: Credentials
+    window: Window
+
+    def url(self, targets: Sequence[str]) -> str:
+        start = self.window.start
+        from_ = str(start) if start is not None else dict(self.params).get("from", "-10minutes")
+        until = str(self.window.end) if self.window.end is not None else None
+        params = tuple((k, v) for k, v in self.params if k != "from")
+        return graphite.render_url(
+            self.url_base, self.path, params, targets, from_=from_, until=until
+        )
+
+
+class FetchCycle:
+    """Runs one cycle. ``queue=None`` is a dry run: nothing is written anywhere."""
+
+    def __init__(
+        self,
+        config: VistaConfig,
+        session: aiohttp.ClientSession,
+        hosts: dict[str, HostState],
+        *,
+        queue: AsyncFetchQueue | None,
+        clock: Callable[[], float] = time.time,
+        on_error: Callable[[MetricResult], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.hosts = hosts
+        self.queue = queue
+        self.clock = clock
+        self.on_error = on_error
+        self.limits = Limits(
+            fetch_max_points=config.fetch_max_points,
+            max_backfill=config.max_backfill,
+            graphite_chunk_points=config.queue_item_max_points,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._to_push: list[tuple[str, list[str]]] = []
+        self._queued = 0
+        self.now = 0.0
+
+    # --- planning -----------------------------------------------------------------------
+
+    def host_state(self, entry: FetchEntry) -> HostState:
+        state = self.hosts.get(entry.host)
+        if state is None:
+            options = self.config.host_options(entry.remote_host)
+            state = HostState(entry.host, options, asyncio.Semaphore(options.max_concurrency))
+            self.hosts[entry.host] = state
+        return state
+
+    def plan(
+        self,
+        entries: Sequence[FetchEntry],
+        watermarks: dict[str, int],
+        pending: set[str],
+        scan_from: dict[str, int],
+    ) -> list[MetricResult]:
+        results = []
+        for entry in entries:
+            result = MetricResult(entry, watermark=watermarks.get(entry.metric))
+            if entry.metric in pending:
+                result.skipped = "pending"
+                result.done = True
+            elif not self.host_state(entry).available():
+                result.skipped = "host_backoff"
+                result.done = True
+            else:
+                result.windows = windows_for(
+                    entry, self.now, result.watermark, self.limits, scan_from.get(entry.metric)
+                )
+            results.append(result)
+        return results
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        entries: Sequence[FetchEntry],
+        watermarks: dict[str, int],
+        pending: set[str],
+        scan_from: dict[str, int] | None = None,
+        deadline: float | None = None,
+    ) -> CycleReport:
+        self.now = self.clock()
+        started = time.monotonic()
+        results = self.plan(entries, watermarks, pending, scan_from or {})
+        for result in results:
+            if result.done:
+                continue
+            if result.entry.remote_host_type == "prometheus":
+                for n, window in enumerate(result.windows):
+                    self._spawn(self._prometheus(result, n, window))
+        self._spawn_graphite([r for r in results if not r.done])
+        unfinished = await self._wait(deadline)
+        await self._flush(final=True)
+        report = CycleReport(
+            self.now, results, time.monotonic() - started, unfinished, self._queued
+        )
+        report.hosts = self.hosts
+        return report
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+
+    async def _wait(self, deadline: float | None) -> int:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (deadline if deadline is not None else self.config.fetcher_max_runtime)
+        while self._tasks:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                break
+            done, _ = await asyncio.wait(
+                self._tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            self._tasks -= done
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("fetch task failed", exc_info=task.exception())
+        unfinished = len(self._tasks)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        return unfinished
+
+    async def _get(self, result: MetricResult | None, entry: FetchEntry, url: str) -> object:
+        state = self.host_state(entry)
+        if not state.available():
+            raise SourceError(
+                "host_backoff",
+                f"{state.host} is backing off after errors ({state.backoff.remaining():.0f}s left)",
+            )
+        if result is not None:
+            result.requests += 1
+        try:
+            body = await get_json(
+                self.session,
+                state,
+                url,
+                Credentials.of(entry),
+                max_bytes=self.config.max_response_bytes,
+                accept_error_json=entry.remote_host_type == "prometheus",
+            )
+        except SourceError as exc:
+            state.record_error(exc.kind)
+            if exc.kind in HOST_LEVEL_ERRORS:
+                state.backoff.failure(at_least=exc.retry_after or 0.0)
+            raise
+        state.backoff.success()
+        return body
+
+    async def _prometheus(self, result: MetricResult, n: int, window: Window) -> None:
+        entry = result.entry
+        if window.start is None:
+            url = entry.remote_host + entry.uri
+        else:
+            assert window.end is not None
+            url = prometheus.query_range_url(
+                entry.remote_host, entry.remote_target, window.start, window.end, entry.frequency
+            )
+        try:
+            body = await self._get(result, entry, url)
+            for warning in prometheus.warnings_of(body):
+                logger.warning("%s %s: Prometheus warning: %s", entry.host, entry.metric, warning)
+            outcome: list[tuple[object, object]] | SourceError = prometheus.parse_result(body)
+        except SourceError as exc:
+            outcome = exc
+        await self._settle(result, n, outcome)
+
+    def _spawn_graphite(self, results: list[MetricResult]) -> None:
+        groups: dict[_GraphiteRequest, list[tuple[MetricResult, int]]] = {}
+        for result in results:
+            entry = result.entry
+            if entry.remote_host_type != "graphite":
+                continue
+            for n, window in enumerate(result.windows):
+                key = _GraphiteRequest(
+                    entry.host,
+                    entry.remote_host,
+                    entry.uri_path,
+                    entry.uri_params,
+                    Credentials.of(entry),
+                    window,
+                )
+                groups.setdefault(key, []).append((result, n))
+        size = self.config.graphite_batch_size
+        for key, members in groups.items():
+            for start in range(0, len(members), size):
+                self._spawn(self._graphite(key, members[start : start + size]))
+
+    async def _graphite(
+        self, key: _GraphiteRequest, members: list[tuple[MetricResult, int]]
+    ) -> None:
+        aliased = len(members) > 1
+        targets = [
+            graphite.wrap_target(r.entry.remote_target, i) if aliased else r.entry.remote_target
+            for i, (r, _) in enumerate(members)
+        ]
+        url = key.url(targets)
+        for result, _ in members:
+            result.requests += 1
+        try:
+            body = await self._get(None, members[0][0].entry, url)
+            mapped = graphite.map_batch(graphite.parse_render(body), len(members), aliased=aliased)
+        except SourceError as exc:
+            if aliased and exc.kind not in HOST_LEVEL_ERRORS:
+                # One bad target can fail a whole batch (an unknown function answers 400):
+                # fetch each on its own so that the others are not held back by it.
+                logger.debug(
+                    "%s: batch of %d failed (%s); fetching singly", key.host, len(members), exc
+                )
+                for member in members:
+                    self._spawn(self._graphite(key, [member]))
+                return
+            for result, n in members:
+                await self._settle(result, n, exc)
+            return
+        for i, (result, n) in enumerate(members):
+            found = mapped.get(i)
+            if found is None and aliased:
+                # Absent from a batch answer: ask for it alone before concluding anything.
+                self._spawn(self._graphite(key, [(result, n)]))
+            elif found is None:
+                await self._settle(result, n, [])
+            elif isinstance(found, SourceError):
+                await self._settle(result, n, found)
+            else:
+                await self._settle(result, n, found.points)
+
+    # --- finishing a metric ---------------------------------------------------------------
+
+    async def _settle(
+        self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
+    ) -> None:
+        result.raw[n] = outcome
+        if len(result.raw) == len(result.windows):
+            self._finish(result)
+            if result.items:
+                self._to_push.append((result.metric, result.items))
+                if len(self._to_push) >= 500:
+                    await self._flush(final=False)
+
+    def _finish(self, result: MetricResult) -> None:
+        """Merge the windows that answered, in order, up to the first that failed (points after
+        a failed window would move the watermark past a hole), then validate and chunk."""
+        raw: list[tuple[object, object]] = []
+        for n in range(len(result.windows)):
+            outcome = result.raw[n]
+            if isinstance(outcome, SourceError):
+                result.error = outcome
+                break
+            raw += outcome
+        before = (
+            current_minute_start(self.now) if self.config.do_not_submit_current_minute else None
+        )
+        cleaned = clean(raw, after=result.watermark, before=before)
+        result.points = cleaned.points
+        result.dropped = cleaned.dropped
+        result.done = True
+        if result.error is not None and self.on_error is not None:
+            self.on_error(result)
+        if not cleaned.points and result.error is None and result.windows:
+            last = result.windows[-1]
+            if last.end is not None and last.end < self.now - EMPTY_SCAN_HORIZON:
+                result.scan_to = last.end
+        result.items = self._items(result)
+
+    def _items(self, result: MetricResult) -> list[str]:
+        points = result.points
+        if not points:
+            return []
+        entry = result.entry
+        size = self.config.queue_item_max_points
+        base = QueueItem(
+            id="",
+            metric=entry.metric,
+            source=entry.remote_host_type,
+            host=entry.host,
+            target=entry.remote_target,
+            points=(),
+            fetched_at=self.now,
+            frequency=entry.frequency,
+        )
+        return [
+            codec.encode_item(
+                replace(base, id=new_id(), points=points[i : i + size], seq=i // size)
+            )
+            for i in range(0, len(points), size)
+        ]
+
+    async def _flush(self, *, final: bool) -> None:
+        """Push the finished metrics' items. If Redis fails mid-cycle they are kept for the
+        final flush; if that fails too the error reaches the Fetcher (nothing is lost: the
+        watermarks did not move, so the next cycle fetches the same points again)."""
+        if not self._to_push or self.queue is None:
+            return
+        try:
+            self._queued += await self.queue.push(self._to_push)
+        except REDIS_ERRORS:
+            if final:
+                raise
+            logger.debug(
+                "Redis unavailable mid-cycle; %d metrics wait for the final push",
+                len(self._to_push),
+            )
+            return
+        self._to_push = []

@@ -1,0 +1,114 @@
+"""``vista fetch --once [--dry-run]``: one cycle in the foreground, printed per metric.
+
+Every configured metric is fetched (the schedule is ignored); a metric whose earlier item is
+still queued is shown but not queued again. With ``--dry-run`` nothing is written to Redis
+(watermarks are still read when Redis answers, so the window is the daemon's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import aiohttp
+
+from skyline.vista import constants, redisconn
+from skyline.vista.config import VistaConfig
+from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista.fetchqueue import AsyncFetchQueue
+
+logger = logging.getLogger(__name__)
+
+
+def _when(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def describe(result: MetricResult) -> str:
+    entry = result.entry
+    head = f"{entry.metric}  [{entry.remote_host_type} {entry.host}]"
+    if result.skipped == "pending":
+        return f"{head}\n    skipped: an earlier item is still queued or in flight"
+    if result.skipped:
+        return f"{head}\n    skipped: {result.skipped}"
+    if not result.done:
+        return f"{head}\n    not finished within the cycle deadline"
+    lines = [head]
+    if result.error is not None:
+        lines.append(f"    ERROR ({result.error.kind}): {result.error}")
+    if result.points:
+        first, last = result.points[0][0], result.points[-1][0]
+        lines.append(
+            f"    {len(result.points)} new point(s) {_when(first)} .. {_when(last)} "
+            f"(last value {result.points[-1][1]!r}); {len(result.items)} queue item(s)"
+        )
+    elif result.error is None:
+        lines.append("    no new points")
+    dropped = result.dropped.as_dict()
+    if dropped:
+        lines.append("    dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
+    mark = "none (never delivered)" if result.watermark is None else _when(result.watermark)
+    lines.append(f"    watermark: {mark}; {result.requests} request(s)")
+    return "\n".join(lines)
+
+
+async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> CycleReport:
+    entries = [e for e in config.fetch_metrics if not metrics or e.metric in metrics]
+    client = redisconn.connect_async(config.redis)
+    queue = AsyncFetchQueue(client)
+    names = [e.metric for e in entries]
+    try:
+        marks = await queue.watermarks(names)
+        pending = await queue.pending(names)
+    except redisconn.REDIS_ERRORS as exc:
+        if not dry_run:
+            await client.aclose()
+            raise
+        print(
+            f"(redis unreachable: {exc}; fetching as if nothing was ever delivered)",
+            file=sys.stderr,
+        )
+        marks, pending = {}, set()
+    watermarks = {m: w.timestamp for m, w in marks.items()}
+    connector = aiohttp.TCPConnector(limit=config.fetch_concurrency)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            cycle = FetchCycle(config, session, {}, queue=None if dry_run else queue)
+            if not dry_run:
+                await client.setex(
+                    constants.FETCHER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(time.time())
+                )
+            return await cycle.run(entries, watermarks, pending if not dry_run else set())
+    finally:
+        await client.aclose()
+
+
+def fetch_once(config: VistaConfig, *, dry_run: bool, metrics: Sequence[str] = ()) -> int:
+    unknown = set(metrics) - {e.metric for e in config.fetch_metrics}
+    if unknown:
+        print(
+            f"vista fetch: no such metric(s) in the settings: {', '.join(sorted(unknown))}",
+            file=sys.stderr,
+        )
+        return constants.EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = asyncio.run(_run(config, dry_run, metrics))
+    except redisconn.REDIS_ERRORS as exc:
+        print(
+            f"vista fetch: Redis unreachable ({exc}); use --dry-run to fetch without it",
+            file=sys.stderr,
+        )
+        return constants.EXIT_FAILURE
+    for result in report.results:
+        print(describe(result))
+    points = sum(len(r.points) for r in report.results)
+    verb = "would queue" if dry_run else "queued"
+    print(
+        f"\n{len(report.results)} metric(s), {len(report.errors)} error(s), {points} point(s) "
+        f"{verb} in {report.duration:.2f}s" + (" (dry run: nothing written)" if dry_run else "")
+    )
+    return constants.EXIT_FAILURE if report.errors else constants.EXIT_OK

@@ -1,0 +1,269 @@
+"""The Fetcher thread: one asyncio loop, one aiohttp session, cycles aligned to the wall clock.
+
+Each cycle reads every metric's watermark, picks the due metrics (a new complete interval may
+exist at the source, and no earlier item of the metric is still queued or in flight), fetches
+them all concurrently within ``VISTA_FETCHER_PROCESS_MAX_RUNTIME`` and pushes the new points to
+``vista.fetcher.metrics.json``. What did not finish is counted, logged once, and goes first in
+the next cycle. Fetching never waits on the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from skyline.vista import constants, redisconn, telemetry
+from skyline.vista.config import VistaConfig
+from skyline.vista.entries import FetchEntry
+from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.procutil import parent_alive
+from skyline.vista.schedule import cycle_tick, is_due, next_tick
+from skyline.vista.sources.http import HostState
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_EVERY = 300.0
+
+
+@dataclass
+class FetcherState:
+    """What the fetcher remembers between cycles (in memory only)."""
+
+    last_attempt: dict[str, float] = field(default_factory=dict)
+    scan_from: dict[str, int] = field(default_factory=dict)
+    last_error: dict[str, str] = field(default_factory=dict)
+    carried: set[str] = field(default_factory=set)
+    hosts: dict[str, HostState] = field(default_factory=dict)
+    cycles: int = 0
+    last_report: CycleReport | None = None
+
+
+def order_due(entries: list[FetchEntry], carried: set[str]) -> list[FetchEntry]:
+    """Metrics left unfinished by the last cycle go first, so none starves behind a slow host."""
+    return sorted(entries, key=lambda e: (e.metric not in carried, e.index))
+
+
+class Fetcher(threading.Thread):
+    def __init__(
+        self,
+        parent_pid: int,
+        config: VistaConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name="vista-fetcher", daemon=True)
+        self.parent_pid = parent_pid
+        self._config = config
+        self.clock = clock
+        self.state = FetcherState()
+        self._stop_requested = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self.outage = redisconn.RedisOutage(logger, "fetcher")
+        self.self_metrics = telemetry.SelfMetrics(
+            config.self_metrics.host, config.self_metrics.port, config.self_metrics.prefix
+        )
+        self._next_reconcile = 0.0
+
+    # --- control (any thread) -------------------------------------------------------------
+
+    @property
+    def config(self) -> VistaConfig:
+        return self._config
+
+    def update_config(self, config: VistaConfig) -> None:
+        """Applied from the next cycle on."""
+        self._config = config
+        self.self_metrics = telemetry.SelfMetrics(
+            config.self_metrics.host, config.self_metrics.port, config.self_metrics.prefix
+        )
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:
+                pass  # the loop has already closed
+
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set() or not parent_alive_or_self(self.parent_pid)
+
+    # --- the thread -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:
+            logger.exception("the fetcher thread crashed; the agent restarts it")
+            raise
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        config = self.config
+        connector = aiohttp.TCPConnector(
+            limit=config.fetch_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        client = redisconn.connect_async(config.redis)
+        queue = AsyncFetchQueue(client)
+        logger.info("fetcher started: %d metric(s)", len(config.fetch_metrics))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                while not self.stopping():
+                    started = self.clock()
+                    await self.cycle(session, queue)
+                    tick = cycle_tick([e.frequency for e in self.config.fetch_metrics])
+                    await self._sleep(next_tick(max(started, self.clock()), tick) - self.clock())
+        finally:
+            await client.aclose()
+            logger.info("fetcher stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._wake is None:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    # --- one cycle ------------------------------------------------------------------------
+
+    async def cycle(
+        self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
+    ) -> CycleReport | None:
+        config = self.config
+        begin = self.clock()
+        try:
+            await queue.client.setex(
+                constants.FETCHER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(begin)
+            )
+            if time.monotonic() >= self._next_reconcile:
+                fixed = await queue.reconcile()
+                if fixed:
+                    logger.warning(
+                        "cleared %d stale pending mark(s) (their items were gone)", fixed
+                    )
+                self._next_reconcile = time.monotonic() + RECONCILE_EVERY
+            entries = config.fetch_metrics
+            marks = await queue.watermarks([e.metric for e in entries])
+            watermarks = {m: w.timestamp for m, w in marks.items()}
+            due = [e for e in entries if self._due(e, begin, watermarks.get(e.metric))]
+            pending = await queue.pending([e.metric for e in due])
+            self.outage.ok()
+        except redisconn.REDIS_ERRORS as exc:
+            delay = self.outage.failed(exc)
+            await self._sleep(delay)
+            return None
+        due = order_due(due, self.state.carried)
+        fetch = FetchCycle(
+            config,
+            session,
+            self.state.hosts,
+            queue=queue,
+            clock=self.clock,
+            on_error=self._on_error,
+        )
+        try:
+            report = await fetch.run(due, watermarks, pending, self.state.scan_from)
+        except redisconn.REDIS_ERRORS as exc:
+            self.outage.failed(exc)
+            logger.warning("this cycle's items could not be queued; they are fetched again")
+            return None
+        self._remember(report)
+        await self._report(report, len(due))
+        return report
+
+    def _due(self, entry: FetchEntry, now: float, watermark: int | None) -> bool:
+        if entry.metric in self.state.carried:
+            return True
+        last = self.state.last_attempt.get(entry.metric)
+        return is_due(entry.frequency, now, watermark=watermark, last_attempt=last)
+
+    def _on_error(self, result: MetricResult) -> None:
+        error = result.error
+        assert error is not None
+        entry = result.entry
+        telemetry.FETCH_ERRORS.labels(entry.host, error.kind).inc()
+        if self.state.last_error.get(entry.metric) != error.kind:
+            logger.warning(
+                "%s %s (target %r): %s", entry.host, entry.metric, entry.remote_target, error
+            )
+            self.state.last_error[entry.metric] = error.kind
+        else:
+            logger.debug("%s %s: still failing: %s", entry.host, entry.metric, error)
+
+    def _remember(self, report: CycleReport) -> None:
+        state = self.state
+        state.cycles += 1
+        state.last_report = report
+        state.carried = {r.metric for r in report.results if not r.done}
+        for r in report.results:
+            if not r.done or r.skipped:
+                continue
+            state.last_attempt[r.metric] = report.started
+            if r.scan_to is not None:
+                state.scan_from[r.metric] = r.scan_to
+            if r.error is None and r.metric in state.last_error:
+                logger.info("%s %s: fetching works again", r.entry.host, r.metric)
+                del state.last_error[r.metric]
+            if r.points:
+                telemetry.POINTS_FETCHED.labels(r.entry.host).inc(len(r.points))
+            for reason, count in r.dropped.as_dict().items():
+                if reason != "at_or_below_watermark":
+                    telemetry.POINTS_DROPPED.labels(reason).inc(count)
+
+    async def _report(self, report: CycleReport, to_fetch: int) -> None:
+        telemetry.FETCH_CYCLES.observe(report.duration)
+        if report.unfinished:
+            telemetry.FETCH_UNFINISHED.inc(report.unfinished)
+            logger.warning(
+                "%d metric(s) not fetched within %gs; they go first next cycle",
+                report.unfinished,
+                self.config.fetcher_max_runtime,
+            )
+        fetched = report.fetched
+        points = sum(len(r.points) for r in fetched)
+        level = (
+            logging.INFO
+            if (fetched or report.errors) and self.config.verbose_logging
+            else logging.DEBUG
+        )
+        logger.log(
+            level,
+            "cycle: %d due, %d with new points (%d points), %d errors, %.2fs",
+            to_fetch,
+            len(fetched),
+            points,
+            len(report.errors),
+            report.duration,
+        )
+        values: dict[str, float] = {
+            "fetcher.time_to_fetch": round(report.duration, 3),
+            "fetcher.metrics_to_fetch": to_fetch,
+            "fetcher.metrics_fetched": len(fetched),
+            "fetcher.sent_to_flux": len(fetched),
+            "fetcher.points_fetched": points,
+            "fetcher.unfinished": report.unfinished,
+        }
+        errors_by_host: dict[str, int] = {}
+        for r in report.errors:
+            errors_by_host[r.entry.host] = errors_by_host.get(r.entry.host, 0) + 1
+        for host in {e.host for e in self.config.fetch_metrics}:
+            values[f"fetcher.errors.{telemetry.graphite_safe(host)}"] = errors_by_host.get(host, 0)
+        await asyncio.to_thread(self.self_metrics.send, values, report.started)
+
+
+def parent_alive_or_self(parent_pid: int) -> bool:
+    """The fetcher is a thread of the agent: its 'parent' is the agent process itself."""
+    import os
+
+    return parent_pid == os.getpid() or parent_alive(parent_pid)

@@ -1,0 +1,203 @@
+"""The HTTP edge shared by the Graphite and Prometheus sources: one GET, politely.
+
+Politeness per remote host: a concurrency limit, a per-request timeout, a body-size cap,
+``Retry-After`` honoured on 429/503, and exponential backoff with jitter for a host that keeps
+failing (its metrics wait; other hosts are not slowed). Every failure becomes a
+:class:`SourceError` with a short ``kind`` used for counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from skyline.vista.backoff import Backoff
+from skyline.vista.config import HostOptions
+from skyline.vista.entries import FetchEntry
+from skyline.vista.errors import SourceError
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How one fetch entry authenticates. Compared by value to group batchable requests."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    api_key: str | None = None
+
+    @classmethod
+    def of(cls, entry: FetchEntry) -> Credentials:
+        return cls(
+            user=entry.user,
+            password=entry.password.reveal() if entry.password else None,
+            token=entry.token.reveal() if entry.token else None,
+            api_key=entry.api_key.reveal() if entry.api_key else None,
+        )
+
+    def __repr__(self) -> str:  # never show the values
+        kinds = [k for k in ("user", "token", "api_key") if getattr(self, k)]
+        return f"Credentials({'+'.join(kinds) or 'none'})"
+
+    def apply(self, headers: dict[str, str], options: HostOptions) -> aiohttp.BasicAuth | None:
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.api_key:
+            headers[options.api_key_header] = self.api_key
+        if self.user is not None and self.password is not None:
+            return aiohttp.BasicAuth(self.user, self.password)
+        return None
+
+
+@dataclass
+class HostState:
+    """Per remote host: concurrency limit, backoff, and counters."""
+
+    host: str
+    options: HostOptions
+    semaphore: asyncio.Semaphore
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=300.0))
+    requests: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latency_total: float = 0.0
+
+    def available(self) -> bool:
+        return self.backoff.ready()
+
+    def record_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def ssl_option(options: HostOptions) -> ssl.SSLContext | bool:
+    if not options.verify_ssl:
+        return False
+    if options.ca_bundle:
+        return ssl.create_default_context(cafile=options.ca_bundle)
+    return True
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def snippet(body: bytes, limit: int = 160) -> str:
+    """A short, single-line, printable excerpt of a body for a log line."""
+    match = _TITLE.search(body[:4096])
+    if match:
+        return "HTML page titled " + repr(match.group(1).decode(errors="replace").strip()[:limit])
+    text = body[:limit].decode(errors="replace")
+    return repr(" ".join(text.split()))
+
+
+def error_from_body(status: int, body: bytes) -> str:
+    """The remote's own error text when it gives one (Prometheus: {"error": ...})."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return snippet(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        kind = parsed.get("errorType")
+        return f"{kind}: {parsed['error']}" if kind else parsed["error"]
+    return snippet(body)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise SourceError("too_large", f"body of {length} bytes exceeds the {max_bytes}-byte cap")
+    if length is not None:
+        return await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise SourceError("too_large", f"body exceeds the {max_bytes}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes, content_type: str) -> Any:
+    if "html" in content_type:
+        raise SourceError("html", f"HTML instead of JSON: {snippet(body)}")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        pos = getattr(exc, "pos", None)
+        where = f" at byte {pos} of {len(body)}" if pos is not None else ""
+        kind = "truncated_json" if pos is not None and pos >= len(body) - 1 else "invalid_json"
+        raise SourceError(kind, f"invalid JSON{where}: {snippet(body)}") from exc
+
+
+async def get_json(
+    session: aiohttp.ClientSession,
+    state: HostState,
+    url: str,
+    credentials: Credentials,
+    *,
+    max_bytes: int,
+    accept_error_json: bool = False,
+) -> Any:
+    """GET url and return its decoded JSON body, or raise SourceError.
+
+    ``accept_error_json``: a 4xx whose body is JSON is returned instead of raised (Prometheus
+    answers bad queries with 400 + {"status": "error", ...}, which the caller reports itself).
+    """
+    options = state.options
+    headers = dict(options.headers)
+    headers.setdefault("Accept", "application/json")
+    auth = credentials.apply(headers, options)
+    timeout = aiohttp.ClientTimeout(total=options.timeout)
+    started = time.monotonic()
+    async with state.semaphore:
+        state.requests += 1
+        try:
+            async with session.get(
+                url, headers=headers, auth=auth, timeout=timeout, ssl=ssl_option(options)
+            ) as response:
+                body = await _read_capped(response, max_bytes)
+                status = response.status
+                content_type = response.content_type or ""
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise SourceError("timeout", f"no answer within {options.timeout:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise SourceError("connect", f"cannot connect: {exc.os_error}") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise SourceError("truncated", f"body cut short: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise SourceError("client_error", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            state.latency_total += time.monotonic() - started
+    if status == 200:
+        return decode_json(body, content_type)
+    if status in (429, 503):
+        wait = f"; Retry-After {retry_after:g}s" if retry_after is not None else ""
+        raise SourceError(
+            f"http_{status}",
+            f"HTTP {status}{wait}: {error_from_body(status, body)}",
+            retry_after=retry_after,
+        )
+    if accept_error_json and 400 <= status < 500 and "json" in content_type:
+        return decode_json(body, content_type)
+    raise SourceError(f"http_{status}", f"HTTP {status}: {error_from_body(status, body)}")
