@@ -1,0 +1,128 @@
+"""Pure delivery logic for a worker's batch: which points to send, and what to acknowledge,
+advance or give back once the sink has answered. No I/O: tested with tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from skyline.vista import codec
+from skyline.vista.fetchqueue import Ack, dead_letter, new_id
+from skyline.vista.model import DeadLetter, DropCounts, Point, QueueItem, Watermark
+from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.validate import clean, current_minute_start, detect_resolution
+
+
+@dataclass
+class Planned:
+    """One claimed item, validated: its points occupy entries[start:end] of the batch."""
+
+    raw: str
+    item: QueueItem
+    points: tuple[Point, ...]
+    dropped: DropCounts
+    resolution: int | None
+    start: int = 0
+    end: int = 0
+
+
+@dataclass
+class Settlement:
+    acks: list[Ack] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)  # raw items to give back untouched/partial
+    delivered_points: int = 0
+    rejected_points: int = 0
+    delivered_items: int = 0
+    dead_letters: int = 0
+
+
+def plan_batch(
+    items: Sequence[tuple[str, QueueItem]],
+    watermarks: dict[str, Watermark],
+    now: float,
+    *,
+    skip_current_minute: bool,
+) -> tuple[list[Planned], list[Entry]]:
+    """Validate each item against its metric's watermark and lay all points out in one list."""
+    before = current_minute_start(now) if skip_current_minute else None
+    planned: list[Planned] = []
+    entries: list[Entry] = []
+    for raw, item in items:
+        mark = watermarks.get(item.metric)
+        after = None if item.replay or mark is None else mark.timestamp
+        cleaned = clean(item.points, after=after, before=before)
+        start = len(entries)
+        metric = item.metric
+        entries.extend(Entry(metric, ts, value) for ts, value in cleaned.points)
+        planned.append(
+            Planned(
+                raw=raw,
+                item=item,
+                points=cleaned.points,
+                dropped=cleaned.dropped,
+                resolution=detect_resolution(item.points),
+                start=start,
+                end=len(entries),
+            )
+        )
+    return planned, entries
+
+
+def _dead_for(
+    plan: Planned, result: SinkResult, entries: Sequence[Entry], worker: str, upto: int
+) -> tuple[tuple[DeadLetter, ...], int]:
+    """One dead letter per distinct reason among entries[plan.start:upto], holding that
+    reason's rejected points as an item. Returns the letters and the number of points."""
+    by_reason: dict[str, list[Point]] = {}
+    for index in range(plan.start, upto):
+        reason = result.rejected.get(index)
+        if reason is not None:
+            e = entries[index]
+            by_reason.setdefault(reason, []).append((e.timestamp, e.value))
+    letters = []
+    for reason, points in by_reason.items():
+        item = replace(plan.item, id=new_id(), points=tuple(points), replay=False, seq=0)
+        letters.append(dead_letter(codec.encode_item(item), reason, worker, plan.item.metric))
+    return tuple(letters), sum(len(p) for p in by_reason.values())
+
+
+def settle(
+    planned: Sequence[Planned], entries: Sequence[Entry], result: SinkResult, worker: str
+) -> Settlement:
+    """Turn the sink's answer into queue operations.
+
+    * fully handled item → ack: watermark to its last point, rejected points dead-lettered;
+    * partly handled (the sink stopped inside it) → the same for the handled points, but the
+      item is kept and given back: its points at or below the new watermark are dropped when
+      it is claimed again, so nothing handled is sent twice and nothing unhandled is lost;
+    * untouched → given back as it is.
+    """
+    out = Settlement()
+    for plan in planned:
+        upto = min(plan.end, result.handled)
+        if plan.end > result.handled and plan.start >= result.handled:
+            out.release.append(plan.raw)
+            continue
+        dead, rejected = _dead_for(plan, result, entries, worker, upto)
+        delivered = (upto - plan.start) - rejected
+        mark = None
+        if upto > plan.start:
+            last = entries[upto - 1]
+            mark = Watermark(last.timestamp, last.value)
+        keep = upto < plan.end
+        out.acks.append(
+            Ack(plan.raw, plan.item.metric, mark, plan.resolution, delivered > 0, dead, keep=keep)
+        )
+        if keep:
+            out.release.append(plan.raw)
+        else:
+            out.delivered_items += 1 if delivered > 0 else 0
+        out.delivered_points += delivered
+        out.rejected_points += rejected
+        out.dead_letters += len(dead)
+    return out
+
+
+def undecodable(raw: str, reason: str, worker: str) -> DeadLetter:
+    return dead_letter(raw, f"undecodable item: {reason}", worker, codec.item_metric(raw) or "")

@@ -1,0 +1,80 @@
+"""Small process helpers: parent-death signal, liveness checks, interruptible sleeps."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies (even by SIGKILL)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """True while our parent is the process we were started by."""
+    return os.getppid() == parent_pid
+
+
+def sleep_until(deadline: float, stop: Callable[[], bool], step: float = 0.1) -> bool:
+    """Sleep until the monotonic ``deadline`` or until ``stop()``; returns True if stopped."""
+    while not stop():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(step, remaining))
+    return True
+
+
+def interruptible_sleep(seconds: float, stop: Callable[[], bool], step: float = 0.1) -> bool:
+    return sleep_until(time.monotonic() + seconds, stop, step)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of pid, from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may contain spaces or parentheses
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) > 1 and rest[1] == str(pid):
+            found.append(int(entry))
+    return sorted(found)

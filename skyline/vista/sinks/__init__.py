@@ -1,0 +1,53 @@
+"""Sinks: where validated points go (Skyline Flux over HTTP, or carbon over TCP).
+
+A sink takes a flat, ordered list of :class:`Entry` (each metric's points contiguous and in
+time order) and reports how far it got: ``handled`` entries from the start were accepted or
+permanently rejected (``rejected`` says which, with the sink's reason). When it stops early on a
+transient failure it sets ``error``; the worker acknowledges what was handled and gives the rest
+back to the queue, so nothing is lost and nothing handled is sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from skyline.vista.config import VistaConfig
+from skyline.vista.errors import SinkError
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    metric: str
+    timestamp: int
+    value: float
+
+
+@dataclass
+class SinkResult:
+    handled: int = 0
+    rejected: dict[int, str] = field(default_factory=dict)  # entry index -> reason
+    error: SinkError | None = None
+
+    @property
+    def delivered(self) -> int:
+        return self.handled - len(self.rejected)
+
+
+class Sink(Protocol):
+    name: str
+
+    def submit(self, entries: Sequence[Entry], now: float) -> SinkResult: ...
+
+    def close(self) -> None: ...
+
+
+def build_sink(config: VistaConfig) -> Sink:
+    if config.sink == "flux":
+        from skyline.vista.sinks.flux import FluxSink
+
+        return FluxSink(config.flux)
+    from skyline.vista.sinks.carbon import CarbonSink
+
+    return CarbonSink(config.carbon)

@@ -1,0 +1,328 @@
+"""Worker processes: claim items from ``vista.fetcher.metrics.json``, validate each time series
+and deliver it to Flux or carbon, then acknowledge (watermark, ``vista.metrics``, item removal)
+in one atomic step.
+
+Exactly-once in what the sink stores: an item is claimed by one worker at a time; points at or
+below the metric's watermark are never sent; a worker that dies has its items recovered by the
+agent (at once) or by any other worker (when its lease expires). A batch the sink may have
+stored before the worker died is re-sent after recovery, which cannot duplicate anything: Flux
+drops points at or below its own ``flux.last`` for metrics in ``vista.metrics``, and carbon keeps
+one value per (metric, timestamp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing.context
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import redis
+
+from skyline.vista import constants, delivery, logs, procutil, redisconn, telemetry
+from skyline.vista.backoff import Backoff
+from skyline.vista.codec import decode_item
+from skyline.vista.config import VistaConfig
+from skyline.vista.errors import PayloadError, SinkAuthError, SinkError
+from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.logs import LogSpec
+from skyline.vista.model import DeadLetter, QueueItem
+from skyline.vista.sinks import Entry, Sink, SinkResult, build_sink
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY = 10.0
+RECOVER_EVERY = 15.0
+POLL_IDLE = 0.5
+
+
+def worker_id(index: int, pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}:{index}"
+
+
+@dataclass
+class WorkerStats:
+    items: int = 0
+    points: int = 0
+    rejected: int = 0
+    dead_items: int = 0
+    sink_errors: int = 0
+
+
+class WorkerLoop:
+    """The worker's job, apart from process management (so tests can drive it in-process)."""
+
+    def __init__(
+        self,
+        config: VistaConfig,
+        wid: str,
+        client: redis.Redis,
+        sink: Sink,
+        *,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.config = config
+        self.wid = wid
+        self.client = client
+        self.queue = FetchQueue(client)
+        self.sink = sink
+        self.parent_pid = parent_pid
+        self._stop = False
+        self.stats = WorkerStats()
+        self.redis_outage = redisconn.RedisOutage(logger, f"worker {wid}")
+        self.sink_backoff = Backoff(base=1.0, cap=60.0)
+        self._sink_failing = False
+        self._last_auth_log = 0.0
+        self._next_heartbeat = 0.0
+        self._next_recover = 0.0
+        self.host_stats_key = f"vista.stats.{socket.gethostname()}"
+
+    # --- control ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def stopping(self) -> bool:
+        if self._stop:
+            return True
+        if self.parent_pid is not None and not procutil.parent_alive(self.parent_pid):
+            logger.warning("agent (pid %d) is gone; worker stopping", self.parent_pid)
+            self._stop = True
+        return self._stop
+
+    def run(self) -> None:
+        logger.info("worker %s started (sink %s)", self.wid, self.sink.name)
+        while not self.stopping():
+            try:
+                self.run_once()
+            except redisconn.REDIS_ERRORS as exc:
+                delay = self.redis_outage.failed(exc)
+                procutil.interruptible_sleep(delay, lambda: self._stop)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Hand back whatever is still held and drop the lease (best effort)."""
+        try:
+            returned = self.queue.leave(self.wid)
+            self.client.delete(constants.WORKER_HEARTBEAT_PREFIX + self.wid)
+            if returned:
+                logger.info("worker %s handed back %d item(s)", self.wid, returned)
+        except redisconn.REDIS_ERRORS as exc:
+            logger.warning(
+                "worker %s could not hand back its items (%s); they are recovered "
+                "when its lease expires",
+                self.wid,
+                exc,
+            )
+        self.sink.close()
+        logger.info("worker %s stopped", self.wid)
+
+    # --- one iteration ------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Heartbeat, recovery, claim and deliver one batch. Returns the items processed."""
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self.heartbeat()
+            self._next_heartbeat = now + HEARTBEAT_EVERY
+        if now >= self._next_recover:
+            recovered = self.queue.recover()
+            if recovered:
+                logger.warning("recovered %d item(s) held by workers that stopped", recovered)
+            self._next_recover = now + RECOVER_EVERY
+        if not self.sink_backoff.ready():
+            procutil.interruptible_sleep(
+                min(self.sink_backoff.remaining(), 1.0), lambda: self._stop
+            )
+            return 0
+        raws = self.queue.claim(self.wid, self.config.worker_batch_items, self.config.worker_lease)
+        self.redis_outage.ok()
+        if not raws:
+            procutil.interruptible_sleep(POLL_IDLE, lambda: self._stop)
+            return 0
+        self.process(raws)
+        return len(raws)
+
+    def heartbeat(self) -> None:
+        now = time.time()
+        record = json.dumps(
+            {
+                "pid": os.getpid(),
+                "at": int(now),
+                "items": self.stats.items,
+                "points": self.stats.points,
+                "sink": self.sink.name,
+            }
+        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.setex(constants.WORKER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(now))
+        pipe.setex(constants.WORKER_HEARTBEAT_PREFIX + self.wid, constants.HEARTBEAT_TTL, record)
+        pipe.zadd(constants.WORKERS_KEY, {self.wid: now + self.config.worker_lease})
+        errors = logs.error_counter.take()
+        if errors:
+            pipe.incrby(constants.LOG_ERRORS_KEY, errors)
+            pipe.expire(constants.LOG_ERRORS_KEY, constants.LOG_ERRORS_TTL)
+        pipe.execute()
+
+    def _decode(
+        self, raws: list[str]
+    ) -> tuple[list[tuple[str, QueueItem]], list[tuple[str, DeadLetter]]]:
+        good: list[tuple[str, QueueItem]] = []
+        bad: list[tuple[str, DeadLetter]] = []
+        for raw in raws:
+            try:
+                good.append((raw, decode_item(raw)))
+            except PayloadError as exc:
+                bad.append((raw, delivery.undecodable(raw, str(exc), self.wid)))
+        return good, bad
+
+    def process(self, raws: list[str]) -> None:
+        items, bad = self._decode(raws)
+        if bad:
+            self.queue.dead_letter(self.wid, bad)
+            telemetry.ITEMS_DEAD.labels("undecodable").inc(len(bad))
+            self.stats.dead_items += len(bad)
+            for _, letter in bad:
+                logger.error(
+                    "dead-lettered an undecodable item (%s): %s",
+                    letter.metric or "?",
+                    letter.reason,
+                )
+        if not items:
+            return
+        watermarks = self.queue.watermarks(sorted({item.metric for _, item in items}))
+        now = time.time()
+        planned, entries = delivery.plan_batch(
+            items, watermarks, now, skip_current_minute=self.config.do_not_submit_current_minute
+        )
+        for plan in planned:
+            for reason, count in plan.dropped.as_dict().items():
+                telemetry.POINTS_DROPPED.labels(reason).inc(count)
+        try:
+            result = self._submit(entries, now)
+        except SinkAuthError as exc:
+            self._auth_failed(exc, [raw for raw, _ in items])
+            return
+        settlement = delivery.settle(planned, entries, result, self.wid)
+        self._acknowledge(settlement)
+        if result.error is not None:
+            self._sink_failed(result.error)
+        elif entries:
+            self._sink_ok()
+
+    def _submit(self, entries: list[Entry], now: float) -> SinkResult:
+        if not entries:
+            return SinkResult()
+        started = time.monotonic()
+        result = self.sink.submit(entries, now)
+        telemetry.SINK_LATENCY.labels(self.sink.name).observe(time.monotonic() - started)
+        return result
+
+    def _acknowledge(self, settlement: delivery.Settlement) -> None:
+        """Record what the sink handled. Retried while Redis is away: giving the items back
+        instead would send them twice."""
+        while True:
+            try:
+                self.queue.ack(self.wid, settlement.acks)
+                if settlement.release:
+                    self.queue.release(self.wid, settlement.release)
+                break
+            except redisconn.REDIS_ERRORS as exc:
+                delay = self.redis_outage.failed(exc)
+                if procutil.interruptible_sleep(delay, lambda: self._stop):
+                    return  # stopping: the items stay held and are recovered with the lease
+        self.redis_outage.ok()
+        s = settlement
+        self.stats.items += s.delivered_items
+        self.stats.points += s.delivered_points
+        self.stats.rejected += s.rejected_points
+        self.stats.dead_items += s.dead_letters
+        telemetry.POINTS_DELIVERED.labels(self.sink.name).inc(s.delivered_points)
+        if s.rejected_points:
+            telemetry.POINTS_DEAD.inc(s.rejected_points)
+            telemetry.ITEMS_DEAD.labels("rejected").inc(s.dead_letters)
+            logger.error(
+                "the sink rejected %d point(s); dead-lettered (see 'vista queue dead')",
+                s.rejected_points,
+            )
+        if s.delivered_items or s.delivered_points:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hincrby(self.host_stats_key, "metrics_sent", s.delivered_items)
+            pipe.hincrby(self.host_stats_key, "points_sent", s.delivered_points)
+            pipe.execute()
+
+    def _sink_failed(self, error: SinkError) -> None:
+        self.stats.sink_errors += 1
+        telemetry.SINK_ERRORS.labels(self.sink.name, "transient").inc()
+        delay = self.sink_backoff.failure()
+        if not self._sink_failing:
+            logger.warning(
+                "%s sink failed (%s); items kept in the queue, retrying with backoff",
+                self.sink.name,
+                error,
+            )
+            self._sink_failing = True
+        else:
+            logger.debug(
+                "%s sink still failing (%s); next try in %.1fs", self.sink.name, error, delay
+            )
+
+    def _sink_ok(self) -> None:
+        if self._sink_failing:
+            logger.info("%s sink accepts points again", self.sink.name)
+        self._sink_failing = False
+        self.sink_backoff.success()
+
+    def _auth_failed(self, exc: SinkAuthError, raws: list[str]) -> None:
+        telemetry.SINK_ERRORS.labels(self.sink.name, "auth").inc()
+        self.queue.release(self.wid, raws)
+        self.sink_backoff.failure(at_least=30.0)
+        if time.monotonic() - self._last_auth_log > 300 or not self._last_auth_log:
+            logger.error(
+                "%s; %d item(s) kept in the queue, nothing is delivered until this is "
+                "fixed (vista reload after fixing the settings)",
+                exc,
+                len(raws),
+            )
+            self._last_auth_log = time.monotonic()
+
+
+class Worker(multiprocessing.context.SpawnProcess):
+    """A worker process. Started with the 'spawn' method: the agent has threads, and forking a
+    threaded process can deadlock the child on a lock held at the time of the fork."""
+
+    def __init__(self, parent_pid: int, config: VistaConfig, index: int, log_spec: LogSpec) -> None:
+        super().__init__(name=f"vista-worker-{index}", daemon=False)
+        self.parent_pid = parent_pid
+        self.config = config
+        self.index = index
+        self.log_spec = log_spec
+
+    def run(self) -> None:
+        procutil.set_parent_death_signal(signal.SIGTERM)
+        if not procutil.parent_alive(self.parent_pid):
+            sys.exit(0)
+        logs.configure(self.log_spec)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
+        client = redisconn.connect(self.config.redis)
+        loop = WorkerLoop(
+            self.config,
+            worker_id(self.index),
+            client,
+            build_sink(self.config),
+            parent_pid=self.parent_pid,
+        )
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            if loop.stopping():
+                os._exit(1)  # second signal: leave at once; the lease covers held items
+            loop.stop()
+
+        signal.signal(signal.SIGTERM, on_term)
+        loop.run()
