@@ -1,0 +1,403 @@
+"""The agent: starts the Fetcher thread and the Worker processes and supervises them.
+
+* A worker that dies is restarted (with backoff when it keeps dying young) and the items it
+  held are put back in the queue at once.
+* A fetcher thread that dies is restarted.
+* Children stop by themselves when the agent dies, even by SIGKILL (parent-death signal).
+* SIGTERM/SIGINT drain: the fetcher stops, workers finish or hand back what they hold, and
+  everything is gone within VISTA_SHUTDOWN_TIMEOUT (10 s); a second signal exits at once.
+* SIGHUP re-reads the settings: applied when valid, kept as before (errors logged) when not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from skyline.vista import config as config_module
+from skyline.vista import constants, logs, redisconn, telemetry
+from skyline.vista.backoff import compute_backoff
+from skyline.vista.config import VistaConfig
+from skyline.vista.errors import ConfigError
+from skyline.vista.fetcher import Fetcher
+from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.logs import LogSpec
+from skyline.vista.worker import Worker, worker_id
+
+logger = logging.getLogger(__name__)
+
+SUPERVISE_EVERY = 0.2
+HEARTBEAT_EVERY = 10.0
+SELF_METRICS_EVERY = 60.0
+YOUNG_DEATH = 30.0
+"""A child that dies younger than this counts towards its restart backoff."""
+
+
+@dataclass
+class Slot:
+    """One worker position: the process in it and its restart history."""
+
+    index: int
+    process: Worker | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+    @property
+    def wid(self) -> str:
+        pid = self.process.pid if self.process is not None else None
+        return worker_id(self.index, pid)
+
+
+@dataclass
+class AgentState:
+    stop_requested: bool = False
+    signals: int = 0
+    reload_requested: bool = False
+    fetcher_failures: int = 0
+    fetcher_restart_at: float = 0.0
+    slots: list[Slot] = field(default_factory=list)
+
+
+class Vista:
+    """The Vista agent process (the original's ``skyline.vista.agent.Vista``)."""
+
+    def __init__(self, config: VistaConfig, log_spec: LogSpec) -> None:
+        self.config = config
+        self.log_spec = log_spec
+        self.pid = os.getpid()
+        self.state = AgentState()
+        self.fetcher: Fetcher | None = None
+        self.client = redisconn.connect(config.redis)
+        self.queue = FetchQueue(self.client)
+        self.hostname = socket.gethostname()
+        self.started = time.time()
+        self._next_heartbeat = 0.0
+        self._next_self_metrics = time.monotonic() + SELF_METRICS_EVERY
+        self.self_metrics = telemetry.SelfMetrics(
+            config.self_metrics.host, config.self_metrics.port, config.self_metrics.prefix
+        )
+
+    # --- signals --------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.state.signals += 1
+        if self.state.signals > 1:
+            # Second signal: leave now. Workers get SIGKILL; their held items are recovered by
+            # the next agent or by any worker once their leases expire.
+            for slot in self.state.slots:
+                if slot.process is not None and slot.process.pid:
+                    try:
+                        os.kill(slot.process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            os._exit(constants.EXIT_FAILURE)
+        self.state.stop_requested = True
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.state.reload_requested = True
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers, then the fetcher thread (as the original does)."""
+        self.state.slots = [Slot(i) for i in range(self.config.worker_processes)]
+        for slot in self.state.slots:
+            self._start_worker(slot)
+        self._start_fetcher()
+        if self.config.metrics_address:
+            telemetry.start_metrics_server(self.config.metrics_address, self._queue_snapshot)
+            logger.info("serving /metrics on %s:%d", *self.config.metrics_address)
+
+    def run(self, ready: Callable[[], None] | None = None) -> int:
+        self.install_signal_handlers()
+        logger.info(
+            "vista %s starting: %d worker(s), sink %s, %d metric(s), settings %s",
+            _version(),
+            self.config.worker_processes,
+            self.config.sink,
+            len(self.config.fetch_metrics),
+            self.config.path,
+        )
+        for warning in self.config.warnings:
+            logger.warning("settings: %s", warning)
+        self.start()
+        if ready is not None:
+            ready()
+        while not self.state.stop_requested:
+            self.supervise_once()
+            time.sleep(SUPERVISE_EVERY)
+        return self.drain()
+
+    def supervise_once(self) -> None:
+        if self.state.reload_requested:
+            self.state.reload_requested = False
+            self.reload()
+        for slot in self.state.slots:
+            self._check_worker(slot)
+        self._check_fetcher()
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + HEARTBEAT_EVERY
+        if now >= self._next_self_metrics:
+            self._send_worker_self_metrics()
+            self._next_self_metrics = now + SELF_METRICS_EVERY
+
+    def drain(self) -> int:
+        """Stop taking new work, let workers finish or hand back, all gone within the timeout."""
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        logger.info("stopping: draining within %gs", self.config.shutdown_timeout)
+        if self.fetcher is not None:
+            self.fetcher.stop()
+        for slot in self.state.slots:
+            if slot.process is not None and slot.process.is_alive() and slot.process.pid:
+                os.kill(slot.process.pid, signal.SIGTERM)
+        for slot in self.state.slots:
+            if slot.process is not None:
+                slot.process.join(max(0.0, deadline - time.monotonic()))
+        forced = 0
+        for slot in self.state.slots:
+            process = slot.process
+            if process is not None and process.is_alive():
+                process.kill()
+                process.join(2.0)
+                forced += 1
+                self._recover(slot.wid)
+        if self.fetcher is not None:
+            self.fetcher.join(max(0.1, deadline - time.monotonic()))
+        try:
+            self.client.delete(f"{constants.AGENT_KEY_PREFIX}{self.hostname}")
+        except redisconn.REDIS_ERRORS:
+            pass
+        if forced:
+            logger.warning(
+                "stopped; %d worker(s) had to be killed (their items were requeued)", forced
+            )
+        else:
+            logger.info("stopped")
+        return constants.EXIT_OK
+
+    # --- workers --------------------------------------------------------------------------
+
+    def _start_worker(self, slot: Slot) -> None:
+        process = Worker(self.pid, self.config, slot.index, self.log_spec)
+        process.start()
+        slot.process = process
+        slot.started = time.monotonic()
+        logger.info("worker %d started (pid %s)", slot.index, process.pid)
+
+    def _check_worker(self, slot: Slot) -> None:
+        process = slot.process
+        now = time.monotonic()
+        if process is None:
+            if now >= slot.restart_at and not self.state.stop_requested:
+                self._start_worker(slot)
+            return
+        if process.is_alive():
+            return
+        process.join(0)
+        code = process.exitcode
+        wid = worker_id(slot.index, process.pid)
+        lived = now - slot.started
+        slot.failures = slot.failures + 1 if lived < YOUNG_DEATH else 0
+        delay = compute_backoff(slot.failures, base=1.0, cap=60.0) if slot.failures else 0.0
+        slot.process = None
+        slot.restart_at = now + delay
+        telemetry.WORKER_RESTARTS.inc()
+        _mark_dead(process.pid)
+        recovered = self._recover(wid)
+        logger.error(
+            "worker %d (pid %s) exited with code %s after %.0fs; %d item(s) requeued; "
+            "restarting in %.1fs",
+            slot.index,
+            process.pid,
+            code,
+            lived,
+            recovered,
+            delay,
+        )
+
+    def _recover(self, wid: str) -> int:
+        try:
+            return self.queue.recover(only_worker=wid)
+        except redisconn.REDIS_ERRORS as exc:
+            logger.warning(
+                "could not requeue the items of %s now (%s); they are recovered when "
+                "its lease expires",
+                wid,
+                exc,
+            )
+            return 0
+
+    # --- fetcher --------------------------------------------------------------------------
+
+    def _start_fetcher(self) -> None:
+        previous = self.fetcher
+        fetcher = Fetcher(self.pid, self.config)
+        if previous is not None:
+            fetcher.state = previous.state
+        fetcher.start()
+        self.fetcher = fetcher
+
+    def _check_fetcher(self) -> None:
+        if self.fetcher is None or self.fetcher.is_alive() or self.state.stop_requested:
+            return
+        now = time.monotonic()
+        if self.state.fetcher_restart_at == 0.0:
+            self.state.fetcher_failures += 1
+            delay = compute_backoff(self.state.fetcher_failures, base=1.0, cap=60.0)
+            self.state.fetcher_restart_at = now + delay
+            logger.error("the fetcher thread died; restarting it in %.1fs", delay)
+        if now >= self.state.fetcher_restart_at:
+            self.state.fetcher_restart_at = 0.0
+            self._start_fetcher()
+
+    # --- reload ---------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        try:
+            new = config_module.load(self.config.path)
+        except ConfigError as exc:
+            logger.error(
+                "reload: the settings in %s are invalid; keeping the current settings:\n  %s",
+                exc.path,
+                "\n  ".join(exc.problems),
+            )
+            return
+        if not new.enabled:
+            logger.warning("reload: VISTA_ENABLED is now False; stopping")
+            self.state.stop_requested = True
+            return
+        for warning in new.warnings:
+            logger.warning("settings: %s", warning)
+        if new.redis != self.config.redis or new.metrics_address != self.config.metrics_address:
+            logger.warning("reload: Redis and VISTA_METRICS_ADDRESS changes take effect at restart")
+        self.config = new
+        self.log_spec = LogSpec(self.log_spec.log_file, new.verbose_logging, tuple(new.secrets()))
+        logs.configure(self.log_spec)
+        if self.fetcher is not None:
+            self.fetcher.update_config(new)
+        self._resize_and_roll(new.worker_processes)
+        logger.info(
+            "reload: settings applied (%d metric(s), %d worker(s))",
+            len(new.fetch_metrics),
+            new.worker_processes,
+        )
+
+    def _resize_and_roll(self, count: int) -> None:
+        """Workers pick up new settings by restarting: each drains and is replaced."""
+        slots = self.state.slots
+        for slot in slots[count:]:
+            self._stop_worker(slot)
+        slots = slots[:count] + [Slot(i) for i in range(len(slots), count)]
+        self.state.slots = slots
+        for slot in slots:
+            if slot.process is not None:
+                self._stop_worker(slot)
+                slot.failures = 0
+                self._start_worker(slot)
+            else:
+                self._start_worker(slot)
+
+    def _stop_worker(self, slot: Slot) -> None:
+        process = slot.process
+        if process is None:
+            return
+        if process.is_alive() and process.pid:
+            os.kill(process.pid, signal.SIGTERM)
+            process.join(self.config.shutdown_timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(2.0)
+            self._recover(slot.wid)
+        slot.process = None
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        record = {
+            "pid": self.pid,
+            "started": int(self.started),
+            "settings": self.config.path,
+            "fetcher": bool(self.fetcher and self.fetcher.is_alive()),
+            "workers": [
+                {"index": s.index, "pid": s.process.pid if s.process else None, "wid": s.wid}
+                for s in self.state.slots
+            ],
+        }
+        try:
+            self.client.setex(
+                f"{constants.AGENT_KEY_PREFIX}{self.hostname}",
+                constants.HEARTBEAT_TTL,
+                json.dumps(record),
+            )
+            errors = logs.error_counter.take()
+            if errors:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.incrby(constants.LOG_ERRORS_KEY, errors)
+                pipe.expire(constants.LOG_ERRORS_KEY, constants.LOG_ERRORS_TTL)
+                pipe.execute()
+        except redisconn.REDIS_ERRORS:
+            logger.debug("agent heartbeat not written (Redis unavailable)")
+
+    def _send_worker_self_metrics(self) -> None:
+        key = f"vista.stats.{self.hostname}"
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(key)
+            pipe.delete(key)
+            pipe.scard(constants.QUEUE_KEY)
+            stats, _, queued = pipe.execute()
+        except redisconn.REDIS_ERRORS:
+            return
+        values = {k.decode(): float(v) for k, v in stats.items()}
+        self.self_metrics.send(
+            {
+                "worker.metrics_sent_to_flux": values.get("metrics_sent", 0.0),
+                "worker.points_sent": values.get("points_sent", 0.0),
+                "worker.vista.fetcher.metrics.json": float(queued),
+            }
+        )
+
+    def _queue_snapshot(self) -> telemetry.QueueSnapshot | None:
+        try:
+            counts = self.queue.counts()
+        except redisconn.REDIS_ERRORS:
+            return None
+        return telemetry.QueueSnapshot(
+            counts.queued, counts.inflight, counts.dead, counts.pending_metrics
+        )
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _version() -> str:
+    from skyline.vista import __version__
+
+    return __version__
+
+
+def run() -> None:
+    """The original's entry point (``agent.py start|stop|run``): the CLI does the work."""
+    from skyline.vista.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The ``vista`` command: run, start, stop, restart, status, reload, check-config, fetch, queue.
+
+Exit codes follow the LSB init-script conventions: ``status`` 0 running, 1 dead but the pidfile
+exists, 3 not running, 4 unknown; ``start`` 0 started or already running, 1 failed, 6 not
+configured (invalid settings, VISTA_ENABLED = False); ``reload`` 7 not running;
+``check-config`` 0 valid, 1 not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+
+from skyline.vista import config as config_module
+from skyline.vista import constants, daemon
+from skyline.vista.config import VistaConfig
+from skyline.vista.errors import ConfigError
+from skyline.vista.logs import LogSpec
+
+
+def eprint(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def load_config(args: argparse.Namespace, *, require_enabled: bool) -> VistaConfig | int:
+    path = config_module.settings_path(args.settings)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        eprint(f"vista: {len(exc.problems)} problem(s) in {exc.path or path}; not starting:")
+        for problem in exc.problems:
+            eprint(f"  {problem}")
+        return constants.EXIT_NOT_CONFIGURED
+    if require_enabled and not config.enabled:
+        eprint(
+            f"vista: VISTA_ENABLED is False in {path}; not starting "
+            "(set VISTA_ENABLED = True to run Vista)"
+        )
+        return constants.EXIT_NOT_CONFIGURED
+    return config
+
+
+def _make_dirs(config: VistaConfig) -> str | None:
+    for name, path in (("LOG_PATH", config.log_path), ("PID_PATH", config.pid_path)):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            return f"{name} {path!r} cannot be created: {exc.strerror}"
+    return None
+
+
+def _prometheus_dir(config: VistaConfig) -> str | None:
+    """Multi-process /metrics needs a directory set before prometheus_client is imported."""
+    if not config.metrics_address:
+        return None
+    path = tempfile.mkdtemp(prefix="vista-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+# --- check-config --------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_module.settings_path(args.settings)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        print(f"{exc.path or path}: {len(exc.problems)} problem(s):")
+        for problem in exc.problems:
+            print(f"  error: {problem}")
+        for warning in exc.warnings:
+            print(f"  warning: {warning}")
+        return constants.EXIT_FAILURE
+    from skyline.vista.report import config_summary
+
+    print(config_summary(config))
+    return constants.EXIT_OK
+
+
+# --- run / start / stop / restart / reload / status ----------------------------------------
+
+
+def _agent_main(
+    config: VistaConfig, log_file: str | None, notify: Callable[[str], None] | None
+) -> int:
+    metrics_dir = _prometheus_dir(config)
+    pidfile = daemon.PidFile(config.pidfile)
+    try:
+        try:
+            pidfile.acquire()
+        except daemon.AlreadyRunning as exc:
+            if notify is not None:
+                notify(f"error {exc}")
+            eprint(f"vista: {exc}")
+            return constants.EXIT_FAILURE
+        from skyline.vista import logs
+        from skyline.vista.agent import Vista
+
+        spec = LogSpec(log_file, config.verbose_logging, tuple(config.secrets()))
+        logs.configure(spec)
+        agent = Vista(config, spec)
+        ready = (lambda: notify(f"ok {os.getpid()}")) if notify is not None else None
+        return agent.run(ready=ready)
+    finally:
+        pidfile.release()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=True)
+    if isinstance(config, int):
+        return config
+    problem = _make_dirs(config)
+    if problem:
+        eprint(f"vista: {problem}")
+        return constants.EXIT_NOT_CONFIGURED
+    return _agent_main(config, None, None)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=True)
+    if isinstance(config, int):
+        return config
+    problem = _make_dirs(config)
+    if problem:
+        eprint(f"vista: {problem}")
+        return constants.EXIT_NOT_CONFIGURED
+    current = daemon.status(config.pidfile)
+    if current.state is daemon.State.RUNNING:
+        print(f"vista is already running (pid {current.pid})")
+        return constants.EXIT_OK
+    if current.state is daemon.State.DEAD and daemon.remove_stale(config.pidfile):
+        print(f"removed a stale pidfile (pid {current.pid} is gone)")
+    code, message = daemon.daemonize(
+        lambda notify: _agent_main(config, config.logfile, notify),
+        preserve=[],
+        stderr_path=config.logfile,
+    )
+    if code == constants.EXIT_OK:
+        print(f"vista started (pid {message}); log: {config.logfile}")
+    else:
+        eprint(f"vista failed to start: {message} (see {config.logfile})")
+    return code
+
+
+def _pidfile_only(args: argparse.Namespace) -> tuple[str, VistaConfig | None] | int:
+    """The pidfile path even when the settings have errors (stop/status must still work)."""
+    path = config_module.settings_path(args.settings)
+    try:
+        config = config_module.load(path)
+        return config.pidfile, config
+    except ConfigError as exc:
+        try:
+            raw = config_module.read_module(path)
+        except ConfigError:
+            eprint(f"vista: cannot read {path}: {'; '.join(exc.problems)}")
+            return 4
+        pid_path = raw.get("PID_PATH", "/var/run/skyline")
+        if not isinstance(pid_path, str):
+            eprint("vista: PID_PATH is not a string")
+            return 4
+        return os.path.join(pid_path, "vista.pid"), None
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    found = _pidfile_only(args)
+    if isinstance(found, int):
+        return found
+    pidfile, config = found
+    timeout = (config.shutdown_timeout if config else 10.0) + 5.0
+    return daemon.stop(pidfile, timeout)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=True)
+    if isinstance(config, int):
+        return config  # never stop a running Vista for settings it cannot start with
+    code = cmd_stop(args)
+    if code != constants.EXIT_OK:
+        return code
+    return cmd_start(args)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    found = _pidfile_only(args)
+    if isinstance(found, int):
+        return found
+    pidfile, _ = found
+    current = daemon.status(pidfile)
+    if current.state is not daemon.State.RUNNING or current.pid is None:
+        eprint("vista is not running")
+        return constants.EXIT_STOP_NOT_RUNNING
+    import signal
+
+    os.kill(current.pid, signal.SIGHUP)
+    print(f"vista (pid {current.pid}) asked to reload its settings; see the log for the outcome")
+    return constants.EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    found = _pidfile_only(args)
+    if isinstance(found, int):
+        return found
+    pidfile, config = found
+    current = daemon.status(pidfile)
+    if current.state is daemon.State.NOT_RUNNING:
+        print("vista is not running")
+    elif current.state is daemon.State.DEAD:
+        print(f"vista is dead but the pidfile exists ({pidfile}, pid {current.pid})")
+    else:
+        from skyline.vista.report import process_lines
+
+        print(f"vista is running (pid {current.pid})")
+        for line in process_lines(current.pid or 0):
+            print(f"  {line}")
+    if config is not None and not args.brief:
+        from skyline.vista.report import redis_report
+
+        for line in redis_report(config, worst=args.lag):
+            print(line)
+    return current.state.value
+
+
+# --- fetch / queue --------------------------------------------------------------------------
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    if not args.once:
+        eprint("vista fetch: only --once is supported (the daemon fetches continuously)")
+        return constants.EXIT_USAGE
+    path = config_module.settings_path(args.settings)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        eprint(f"vista: {len(exc.problems)} problem(s) in {exc.path or path}:")
+        for problem in exc.problems:
+            eprint(f"  {problem}")
+        return constants.EXIT_FAILURE
+    from skyline.vista.fetch_once import fetch_once
+
+    return fetch_once(config, dry_run=args.dry_run, metrics=args.metric or ())
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    path = config_module.settings_path(args.settings)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        eprint(f"vista: settings invalid: {'; '.join(exc.problems[:3])}")
+        return constants.EXIT_FAILURE
+    from skyline.vista.report import queue_command
+
+    return queue_command(config, args.action, args.ids)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vista",
+        description="Fetch metrics from remote Graphite/Prometheus and deliver them exactly once "
+        "to Graphite or Skyline Flux.",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="PATH",
+        help=f"settings.py to use (default: ${constants.SETTINGS_ENV}, else "
+        f"{constants.DEFAULT_SETTINGS_PATH})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run in the foreground, logging to stderr (systemd, containers)")
+    sub.add_parser("start", help="start as a daemon (python-daemon), logging to LOG_PATH/vista.log")
+    sub.add_parser("stop", help="stop the daemon: drain, then SIGKILL after a timeout")
+    sub.add_parser("restart", help="stop, then start")
+    sub.add_parser("reload", help="re-read the settings (SIGHUP); invalid settings are not applied")
+    status = sub.add_parser("status", help="LSB status: 0 running, 1 dead with pidfile, 3 stopped")
+    status.add_argument(
+        "--lag", type=int, default=10, metavar="N", help="show the N most lagging metrics"
+    )
+    status.add_argument("--brief", action="store_true", help="processes only, no Redis report")
+    sub.add_parser("check-config", help="validate the settings; exit 0 if valid, 1 if not")
+    fetch = sub.add_parser("fetch", help="run one fetch cycle in the foreground and print it")
+    fetch.add_argument("--once", action="store_true", help="one cycle, every metric (required)")
+    fetch.add_argument("--dry-run", action="store_true", help="write nothing to Redis")
+    fetch.add_argument(
+        "--metric", action="append", metavar="NAME", help="only this metric (repeatable)"
+    )
+    queue = sub.add_parser("queue", help="queue counts, dead letters, requeue")
+    queue.add_argument(
+        "action", nargs="?", default="counts", choices=("counts", "dead", "requeue-dead")
+    )
+    queue.add_argument("ids", nargs="*", help="dead-letter ids for requeue-dead (default: all)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "restart": cmd_restart,
+    "reload": cmd_reload,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "fetch": cmd_fetch,
+    "queue": cmd_queue,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # Output piped into `head` and friends: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return constants.EXIT_OK

@@ -1,0 +1,143 @@
+"""Text reports for the CLI: the settings summary, processes, queue counts and metric lag."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+
+from skyline.vista import constants, procutil, redisconn
+from skyline.vista.config import VistaConfig
+from skyline.vista.fetchqueue import FetchQueue
+
+
+def config_summary(config: VistaConfig) -> str:
+    lines = [f"{config.path}: valid"]
+    if not config.enabled:
+        lines.append("  VISTA_ENABLED is False: 'vista start' and 'vista run' will refuse to start")
+    per_host = Counter((e.remote_host, e.remote_host_type) for e in config.fetch_metrics)
+    lines.append(f"  {len(config.fetch_metrics)} metric(s) on {len(per_host)} remote host(s):")
+    for (host, kind), count in sorted(per_host.items()):
+        lines.append(f"    {host} ({kind}): {count}")
+    if config.sink == "flux":
+        lines.append(
+            f"  sink: Skyline Flux at {config.flux.url} (batches of {config.flux.batch_size})"
+        )
+    else:
+        host, port = config.carbon.address
+        lines.append(f"  sink: carbon {config.carbon.protocol} at {host}:{port}")
+    lines.append(f"  redis: {config.redis.describe()}")
+    lines.append(
+        f"  workers: {config.worker_processes}; cycle deadline {config.fetcher_max_runtime:g}s"
+    )
+    lines.append(f"  log: {config.logfile}; pidfile: {config.pidfile}")
+    for name, path in (("LOG_PATH", config.log_path), ("PID_PATH", config.pid_path)):
+        if not os.path.isdir(path):
+            lines.append(f"  note: {name} {path} does not exist yet; vista start creates it")
+    if config.metrics_address:
+        host, port = config.metrics_address
+        lines.append(f"  /metrics on {host}:{port}")
+    if config.bq_accounts:
+        lines.append(f"  BigQuery accounts: {', '.join(sorted(config.bq_accounts))}")
+    for warning in config.warnings:
+        lines.append(f"  warning: {warning}")
+    return "\n".join(lines)
+
+
+def process_lines(pid: int) -> list[str]:
+    lines = []
+    for child in procutil.children_of(pid):
+        command = procutil.cmdline(child)
+        kind = "worker" if "multiprocessing" in command else "child"
+        if "resource_tracker" in command:
+            kind = "resource tracker"
+        lines.append(f"{kind} pid {child}")
+    return lines
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
+    """Queue counts, heartbeats and the most lagging metrics; one line if Redis is down."""
+    client = redisconn.connect(config.redis)
+    try:
+        queue = FetchQueue(client)
+        counts = queue.counts()
+        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{socket.gethostname()}")
+        fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
+        worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
+        marks = queue.watermarks([e.metric for e in config.fetch_metrics])
+    except redisconn.REDIS_ERRORS as exc:
+        return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
+    finally:
+        client.close()
+    now = time.time()
+    lines = []
+    if agent:
+        record = json.loads(agent)
+        alive = "alive" if record.get("fetcher") else "NOT RUNNING"
+        lines.append(f"fetcher thread: {alive}")
+        for w in record.get("workers", []):
+            lines.append(f"worker {w['index']}: pid {w['pid']} ({w['wid']})")
+    for name, beat in (("fetcher", fetcher_beat), ("worker", worker_beat)):
+        text = f"{_age(now - int(beat))} ago" if beat else "missing (thunder would alert)"
+        lines.append(f"heartbeat vista.{name}: {text}")
+    lines.append(
+        f"queue: {counts.queued} queued, {counts.inflight} in flight, {counts.dead} dead-lettered, "
+        f"{counts.pending_metrics} metric(s) pending"
+    )
+    for wid, n in sorted(counts.inflight_by_worker.items()):
+        lines.append(f"  in flight at {wid}: {n}")
+    lags = []
+    for entry in config.fetch_metrics:
+        mark = marks.get(entry.metric)
+        lags.append((float("inf") if mark is None else now - mark.timestamp, entry.metric, mark))
+    lags.sort(key=lambda x: -x[0])
+    if lags:
+        lines.append(
+            f"lag (now - last delivered point), worst {min(worst, len(lags))} of {len(lags)}:"
+        )
+        for lag, metric, mark in lags[:worst]:
+            shown = "never delivered" if mark is None else _age(lag)
+            lines.append(f"  {shown:>16}  {metric}")
+    return lines
+
+
+def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:
+    client = redisconn.connect(config.redis)
+    try:
+        queue = FetchQueue(client)
+        if action == "requeue-dead":
+            moved = queue.requeue_dead(ids)
+            print(f"requeued {moved} dead-lettered item(s)")
+            return constants.EXIT_OK
+        if action == "dead":
+            letters = queue.dead_letters()
+            print(f"{len(letters)} dead-lettered item(s)")
+            for letter in letters:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.dead_at))
+                print(f"  {letter.id}  {when}Z  {letter.metric or '?'}  {letter.reason}")
+            return constants.EXIT_OK
+        counts = queue.counts()
+        print(f"queued:      {counts.queued}")
+        print(f"in flight:   {counts.inflight}")
+        for wid, n in sorted(counts.inflight_by_worker.items()):
+            print(f"  {wid}: {n}")
+        print(f"dead:        {counts.dead}")
+        print(f"pending metrics: {counts.pending_metrics}")
+        return constants.EXIT_OK
+    except redisconn.REDIS_ERRORS as exc:
+        print(f"redis unreachable at {config.redis.describe()}: {exc}")
+        return constants.EXIT_FAILURE
+    finally:
+        client.close()
