@@ -420,8 +420,6 @@ def _paths(r: _Reader) -> tuple[str, str]:
     for name, path in (("LOG_PATH", log_path), ("PID_PATH", pid_path)):
         if not os.path.isabs(path):
             r.problems.bad(name, path, "an absolute directory path")
-        elif not os.path.isdir(path):
-            r.problems.warn(name, f"{path!r} does not exist yet; vista start creates it")
     return log_path, pid_path
 
 

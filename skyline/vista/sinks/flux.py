@@ -5,8 +5,10 @@ Flux answers (skyline/flux/listen.py):
 * 204 (or 200): every point accepted.
 * 207: accepted except the metrics it lists as rejected (namespace quotas): those points are
   rejected with Flux's reason, the rest delivered.
-* 400: the whole request refused because of one bad point. The batch is split in halves until
-  the offending point is alone; it is rejected with Flux's message, the rest delivered.
+* 400: one bad point. Flux takes the items before it (it queues them one by one) and refuses
+  the rest of the request; its message quotes the bad item, so that point is rejected with
+  Flux's reason, the ones before it count as delivered and the ones after are sent again.
+  When the message names no item, the batch is split in halves until the bad point is alone.
 * 401/403: our key is wrong: a configuration error (:class:`SinkAuthError`), nothing rejected.
 * 5xx, timeouts, refused connections: transient (:class:`SinkError`), retried later.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,14 +152,24 @@ class FluxSink:
             result.handled = hi
             return
         if status == 207:
-            names = rejected_names(_json(response))
-            reason = f"Flux 207: {_message(response)}"
-            for i in range(lo, hi):
-                if entries[i].metric in names:
-                    result.rejected[i] = reason
-            result.handled = hi
+            _reject_named(entries, lo, hi, rejected_names(_json(response)), response, result)
             return
+        if status == 400:
+            body = _json(response)
+            if isinstance(body, dict) and "rejected metrics" in body:
+                # A namespace-quota rejection of a one-item request comes as 400, not 207.
+                _reject_named(entries, lo, hi, rejected_names(body), response, result)
+                return
+            bad = offending_index(_message(response), entries, lo, hi)
+            if bad is not None:
+                # Flux queues items in order until the bad one: those before it are taken.
+                result.rejected[bad] = f"Flux 400: {_message(response)}"
+                result.handled = bad + 1
+                if bad + 1 < hi:
+                    self._post(entries, bad + 1, hi, now, result)
+                return
         if status in (400, 413) and hi - lo > 1:
+            # The answer does not say which point: split until it is alone.
             mid = (lo + hi) // 2
             self._post(entries, lo, mid, now, result)
             self._post(entries, mid, hi, now, result)
@@ -171,6 +184,39 @@ class FluxSink:
                 f"{_message(response)}); check the key in the settings"
             )
         raise SinkError(f"Flux answered HTTP {status}: {_message(response)}")
+
+
+def _reject_named(
+    entries: Sequence[Entry],
+    lo: int,
+    hi: int,
+    names: set[str],
+    response: requests.Response,
+    result: SinkResult,
+) -> None:
+    reason = f"Flux {response.status_code}: {_message(response)}"
+    for i in range(lo, hi):
+        if entries[i].metric in names:
+            result.rejected[i] = reason
+    result.handled = hi
+
+
+_ITEM_METRIC = re.compile(r"""'metric': '([^']*)'""")
+_ITEM_TIMESTAMP = re.compile(r"""'timestamp': '?(-?\d+)""")
+
+
+def offending_index(message: str, entries: Sequence[Entry], lo: int, hi: int) -> int | None:
+    """The entry a Flux 400 message names (Flux quotes the item as a Python dict:
+    "invalid timestamp - 1 - timestamp is too old ... - {'metric': 'a', 'timestamp': 1, ...}")."""
+    metric = _ITEM_METRIC.search(message)
+    timestamp = _ITEM_TIMESTAMP.search(message)
+    if metric is None or timestamp is None:
+        return None
+    name, ts = metric.group(1), int(timestamp.group(1))
+    for i in range(lo, hi):
+        if entries[i].metric == name and entries[i].timestamp == ts:
+            return i
+    return None
 
 
 def _json(response: requests.Response) -> Any:
