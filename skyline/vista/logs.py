@@ -70,7 +70,7 @@ def configure(spec: LogSpec) -> None:
     root.addHandler(handler)
     root.addHandler(error_counter)
     root.setLevel(logging.DEBUG if spec.verbose else logging.INFO)
-    for noisy in ("aiohttp.access", "urllib3", "asyncio"):
+    for noisy in ("aiohttp.access", "urllib3", "asyncio", "redis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
