@@ -33,7 +33,10 @@ def encode_item(item: QueueItem) -> str:
     if item.replay:
         body["replay"] = True
     # allow_nan=False: a NaN/Inf that slipped through validation is a bug, not a value to queue.
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise PayloadError(f"item {item.id} of {item.metric} cannot be encoded: {exc}") from exc
 
 
 def _points(raw: object) -> tuple[tuple[int, float], ...]:

@@ -86,7 +86,8 @@ class HostOptions:
 
     verify_ssl: bool = True
     ca_bundle: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    # repr=False: header values are often credentials (Authorization, X-API-Key).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     timeout: float = 30.0
     max_concurrency: int = 10
     api_key_header: str = "X-API-Key"
@@ -122,7 +123,8 @@ class VistaConfig:
     self_metrics: SelfMetricsConfig = field(default_factory=lambda: SelfMetricsConfig(None))
     log_path: str = "/var/log/skyline"
     pid_path: str = "/var/run/skyline"
-    bq_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # repr=False: the accounts hold credentials (flux_api_token, service_credentials, ...).
+    bq_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
 
     def host_options(self, remote_host: str) -> HostOptions:
@@ -134,7 +136,10 @@ class VistaConfig:
         for entry in self.fetch_metrics:
             found += [entry.api_key, entry.token, entry.password]
         for options in (self.default_host_options, *self.remote_hosts.values()):
-            found += [Secret(v) for k, v in options.headers if k.lower() in _SECRET_HEADERS]
+            for name, value in options.headers:
+                if name.lower() in _SECRET_HEADERS:
+                    # 'Bearer xyz': the credential alone may appear without its scheme.
+                    found += [Secret(value), Secret(value.split(" ", 1)[-1])]
         found += [Secret(s) for s in bigquery_settings.secret_values(self.bq_accounts)]
         return [s.reveal() for s in found if s]
 
@@ -222,11 +227,21 @@ def read_module(path: str) -> dict[str, Any]:
         namespace = runpy.run_path(path, run_name="vista_settings")
     except SyntaxError as exc:
         raise ConfigError(
-            [f"line {exc.lineno}: syntax error: {exc.msg}: {show(exc.text)}"], path
+            [f"line {exc.lineno}: syntax error: {exc.msg}: {_quote_line(exc.text)}"], path
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any error raised by user code in settings.py
         raise ConfigError([f"settings.py raised {type(exc).__name__}: {exc}"], path) from exc
     return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+
+
+_SECRET_WORDS = ("password", "key", "token", "secret", "credential")
+
+
+def _quote_line(text: str | None) -> str:
+    """The offending line of a syntax error, unless it may hold a credential."""
+    if text and any(word in text.lower() for word in _SECRET_WORDS):
+        return "(line not shown: it may hold a credential)"
+    return show(text)
 
 
 class _Reader:
@@ -292,12 +307,16 @@ def _redis(r: _Reader) -> RedisConfig:
         else:
             r.problems.bad("REDIS_PASSWORD", "<hidden>", "a string or None")
     if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            r.problems.bad("REDIS_URL", url, "a redis://, rediss:// or unix:// URL")
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. 'redis://[::1' (the text may hold a password)
+            r.problems.error("REDIS_URL", f"is not a valid URL: {exc}")
+            return RedisConfig(url="unix:///tmp/redis.sock", password=password)
         if parts.password:
             r.problems.error("REDIS_URL", "carries a password; put it in REDIS_PASSWORD instead")
             url = url.replace(f":{parts.password}@", ":@")
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            r.problems.bad("REDIS_URL", url, "a redis://, rediss:// or unix:// URL")
         return RedisConfig(url=url, password=password)
     if socket_path:
         return RedisConfig(url=f"unix://{socket_path}", password=password)
@@ -316,6 +335,8 @@ def _flux(r: _Reader, required: bool) -> FluxConfig:
                 "expected 32 letters and digits, as Flux requires "
                 f"(got {len(key_value)} characters)",
             )
+    elif key_value not in (None, "") and required:
+        r.problems.bad("FLUX_SELF_API_KEY", "<hidden>", "a string of 32 letters and digits")
     elif required:
         r.problems.error("FLUX_SELF_API_KEY", "not set; VISTA_SINK = 'flux' needs Flux's key")
     protocol = r.text("VISTA_FLUX_PROTOCOL", "http", choices=("http", "https"))
@@ -388,11 +409,18 @@ def _remote_hosts(r: _Reader, default: HostOptions) -> dict[str, HostOptions]:
     hosts: dict[str, HostOptions] = {}
     for host, options in raw.items():
         name = f"VISTA_REMOTE_HOSTS[{host!r}]"
-        if not isinstance(host, str) or urlsplit(host).scheme not in ("http", "https"):
+        if not isinstance(host, str) or _scheme(host) not in ("http", "https"):
             r.problems.bad("VISTA_REMOTE_HOSTS", host, "keys that are remote_host URLs")
             continue
         hosts[host.rstrip("/")] = _host_options(r, name, options, default)
     return hosts
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # 'http://[::1' and the like
+        return ""
 
 
 def _metrics_address(r: _Reader) -> tuple[str, int] | None:
@@ -430,6 +458,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
     _unknown_names(values, problems)
     sink_text = r.text("VISTA_SINK", "flux", choices=("flux", "graphite"))
     sink: SinkType = "graphite" if sink_text == "graphite" else "flux"
+    sink_known = values.get("VISTA_SINK", "flux") in ("flux", "graphite")
     fetcher_processes = r.integer("VISTA_FETCHER_PROCESSES", 1)
     if fetcher_processes > 1:
         problems.warn(
@@ -451,7 +480,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
     entries = check_entries(values.get("VISTA_FETCH_METRICS", ()), problems)
     log_path, pid_path = _paths(r)
     self_host = r.text("SKYLINE_METRICS_CARBON_HOST", None)
-    carbon = _carbon(r, sink == "graphite")
+    carbon = _carbon(r, sink == "graphite" and sink_known)
     config = VistaConfig(
         path=path,
         enabled=r.boolean("VISTA_ENABLED", False),
@@ -476,7 +505,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         metrics_address=_metrics_address(r),
         sink=sink,
         redis=_redis(r),
-        flux=_flux(r, sink == "flux"),
+        flux=_flux(r, sink == "flux" and sink_known),
         carbon=carbon,
         self_metrics=SelfMetricsConfig(
             host=self_host if self_host is not None else carbon.host,

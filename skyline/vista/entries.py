@@ -204,17 +204,23 @@ def _check_host(check: _EntryCheck, value: object) -> str:
             "remote_host", value, "an http:// or https:// URL such as 'http://prometheus:9090'"
         )
         return ""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        check.error(
-            "remote_host", value, "an http:// or https:// URL such as 'http://prometheus:9090'"
-        )
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:  # e.g. 'http://[::1' (the text may hold a password)
+        check.problems.error(check.where("remote_host"), f"is not a valid URL: {exc}")
         return ""
+    # Credentials first: the other messages show the value, which must not carry a password.
     if parts.username is not None or parts.password is not None:
         check.problems.error(
             check.where("remote_host"),
             "carries credentials in the URL; put them in the 'user' and 'password' fields "
             "(they are then never logged or queued)",
+        )
+        return ""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        check.error(
+            "remote_host", value, "an http:// or https:// URL such as 'http://prometheus:9090'"
         )
         return ""
     if parts.query or parts.fragment:

@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 EMPTY_SCAN_HORIZON = 3600
 """A window that ended this long ago and held nothing will not fill later: skip past it."""
 
+FLUSH_DELAY = 0.2
+"""Finished metrics are pushed to the queue within this many seconds, together with whatever
+else finished meanwhile: a slow host must not hold back the others' points until the cycle ends."""
+
 
 @dataclass
 class MetricResult:
@@ -116,8 +120,10 @@ class FetchCycle:
             graphite_chunk_points=config.queue_item_max_points,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()  # set when the last task has finished
         self._to_push: list[tuple[str, list[str]]] = []
         self._queued = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.now = 0.0
 
     # --- planning -----------------------------------------------------------------------
@@ -173,7 +179,8 @@ class FetchCycle:
                 for n, window in enumerate(result.windows):
                     self._spawn(self._prometheus(result, n, window))
         self._spawn_graphite([r for r in results if not r.done])
-        unfinished = await self._wait(deadline)
+        await self._wait(deadline)
+        unfinished = sum(1 for r in results if not r.done)
         await self._flush(final=True)
         report = CycleReport(
             self.now, results, time.monotonic() - started, unfinished, self._queued
@@ -184,35 +191,40 @@ class FetchCycle:
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
-    async def _wait(self, deadline: float | None) -> int:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + (deadline if deadline is not None else self.config.fetcher_max_runtime)
-        while self._tasks:
-            remaining = end - loop.time()
-            if remaining <= 0:
-                break
-            done, _ = await asyncio.wait(
-                self._tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            self._tasks -= done
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    logger.error("fetch task failed", exc_info=task.exception())
-        unfinished = len(self._tasks)
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # A callback per task, not asyncio.wait() over all of them after each completion:
+        # that costs O(tasks) per completion, O(n^2) for a cycle of 10,000 requests.
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("fetch task failed", exc_info=task.exception())
+        if not self._tasks:
+            self._idle.set()
+
+    async def _wait(self, deadline: float | None) -> None:
+        timeout = deadline if deadline is not None else self.config.fetcher_max_runtime
+        if self._tasks and timeout > 0:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                pass
+        if self._flush_timer is not None:  # the final flush follows
+            self._flush_timer.cancel()
+            self._flush_timer = None
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        return unfinished
 
     async def _get(self, result: MetricResult | None, entry: FetchEntry, url: str) -> object:
         state = self.host_state(entry)
         if not state.available():
             raise SourceError(
                 "host_backoff",
-                f"{state.host} is backing off after errors ({state.backoff.remaining():.0f}s left)",
+                f"{state.host} is backing off after errors ({state.remaining():.0f}s left)",
             )
         if result is not None:
             result.requests += 1
@@ -229,6 +241,8 @@ class FetchCycle:
             state.record_error(exc.kind)
             if exc.kind in HOST_LEVEL_ERRORS:
                 state.backoff.failure(at_least=exc.retry_after or 0.0)
+                if exc.retry_after:
+                    state.hold(exc.retry_after)
             raise
         state.backoff.success()
         return body
@@ -323,6 +337,14 @@ class FetchCycle:
                 self._to_push.append((result.metric, result.items))
                 if len(self._to_push) >= 500:
                     await self._flush(final=False)
+                elif self._flush_timer is None and self.queue is not None:
+                    loop = asyncio.get_running_loop()
+                    self._flush_timer = loop.call_later(FLUSH_DELAY, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        if self._to_push:
+            self._spawn(self._flush(final=False))
 
     def _finish(self, result: MetricResult) -> None:
         """Merge the windows that answered, in order, up to the first that failed (points after
@@ -378,14 +400,20 @@ class FetchCycle:
         watermarks did not move, so the next cycle fetches the same points again)."""
         if not self._to_push or self.queue is None:
             return
+        # Take the list before awaiting: other fetch tasks keep appending finished metrics
+        # while the push is in flight, and those must wait for the next push, not be dropped.
+        chains, self._to_push = self._to_push, []
+        pushed = False
         try:
-            self._queued += await self.queue.push(self._to_push)
+            self._queued += await self.queue.push(chains)
+            pushed = True
         except REDIS_ERRORS:
             if final:
                 raise
             logger.debug(
                 "Redis unavailable mid-cycle; %d metrics wait for the final push",
-                len(self._to_push),
+                len(chains) + len(self._to_push),
             )
-            return
-        self._to_push = []
+        finally:
+            if not pushed:  # failed or cancelled: pushed again later (a queued metric is skipped)
+                self._to_push = chains + self._to_push

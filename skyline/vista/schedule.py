@@ -72,9 +72,11 @@ def is_due(
 
 def _split(start: int, end: int, span: int, step: int) -> list[Window]:
     """Consecutive windows of at most ``span`` seconds covering [start, end]."""
-    windows = []
+    windows: list[Window] = []
     cursor = start
-    while cursor < end:
+    # With a step, a window after the first may hold a single point (cursor == end): the
+    # previous window ended one step before ``end``, and ``end`` must still be fetched.
+    while cursor < end or (windows and step > 0 and cursor == end):
         stop = min(end, cursor + span)
         windows.append(Window(cursor, stop))
         cursor = stop + (step if step > 0 else 0)

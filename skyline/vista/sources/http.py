@@ -9,6 +9,8 @@ failing (its metrics wait; other hosts are not slowed). Every failure becomes a
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
 import email.utils
 import json
 import re
@@ -16,6 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -49,14 +52,16 @@ class Credentials:
         kinds = [k for k in ("user", "token", "api_key") if getattr(self, k)]
         return f"Credentials({'+'.join(kinds) or 'none'})"
 
-    def apply(self, headers: dict[str, str], options: HostOptions) -> aiohttp.BasicAuth | None:
+    def apply(self, headers: dict[str, str], options: HostOptions) -> None:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.api_key:
             headers[options.api_key_header] = self.api_key
         if self.user is not None and self.password is not None:
-            return aiohttp.BasicAuth(self.user, self.password)
-        return None
+            # RFC 7617 with UTF-8 (aiohttp.BasicAuth is deprecated and latin-1 only: any other
+            # character in a password raised inside the fetch task).
+            pair = f"{self.user}:{self.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 @dataclass
@@ -70,9 +75,18 @@ class HostState:
     requests: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latency_total: float = 0.0
+    hold_until: float = 0.0  # time.monotonic() before which the host asked us not to call
 
     def available(self) -> bool:
-        return self.backoff.ready()
+        return self.backoff.ready() and time.monotonic() >= self.hold_until
+
+    def hold(self, seconds: float) -> None:
+        """Honour a Retry-After: no request for ``seconds``, even if a request that was already
+        in flight succeeds meanwhile (a success resets the backoff, not this)."""
+        self.hold_until = max(self.hold_until, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.backoff.remaining(), self.hold_until - time.monotonic())
 
     def record_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -91,12 +105,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone also accepts '²'
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # asctime form: no zone, but every HTTP-date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -125,8 +141,8 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> byte
     length = response.content_length
     if length is not None and length > max_bytes:
         raise SourceError("too_large", f"body of {length} bytes exceeds the {max_bytes}-byte cap")
-    if length is not None:
-        return await response.read()
+    # Always count what is read: with Content-Encoding (gzip) the length is the compressed
+    # size, and the body read is the decompressed one.
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(1 << 16):
@@ -145,8 +161,30 @@ def decode_json(body: bytes, content_type: str) -> Any:
     except ValueError as exc:
         pos = getattr(exc, "pos", None)
         where = f" at byte {pos} of {len(body)}" if pos is not None else ""
-        kind = "truncated_json" if pos is not None and pos >= len(body) - 1 else "invalid_json"
-        raise SourceError(kind, f"invalid JSON{where}: {snippet(body)}") from exc
+        cut = isinstance(exc, json.JSONDecodeError) and _cut_short(exc)
+        kind = "truncated_json" if cut else "invalid_json"
+        what = "truncated JSON" if cut else "invalid JSON"
+        raise SourceError(kind, f"{what}{where}: {snippet(body)}") from exc
+
+
+_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_NUMBER_START = re.compile(r"-?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d*)?)?")
+
+
+def _cut_short(exc: json.JSONDecodeError) -> bool:
+    """Whether the document stops where it failed: it ends inside a string, a literal
+    (``nu``), a number (``1.``) or between tokens, rather than holding a wrong character."""
+    if exc.msg.startswith("Unterminated string"):
+        return True
+    start = exc.pos
+    while start > 0 and exc.doc[start - 1] in "0123456789+-.eE":
+        start -= 1  # the parser stops after '1' in '1e+': look at the whole number
+    rest = exc.doc[start:].rstrip()
+    if not rest:
+        return True
+    return any(literal.startswith(rest) for literal in _LITERALS) or bool(
+        _NUMBER_START.fullmatch(rest)
+    )
 
 
 async def get_json(
@@ -166,17 +204,24 @@ async def get_json(
     options = state.options
     headers = dict(options.headers)
     headers.setdefault("Accept", "application/json")
-    auth = credentials.apply(headers, options)
+    credentials.apply(headers, options)
     timeout = aiohttp.ClientTimeout(total=options.timeout)
     started = time.monotonic()
     async with state.semaphore:
         state.requests += 1
         try:
+            # No redirects: following one would send the credentials headers (api key,
+            # custom headers) to whatever host it names. A 3xx is reported with its target.
             async with session.get(
-                url, headers=headers, auth=auth, timeout=timeout, ssl=ssl_option(options)
+                url,
+                headers=headers,
+                timeout=timeout,
+                ssl=ssl_option(options),
+                allow_redirects=False,
             ) as response:
                 body = await _read_capped(response, max_bytes)
                 status = response.status
+                location = response.headers.get("Location", "")
                 content_type = response.content_type or ""
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError as exc:
@@ -191,6 +236,14 @@ async def get_json(
             state.latency_total += time.monotonic() - started
     if status == 200:
         return decode_json(body, content_type)
+    if 300 <= status < 400:
+        target = urlsplit(location)
+        shown = f"{target.scheme}://{target.netloc}{target.path}" if target.netloc else target.path
+        raise SourceError(
+            "redirect",
+            f"HTTP {status} redirect to {shown or '?'}; Vista does not follow redirects (they "
+            "would carry the credentials elsewhere): set remote_host/uri to the final URL",
+        )
     if status in (429, 503):
         wait = f"; Retry-After {retry_after:g}s" if retry_after is not None else ""
         raise SourceError(

@@ -60,6 +60,8 @@ def parse_result(body: object) -> list[tuple[object, object]]:
         raise SourceError("shape", f"unsupported resultType {kind!r} (expected matrix or vector)")
     if not result:
         return []
+    if not all(isinstance(s, dict) for s in result):
+        raise SourceError("shape", "a result entry is not an object")
     if len(result) > 1:
         raise SourceError(
             "too_many_series",
@@ -67,8 +69,6 @@ def parse_result(body: object) -> list[tuple[object, object]]:
             f"{_label_differences(result)}. Aggregate it (e.g. sum by ()) or add label matchers",
         )
     series = result[0]
-    if not isinstance(series, dict):
-        raise SourceError("shape", "a result entry is not an object")
     if kind == "matrix":
         values = series.get("values")
         if not isinstance(values, list):

@@ -1,0 +1,240 @@
+"""Pure delivery logic: plan_batch (what to send), settle (what to ack, dead-letter, give back)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from skyline.vista import codec
+from skyline.vista.delivery import Planned, plan_batch, settle
+from skyline.vista.errors import SinkError
+from skyline.vista.fetchqueue import Ack
+from skyline.vista.model import Point, QueueItem, Watermark
+from skyline.vista.sinks import Entry, SinkResult
+
+T0 = 1_718_000_040  # a minute boundary
+NOW = T0 + 600 + 25.5  # 25.5 s into the minute that starts at T0 + 600
+WORKER = "host-1:4242:0"
+
+
+def series(first: int, count: int, step: int = 60, base: float = 0.0) -> tuple[Point, ...]:
+    return tuple((first + i * step, base + i) for i in range(count))
+
+
+def item(
+    metric: str, points: Sequence[Point], *, replay: bool = False, item_id: str = ""
+) -> tuple[str, QueueItem]:
+    made = QueueItem(
+        id=item_id or f"id-{metric}",
+        metric=metric,
+        source="replay" if replay else "prometheus",
+        host="http://prometheus:9090",
+        target=f"sum({metric})",
+        points=tuple(points),
+        fetched_at=T0 + 600.0,
+        replay=replay,
+    )
+    return codec.encode_item(made), made
+
+
+def plan(
+    items: list[tuple[str, QueueItem]],
+    watermarks: dict[str, Watermark] | None = None,
+    *,
+    skip_current_minute: bool = True,
+) -> tuple[list[Planned], list[Entry]]:
+    return plan_batch(items, watermarks or {}, NOW, skip_current_minute=skip_current_minute)
+
+
+A = item("vista.a", series(T0, 3))  # T0, T0+60, T0+120 → 0.0, 1.0, 2.0
+B = item("vista.b", series(T0 + 60, 2, base=10.0))  # T0+60, T0+120 → 10.0, 11.0
+C = item("vista.c", series(T0, 4, base=20.0))  # T0 .. T0+180 → 20.0 .. 23.0
+
+
+# --- plan_batch -------------------------------------------------------------------------------
+
+
+def test_plan_lays_out_every_item_in_order() -> None:
+    planned, entries = plan([A, B])
+    assert entries == [
+        Entry("vista.a", T0, 0.0),
+        Entry("vista.a", T0 + 60, 1.0),
+        Entry("vista.a", T0 + 120, 2.0),
+        Entry("vista.b", T0 + 60, 10.0),
+        Entry("vista.b", T0 + 120, 11.0),
+    ]
+    assert [(p.start, p.end) for p in planned] == [(0, 3), (3, 5)]
+    assert [p.raw for p in planned] == [A[0], B[0]]
+    assert [p.resolution for p in planned] == [60, 60]
+    assert planned[0].points == series(T0, 3)
+
+
+def test_points_at_or_below_the_watermark_are_not_sent() -> None:
+    planned, entries = plan([A, B], {"vista.a": Watermark(T0 + 60, 1.0)})
+    assert entries == [
+        Entry("vista.a", T0 + 120, 2.0),
+        Entry("vista.b", T0 + 60, 10.0),  # b's watermark is not a's
+        Entry("vista.b", T0 + 120, 11.0),
+    ]
+    assert planned[0].dropped.as_dict() == {"at_or_below_watermark": 2}
+    assert planned[1].dropped.as_dict() == {}
+
+
+def test_points_of_the_current_minute_are_not_sent() -> None:
+    current = T0 + 600
+    raw = item("vista.now", [(current - 60, 1.0), (current, 2.0), (current + 20, 3.0)])
+    planned, entries = plan([raw])
+    assert entries == [Entry("vista.now", current - 60, 1.0)]
+    assert planned[0].dropped.as_dict() == {"current_minute": 2}
+    # unless the setting says otherwise
+    planned, entries = plan([raw], skip_current_minute=False)
+    assert [e.timestamp for e in entries] == [current - 60, current, current + 20]
+    assert planned[0].dropped.total == 0
+
+
+def test_replay_items_ignore_the_watermark() -> None:
+    replay = item("vista.a", series(T0, 3), replay=True, item_id="replay-1")
+    planned, entries = plan([replay], {"vista.a": Watermark(T0 + 3000, 9.0)})
+    assert [e.timestamp for e in entries] == [T0, T0 + 60, T0 + 120]
+    assert planned[0].dropped.total == 0
+    # the current minute still is not sent
+    late = item("vista.a", [(T0 + 600, 1.0)], replay=True)
+    assert plan([late], {"vista.a": Watermark(T0, 0.0)})[1] == []
+
+
+def test_plan_cleans_each_item() -> None:
+    messy = item("vista.m", [(T0 + 120, 3.0), (T0, 1.0), (T0 + 60, 2.0), (T0 + 60, 2.5)])
+    planned, entries = plan([messy])
+    assert [(e.timestamp, e.value) for e in entries] == [(T0, 1.0), (T0 + 60, 2.5), (T0 + 120, 3.0)]
+    assert planned[0].dropped.as_dict() == {"duplicate_ts": 1}
+
+
+# --- settle -----------------------------------------------------------------------------------
+
+
+def test_all_handled_acks_each_item_with_its_last_point() -> None:
+    planned, entries = plan([A, B])
+    out = settle(planned, entries, SinkResult(handled=5), WORKER)
+    assert out.acks == [
+        Ack(A[0], "vista.a", Watermark(T0 + 120, 2.0), 60, True, (), keep=False),
+        Ack(B[0], "vista.b", Watermark(T0 + 120, 11.0), 60, True, (), keep=False),
+    ]
+    assert out.release == []
+    assert (out.delivered_points, out.rejected_points) == (5, 0)
+    assert (out.delivered_items, out.dead_letters) == (2, 0)
+
+
+def test_rejected_points_become_dead_letters_and_the_watermark_advances() -> None:
+    planned, entries = plan([A, B])
+    reason = "Flux 400: invalid value - {'metric': 'vista.a', 'timestamp': 1718000100}"
+    result = SinkResult(handled=5, rejected={1: reason})
+    out = settle(planned, entries, result, WORKER)
+    ack_a, ack_b = out.acks
+    assert ack_a.watermark == Watermark(T0 + 120, 2.0)
+    assert ack_a.delivered is True
+    assert ack_a.keep is False
+    (dead,) = ack_a.dead
+    assert dead.reason == reason
+    assert dead.worker == WORKER
+    assert dead.metric == "vista.a"
+    dead_item = codec.decode_item(dead.item)
+    assert dead_item.metric == "vista.a"
+    assert dead_item.points == ((T0 + 60, 1.0),)
+    assert dead_item.replay is False
+    assert dead_item.id != A[1].id
+    assert ack_b.dead == ()
+    assert (out.delivered_points, out.rejected_points) == (4, 1)
+    assert (out.delivered_items, out.dead_letters) == (2, 1)
+    assert out.release == []
+
+
+def test_rejected_points_are_grouped_by_reason() -> None:
+    planned, entries = plan([C])
+    result = SinkResult(handled=4, rejected={0: "quota", 2: "quota", 3: "too old"})
+    out = settle(planned, entries, result, WORKER)
+    (ack,) = out.acks
+    by_reason = {d.reason: codec.decode_item(d.item).points for d in ack.dead}
+    assert by_reason == {"quota": ((T0, 20.0), (T0 + 120, 22.0)), "too old": ((T0 + 180, 23.0),)}
+    assert ack.watermark == Watermark(T0 + 180, 23.0)  # the last point, even though rejected
+    assert ack.delivered is True  # T0+60 was taken
+    assert (out.delivered_points, out.rejected_points, out.dead_letters) == (1, 3, 2)
+
+
+def test_an_item_whose_every_point_is_rejected_still_advances() -> None:
+    planned, entries = plan([B])
+    out = settle(planned, entries, SinkResult(handled=2, rejected={0: "x", 1: "x"}), WORKER)
+    (ack,) = out.acks
+    assert ack.watermark == Watermark(T0 + 120, 11.0)
+    assert ack.delivered is False
+    assert len(ack.dead) == 1
+    assert (out.delivered_items, out.delivered_points, out.rejected_points) == (0, 0, 2)
+
+
+def test_sink_stopping_inside_an_item_keeps_and_releases_it() -> None:
+    planned, entries = plan([A, B, C])  # entries: a 0-2, b 3-4, c 5-8
+    result = SinkResult(handled=4, error=SinkError("Flux answered HTTP 503"))
+    out = settle(planned, entries, result, WORKER)
+    assert out.acks == [
+        Ack(A[0], "vista.a", Watermark(T0 + 120, 2.0), 60, True, (), keep=False),
+        Ack(B[0], "vista.b", Watermark(T0 + 60, 10.0), 60, True, (), keep=True),
+    ]
+    assert out.release == [B[0], C[0]]  # b partly handled, c untouched
+    assert (out.delivered_points, out.delivered_items) == (4, 1)
+    # Claimed again with the new watermark, b sends only what was not handled.
+    again, again_entries = plan([B], {"vista.b": Watermark(T0 + 60, 10.0)})
+    assert again_entries == [Entry("vista.b", T0 + 120, 11.0)]
+
+
+def test_partial_item_with_a_rejected_point_before_the_stop() -> None:
+    planned, entries = plan([C])
+    result = SinkResult(handled=2, rejected={1: "bad"}, error=SinkError("timeout"))
+    out = settle(planned, entries, result, WORKER)
+    (ack,) = out.acks
+    assert ack.keep is True
+    assert ack.watermark == Watermark(T0 + 60, 21.0)
+    assert [codec.decode_item(d.item).points for d in ack.dead] == [((T0 + 60, 21.0),)]
+    assert out.release == [C[0]]
+    assert (out.delivered_points, out.rejected_points, out.delivered_items) == (1, 1, 0)
+
+
+def test_untouched_items_are_released() -> None:
+    planned, entries = plan([A, B])
+    result = SinkResult(handled=0, error=SinkError("connection refused"))
+    out = settle(planned, entries, result, WORKER)
+    assert out.acks == []
+    assert out.release == [A[0], B[0]]
+    assert (out.delivered_points, out.delivered_items, out.dead_letters) == (0, 0, 0)
+
+
+def test_stop_exactly_between_items() -> None:
+    planned, entries = plan([A, B])
+    out = settle(planned, entries, SinkResult(handled=3, error=SinkError("503")), WORKER)
+    assert [a.metric for a in out.acks] == ["vista.a"]
+    assert out.acks[0].keep is False
+    assert out.release == [B[0]]
+
+
+def test_item_with_nothing_new_is_acked_without_moving_the_watermark() -> None:
+    stale = item("vista.a", series(T0, 2))
+    planned, entries = plan([stale, B], {"vista.a": Watermark(T0 + 60, 1.0)})
+    assert [(p.start, p.end) for p in planned] == [(0, 0), (0, 2)]
+    out = settle(planned, entries, SinkResult(handled=2), WORKER)
+    assert out.acks[0] == Ack(stale[0], "vista.a", None, 60, False, (), keep=False)
+    assert out.acks[1].watermark == Watermark(T0 + 120, 11.0)
+    assert out.release == []
+
+
+def test_empty_item_after_the_stop_is_released() -> None:
+    stale = item("vista.c", series(T0, 2, base=20.0))
+    planned, entries = plan([A, stale], {"vista.c": Watermark(T0 + 60, 21.0)})
+    out = settle(planned, entries, SinkResult(handled=1, error=SinkError("503")), WORKER)
+    assert [(a.metric, a.keep) for a in out.acks] == [("vista.a", True)]
+    assert out.release == [A[0], stale[0]]
+
+
+def test_replay_item_ack_carries_its_own_last_point() -> None:
+    """(The ACK script only ever moves a watermark forward; that is tested against Redis.)"""
+    replay = item("vista.a", series(T0, 2), replay=True, item_id="r")
+    planned, entries = plan([replay], {"vista.a": Watermark(T0 + 3000, 9.0)})
+    (ack,) = settle(planned, entries, SinkResult(handled=2), WORKER).acks
+    assert ack.watermark == Watermark(T0 + 60, 1.0)
+    assert ack.delivered is True
