@@ -70,8 +70,14 @@ class AgentState:
 class Vista:
     """The Vista agent process (the original's ``skyline.vista.agent.Vista``)."""
 
-    def __init__(self, config: VistaConfig, log_spec: LogSpec) -> None:
+    def __init__(
+        self,
+        config: VistaConfig,
+        log_spec: LogSpec,
+        on_force_exit: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self.on_force_exit = on_force_exit
         self.log_spec = log_spec
         self.pid = os.getpid()
         self.state = AgentState()
@@ -104,6 +110,8 @@ class Vista:
                         os.kill(slot.process.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+            if self.on_force_exit is not None:
+                self.on_force_exit()  # e.g. remove the pidfile: this is a stop, not a crash
             os._exit(constants.EXIT_FAILURE)
         self.state.stop_requested = True
 
@@ -220,6 +228,10 @@ class Vista:
         telemetry.WORKER_RESTARTS.inc()
         _mark_dead(process.pid)
         recovered = self._recover(wid)
+        try:
+            self.client.delete(constants.WORKER_HEARTBEAT_PREFIX + wid)
+        except redisconn.REDIS_ERRORS:
+            pass  # it expires by itself
         logger.error(
             "worker %d (pid %s) exited with code %s after %.0fs; %d item(s) requeued; "
             "restarting in %.1fs",

@@ -103,7 +103,7 @@ def _agent_main(
 
         spec = LogSpec(log_file, config.verbose_logging, tuple(config.secrets()))
         logs.configure(spec)
-        agent = Vista(config, spec)
+        agent = Vista(config, spec, on_force_exit=pidfile.release)
         ready = (lambda: notify(f"ok {os.getpid()}")) if notify is not None else None
         return agent.run(ready=ready)
     finally:
