@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 10.0
 RECOVER_EVERY = 15.0
 POLL_IDLE = 0.5
+PARENT_DEATH_SIGNAL = signal.SIGUSR1
+"""Sent by Linux when the agent dies, once for each agent thread that exits while the worker
+is its child (so often several times): not SIGTERM, whose second arrival means 'exit now'."""
 SEGMENT_POINTS = 4500
 """Points handed to the sink at once (10 Flux requests); the lease is renewed between segments."""
 
@@ -163,8 +166,8 @@ class WorkerLoop:
             }
         )
         pipe = self.client.pipeline(transaction=False)
-        pipe.setex(constants.WORKER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(now))
-        pipe.setex(constants.WORKER_HEARTBEAT_PREFIX + self.wid, constants.HEARTBEAT_TTL, record)
+        pipe.set(constants.WORKER_HEARTBEAT_KEY, int(now), ex=constants.HEARTBEAT_TTL)
+        pipe.set(constants.WORKER_HEARTBEAT_PREFIX + self.wid, record, ex=constants.HEARTBEAT_TTL)
         pipe.zadd(constants.WORKERS_KEY, {self.wid: now + self.config.worker_lease})
         errors = logs.error_counter.take()
         if errors:
@@ -320,11 +323,12 @@ class Worker(multiprocessing.context.SpawnProcess):
         self.log_spec = log_spec
 
     def run(self) -> None:
-        procutil.set_parent_death_signal(signal.SIGTERM)
+        procutil.set_parent_death_signal(PARENT_DEATH_SIGNAL)
         if not procutil.parent_alive(self.parent_pid):
             sys.exit(0)
         logs.configure(self.log_spec)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and reloads (a hangup of the group)
         client = redisconn.connect(self.config.redis)
         loop = WorkerLoop(
             self.config,
@@ -339,5 +343,9 @@ class Worker(multiprocessing.context.SpawnProcess):
                 os._exit(1)  # second signal: leave at once; the lease covers held items
             loop.stop()
 
+        def on_parent_death(signum: int, frame: FrameType | None) -> None:
+            loop.stop()  # may come several times: never the "second signal"
+
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(PARENT_DEATH_SIGNAL, on_parent_death)
         loop.run()
