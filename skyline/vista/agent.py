@@ -28,7 +28,7 @@ from skyline.vista.backoff import compute_backoff
 from skyline.vista.config import VistaConfig
 from skyline.vista.errors import ConfigError
 from skyline.vista.fetcher import Fetcher
-from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
 from skyline.vista.worker import Worker, worker_id
 
@@ -83,7 +83,7 @@ class Vista:
         self.state = AgentState()
         self.fetcher: Fetcher | None = None
         self.client = redisconn.connect(config.redis)
-        self.queue = FetchQueue(self.client)
+        self.queue = FetchQueue(self.client, watermark_keys(config.sink))
         self.hostname = socket.gethostname()
         self.started = time.time()
         self._next_heartbeat = 0.0
@@ -352,10 +352,10 @@ class Vista:
             ],
         }
         try:
-            self.client.setex(
+            self.client.set(
                 f"{constants.AGENT_KEY_PREFIX}{self.hostname}",
-                constants.HEARTBEAT_TTL,
                 json.dumps(record),
+                ex=constants.HEARTBEAT_TTL,
             )
             errors = logs.error_counter.take()
             if errors:

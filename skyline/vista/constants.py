@@ -35,6 +35,11 @@ WATERMARK_HASH = "flux.last.metric_data"
 WATERMARK_KEY_PREFIX = "flux.last."
 """*Skyline*: string per metric, [ts, value]; the older form of the watermark."""
 
+VISTA_WATERMARK_HASH = "vista.last.metric_data"
+"""With the Flux sink, Vista's own watermark hash (same format). Flux owns flux.last.*: its worker
+writes them after sending a point to Graphite and drops queued points at or below them, so
+Vista writing them when Flux answers 204 would make Flux drop the batch it has just taken."""
+
 WATERMARK_KEY_TTL = 3600
 """Flux writes flux.last.<metric> with this TTL; so do we."""
 

@@ -13,6 +13,11 @@ from skyline.vista.model import DeadLetter, DropCounts, Point, QueueItem, Waterm
 from skyline.vista.sinks import Entry, SinkResult
 from skyline.vista.validate import clean, current_minute_start, detect_resolution
 
+FUTURE_LIMIT = 60
+"""Seconds ahead of the clock that a point may be (Flux refuses more). Further ahead, a point is
+held back like the open minute: not sent, the watermark stays below it, a later cycle delivers
+it. Sent, it would be rejected and move the watermark past the points that arrive meanwhile."""
+
 
 @dataclass
 class Planned:
@@ -45,7 +50,7 @@ def plan_batch(
     skip_current_minute: bool,
 ) -> tuple[list[Planned], list[Entry]]:
     """Validate each item against its metric's watermark and lay all points out in one list."""
-    before = current_minute_start(now) if skip_current_minute else None
+    before = current_minute_start(now) if skip_current_minute else int(now) + FUTURE_LIMIT + 1
     planned: list[Planned] = []
     entries: list[Entry] = []
     for raw, item in items:
@@ -54,7 +59,7 @@ def plan_batch(
         cleaned = clean(item.points, after=after, before=before)
         start = len(entries)
         metric = item.metric
-        entries.extend(Entry(metric, ts, value) for ts, value in cleaned.points)
+        entries += [Entry(metric, ts, value) for ts, value in cleaned.points]
         planned.append(
             Planned(
                 raw=raw,
@@ -74,6 +79,8 @@ def _dead_for(
 ) -> tuple[tuple[DeadLetter, ...], int]:
     """One dead letter per distinct reason among entries[plan.start:upto], holding that
     reason's rejected points as an item. Returns the letters and the number of points."""
+    if not result.rejected:  # the usual case: no need to look at every point
+        return (), 0
     by_reason: dict[str, list[Point]] = {}
     for index in range(plan.start, upto):
         reason = result.rejected.get(index)

@@ -18,7 +18,7 @@ import aiohttp
 from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
-from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def describe(result: MetricResult) -> str:
 async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> CycleReport:
     entries = [e for e in config.fetch_metrics if not metrics or e.metric in metrics]
     client = redisconn.connect_async(config.redis)
-    queue = AsyncFetchQueue(client)
+    queue = AsyncFetchQueue(client, watermark_keys(config.sink))
     names = [e.metric for e in entries]
     try:
         marks = await queue.watermarks(names)
@@ -78,8 +78,8 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
         async with aiohttp.ClientSession(connector=connector) as session:
             cycle = FetchCycle(config, session, {}, queue=None if dry_run else queue)
             if not dry_run:
-                await client.setex(
-                    constants.FETCHER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(time.time())
+                await client.set(
+                    constants.FETCHER_HEARTBEAT_KEY, int(time.time()), ex=constants.HEARTBEAT_TTL
                 )
             return await cycle.run(entries, watermarks, pending if not dry_run else set())
     finally:

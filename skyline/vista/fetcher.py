@@ -22,7 +22,7 @@ from skyline.vista import constants, redisconn, telemetry
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
-from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.procutil import parent_alive
 from skyline.vista.schedule import cycle_tick, is_due, next_tick
 from skyline.vista.sources.http import HostState
@@ -114,7 +114,7 @@ class Fetcher(threading.Thread):
             limit=config.fetch_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
         )
         client = redisconn.connect_async(config.redis)
-        queue = AsyncFetchQueue(client)
+        queue = AsyncFetchQueue(client, watermark_keys(config.sink))
         logger.info("fetcher started: %d metric(s)", len(config.fetch_metrics))
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
@@ -143,8 +143,8 @@ class Fetcher(threading.Thread):
         config = self.config
         begin = self.clock()
         try:
-            await queue.client.setex(
-                constants.FETCHER_HEARTBEAT_KEY, constants.HEARTBEAT_TTL, int(begin)
+            await queue.client.set(
+                constants.FETCHER_HEARTBEAT_KEY, int(begin), ex=constants.HEARTBEAT_TTL
             )
             if time.monotonic() >= self._next_reconcile:
                 fixed = await queue.reconcile()

@@ -23,15 +23,47 @@ import redis.asyncio
 from skyline.vista import codec, constants, queue_scripts
 from skyline.vista.model import DeadLetter, Watermark
 
-KEYS = [
-    constants.QUEUE_KEY,
-    constants.INFLIGHT_KEY,
-    constants.PENDING_KEY,
-    constants.DEAD_KEY,
-    constants.ATTEMPTS_KEY,
-    constants.WORKERS_KEY,
-    constants.WATERMARK_HASH,
-]
+
+@dataclass(frozen=True)
+class WatermarkKeys:
+    """Where acknowledgements write the watermark and where the fetcher reads it.
+
+    Carbon sink: Vista is the only writer of Skyline's ``flux.last.metric_data`` and
+    ``flux.last.<metric>``. Flux sink: Flux writes those itself once it has sent a point on, and
+    drops queued points at or below them, so Vista keeps its own hash and reads the newer of
+    the two (see constants.VISTA_WATERMARK_HASH).
+    """
+
+    write: str
+    write_old_key: bool
+    read: tuple[str, ...]
+
+
+CARBON_WATERMARKS = WatermarkKeys(constants.WATERMARK_HASH, True, (constants.WATERMARK_HASH,))
+FLUX_WATERMARKS = WatermarkKeys(
+    constants.VISTA_WATERMARK_HASH,
+    False,
+    (constants.VISTA_WATERMARK_HASH, constants.WATERMARK_HASH),
+)
+
+
+def watermark_keys(sink: str) -> WatermarkKeys:
+    return FLUX_WATERMARKS if sink == "flux" else CARBON_WATERMARKS
+
+
+def script_keys(marks: WatermarkKeys) -> list[str]:
+    return [
+        constants.QUEUE_KEY,
+        constants.INFLIGHT_KEY,
+        constants.PENDING_KEY,
+        constants.DEAD_KEY,
+        constants.ATTEMPTS_KEY,
+        constants.WORKERS_KEY,
+        marks.write,
+    ]
+
+
+KEYS = script_keys(CARBON_WATERMARKS)
 
 
 @dataclass(frozen=True)
@@ -77,11 +109,13 @@ def push_args(chains: Iterable[tuple[str, Sequence[str]]]) -> list[str]:
     return args
 
 
-def ack_args(worker: str, acks: Iterable[Ack]) -> list[str]:
+def ack_args(
+    worker: str, acks: Iterable[Ack], marks: WatermarkKeys = CARBON_WATERMARKS
+) -> list[str]:
     args = [
         worker,
         constants.CHAIN_KEY_PREFIX,
-        constants.WATERMARK_KEY_PREFIX,
+        constants.WATERMARK_KEY_PREFIX if marks.write_old_key else "",
         str(constants.WATERMARK_KEY_TTL),
         constants.RESOLUTION_KEY_PREFIX,
         str(constants.RESOLUTION_KEY_TTL),
@@ -139,8 +173,10 @@ def _text(value: bytes | str) -> str:
 class FetchQueue:
     """The queue seen from a synchronous redis-py client (decode_responses=False)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, marks: WatermarkKeys = CARBON_WATERMARKS) -> None:
         self.client = client
+        self.marks = marks
+        self.keys = script_keys(marks)
         self._push = client.register_script(queue_scripts.PUSH)
         self._claim = client.register_script(queue_scripts.CLAIM)
         self._ack = client.register_script(queue_scripts.ACK)
@@ -150,11 +186,11 @@ class FetchQueue:
         self._reconcile = client.register_script(queue_scripts.RECONCILE)
 
     def push(self, chains: Iterable[tuple[str, Sequence[str]]]) -> int:
-        return int(self._push(keys=KEYS, args=push_args(chains)))
+        return int(self._push(keys=self.keys, args=push_args(chains)))
 
     def claim(self, worker: str, count: int, lease: float) -> list[str]:
         now = time.time()
-        items = self._claim(keys=KEYS, args=[worker, count, now, now + lease])
+        items = self._claim(keys=self.keys, args=[worker, count, now, now + lease])
         return [_text(i) for i in items]
 
     def renew(self, worker: str, lease: float) -> None:
@@ -163,7 +199,7 @@ class FetchQueue:
     def ack(self, worker: str, acks: Sequence[Ack]) -> int:
         if not acks:
             return 0
-        return int(self._ack(keys=KEYS, args=ack_args(worker, acks)))
+        return int(self._ack(keys=self.keys, args=ack_args(worker, acks, self.marks)))
 
     def release(
         self,
@@ -180,24 +216,24 @@ class FetchQueue:
         args = release_args(
             worker, raws, count_attempt=count_attempt, max_attempts=max_attempts, reason=reason
         )
-        released, dead = self._release(keys=KEYS, args=args)
+        released, dead = self._release(keys=self.keys, args=args)
         return int(released), int(dead)
 
     def dead_letter(self, worker: str, dead: Sequence[tuple[str, DeadLetter]]) -> int:
         if not dead:
             return 0
-        return int(self._dead(keys=KEYS, args=dead_args(worker, dead)))
+        return int(self._dead(keys=self.keys, args=dead_args(worker, dead)))
 
     def recover(self, only_worker: str = "") -> int:
         """Requeue items of workers whose lease expired (or of ``only_worker``)."""
-        return int(self._recover(keys=KEYS, args=[time.time(), only_worker]))
+        return int(self._recover(keys=self.keys, args=[time.time(), only_worker]))
 
     def leave(self, worker: str) -> int:
         """A worker stopping cleanly: give back everything it holds and drop its lease."""
         return self.recover(only_worker=worker)
 
     def reconcile(self) -> int:
-        return int(self._reconcile(keys=KEYS, args=[constants.CHAIN_KEY_PREFIX]))
+        return int(self._reconcile(keys=self.keys, args=[constants.CHAIN_KEY_PREFIX]))
 
     def counts(self) -> QueueCounts:
         pipe = self.client.pipeline(transaction=False)
@@ -246,7 +282,7 @@ class FetchQueue:
         return moved
 
     def watermarks(self, metrics: Sequence[str]) -> dict[str, Watermark]:
-        return read_watermarks_sync(self.client, metrics)
+        return read_watermarks_sync(self.client, metrics, self.marks)
 
 
 def _as_replay(raw: str) -> str:
@@ -257,30 +293,55 @@ def _as_replay(raw: str) -> str:
     return codec.encode_item(replace(item, id=new_id(), replay=True))
 
 
-def _parse_watermarks(
-    metrics: Sequence[str], hashed: Sequence[Any], keyed: dict[str, Any]
+def _newest(*marks: Watermark | None) -> Watermark | None:
+    found = [m for m in marks if m is not None]
+    return max(found, key=lambda m: m.timestamp) if found else None
+
+
+def combine_watermarks(
+    metrics: Sequence[str],
+    marks: WatermarkKeys,
+    hashed: Sequence[Sequence[Any]],
+    keyed: dict[str, Any],
 ) -> dict[str, Watermark]:
+    """The newest watermark of each metric over the hashes read (in ``marks.read`` order) and
+    flux.last.<metric>, which stands in for flux.last.metric_data where that has no field."""
     found: dict[str, Watermark] = {}
-    for metric, raw in zip(metrics, hashed, strict=True):
-        mark = codec.decode_watermark_hash(raw)
-        if mark is None:
-            mark = codec.decode_watermark_key(keyed.get(metric))
+    flux_hash = marks.read.index(constants.WATERMARK_HASH)
+    for i, metric in enumerate(metrics):
+        candidates = [codec.decode_watermark_hash(values[i]) for values in hashed]
+        if hashed[flux_hash][i] is None:
+            candidates.append(codec.decode_watermark_key(keyed.get(metric)))
+        mark = _newest(*candidates)
         if mark is not None:
             found[metric] = mark
     return found
 
 
-def read_watermarks_sync(client: redis.Redis, metrics: Sequence[str]) -> dict[str, Watermark]:
-    """flux.last.metric_data for each metric, falling back to flux.last.<metric>."""
+def _missing_from_flux(
+    metrics: Sequence[str], marks: WatermarkKeys, hashed: Sequence[Sequence[Any]]
+) -> list[str]:
+    values = hashed[marks.read.index(constants.WATERMARK_HASH)]
+    return [m for m, raw in zip(metrics, values, strict=True) if raw is None]
+
+
+def read_watermarks_sync(
+    client: redis.Redis, metrics: Sequence[str], marks: WatermarkKeys = CARBON_WATERMARKS
+) -> dict[str, Watermark]:
+    """The last point delivered for each metric (see WatermarkKeys)."""
     if not metrics:
         return {}
-    hashed = client.hmget(constants.WATERMARK_HASH, list(metrics))
-    missing = [m for m, raw in zip(metrics, hashed, strict=True) if raw is None]
+    names = list(metrics)
+    pipe = client.pipeline(transaction=False)
+    for key in marks.read:
+        pipe.hmget(key, names)
+    hashed = pipe.execute()
+    missing = _missing_from_flux(names, marks, hashed)
     keyed: dict[str, Any] = {}
     if missing:
         values = client.mget([constants.WATERMARK_KEY_PREFIX + m for m in missing])
         keyed = dict(zip(missing, values, strict=True))
-    return _parse_watermarks(metrics, hashed, keyed)
+    return combine_watermarks(names, marks, hashed, keyed)
 
 
 # --- asynchronous side (the fetcher thread's event loop) --------------------------------------
@@ -289,8 +350,12 @@ def read_watermarks_sync(client: redis.Redis, metrics: Sequence[str]) -> dict[st
 class AsyncFetchQueue:
     """What the fetcher needs: watermarks, pending metrics, and push."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(
+        self, client: redis.asyncio.Redis, marks: WatermarkKeys = CARBON_WATERMARKS
+    ) -> None:
         self.client = client
+        self.marks = marks
+        self.keys = script_keys(marks)
         self._push = client.register_script(queue_scripts.PUSH)
         self._reconcile = client.register_script(queue_scripts.RECONCILE)
 
@@ -298,7 +363,7 @@ class AsyncFetchQueue:
         queued = 0
         for start in range(0, len(chains), batch):
             part = chains[start : start + batch]
-            queued += int(await self._push(keys=KEYS, args=push_args(part)))
+            queued += int(await self._push(keys=self.keys, args=push_args(part)))
         return queued
 
     async def pending(self, metrics: Sequence[str]) -> set[str]:
@@ -310,16 +375,20 @@ class AsyncFetchQueue:
     async def watermarks(self, metrics: Sequence[str]) -> dict[str, Watermark]:
         if not metrics:
             return {}
-        hashed = await self.client.hmget(constants.WATERMARK_HASH, list(metrics))
-        missing = [m for m, raw in zip(metrics, hashed, strict=True) if raw is None]
+        names = list(metrics)
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.marks.read:
+            pipe.hmget(key, names)
+        hashed = await pipe.execute()
+        missing = _missing_from_flux(names, self.marks, hashed)
         keyed: dict[str, Any] = {}
         if missing:
             values = await self.client.mget([constants.WATERMARK_KEY_PREFIX + m for m in missing])
             keyed = dict(zip(missing, values, strict=True))
-        return _parse_watermarks(metrics, hashed, keyed)
+        return combine_watermarks(names, self.marks, hashed, keyed)
 
     async def reconcile(self) -> int:
-        return int(await self._reconcile(keys=KEYS, args=[constants.CHAIN_KEY_PREFIX]))
+        return int(await self._reconcile(keys=self.keys, args=[constants.CHAIN_KEY_PREFIX]))
 
     async def size(self) -> int:
         return int(await self.client.scard(constants.QUEUE_KEY))

@@ -1,9 +1,10 @@
 """Lua scripts that make every queue transition atomic in Redis.
 
 KEYS (always in this order): 1 queue set, 2 in-flight hash, 3 pending hash, 4 dead-letter hash,
-5 attempts hash, 6 workers zset, 7 watermark hash. Per-metric keys (chains, flux.last.<metric>,
-vista.last.resolution.<metric>) are derived from prefixes passed in ARGV, so the queue needs a
-single Redis (or Sentinel) server, not a Cluster.
+5 attempts hash, 6 workers zset, 7 the watermark hash acks write (flux.last.metric_data, or
+vista.last.metric_data with the Flux sink, see constants.VISTA_WATERMARK_HASH). Per-metric keys
+(chains, flux.last.<metric>, vista.last.resolution.<metric>) are derived from prefixes passed
+in ARGV, so the queue needs a single Redis (or Sentinel) server, not a Cluster.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ for _, item in ipairs(items) do redis.call('HSET', INF, item, tag) end
 return items
 """
 
-# ARGV: worker, chain_prefix, wm_key_prefix, wm_key_ttl, res_prefix, res_ttl, vista_metrics_key,
+# ARGV: worker, chain_prefix, wm_key_prefix ('' = do not write flux.last.<metric>), wm_key_ttl,
+# res_prefix, res_ttl, vista_metrics_key,
 # then groups of 9: item, metric, wm_ts ('' = none), wm_hash_value, wm_key_value,
 # resolution ('' = none), delivered ('1'/'0'), keep ('1'/'0'), n_dead, then n_dead pairs
 # (dead_id, dead_json). Acknowledges processed items; with keep, only the watermark and dead
@@ -79,9 +81,14 @@ while i <= #ARGV do
     local current = redis.call('HGET', WMH, metric)
     local current_ts = current and
       tonumber(string.match(current, "timestamp['\"]?%s*:%s*(-?[%d%.]+)"))
+    if not current and wm_prefix ~= '' then
+      -- No hash field yet: an older flux keeps the watermark in flux.last.<metric> only.
+      local old = redis.call('GET', wm_prefix .. metric)
+      current_ts = old and tonumber(string.match(old, "^%s*[%[%(]%s*(-?[%d%.]+)"))
+    end
     if (not current_ts) or tonumber(wm_ts) > current_ts then
       redis.call('HSET', WMH, metric, wm_hash)
-      redis.call('SETEX', wm_prefix .. metric, wm_ttl, wm_key)
+      if wm_prefix ~= '' then redis.call('SETEX', wm_prefix .. metric, wm_ttl, wm_key) end
     end
   end
   if resolution ~= '' then redis.call('SETEX', res_prefix .. metric, res_ttl, resolution) end

@@ -10,7 +10,7 @@ from collections import Counter
 
 from skyline.vista import constants, procutil, redisconn
 from skyline.vista.config import VistaConfig
-from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 
 
 def config_summary(config: VistaConfig) -> str:
@@ -71,7 +71,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     """Queue counts, heartbeats and the most lagging metrics; one line if Redis is down."""
     client = redisconn.connect(config.redis)
     try:
-        queue = FetchQueue(client)
+        queue = FetchQueue(client, watermark_keys(config.sink))
         counts = queue.counts()
         agent = client.get(f"{constants.AGENT_KEY_PREFIX}{socket.gethostname()}")
         fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
@@ -116,7 +116,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
 def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:
     client = redisconn.connect(config.redis)
     try:
-        queue = FetchQueue(client)
+        queue = FetchQueue(client, watermark_keys(config.sink))
         if action == "requeue-dead":
             moved = queue.requeue_dead(ids)
             print(f"requeued {moved} dead-lettered item(s)")

@@ -185,7 +185,8 @@ class FluxServer:
     Both routes are also served under ``/flux/`` (the nginx path). With ``record=False``,
     neither points nor request records are kept (only ``accepted_count`` and
     ``request_count``), so long benchmarks stay small in memory. ``now`` is called once
-    per request. Flux calls ``time()`` for each item.
+    per request. Flux calls ``time()`` for each item. ``delay`` (or :meth:`set_delay`)
+    answers each processed POST that many seconds late, its points already taken.
     """
 
     def __init__(
@@ -196,6 +197,7 @@ class FluxServer:
         now: Callable[[], float] = time.time,
         namespace_quotas: Mapping[str, int] | None = None,
         record: bool = True,
+        delay: float = 0.0,
     ) -> None:
         # listen.py validate_key(): when valid_keys is empty, any 32-character alphanumeric
         # key passes.
@@ -215,6 +217,7 @@ class FluxServer:
         self._failures: list[tuple[int, bytes]] = []
         self._rejected: set[str] = set()
         self._down = False
+        self._delay = float(delay)
         # Stand-ins for the Redis sets flux.quota.namespace_metrics.<ns> (the known metrics)
         # and flux.namespace_quota.<ns>.<minute> (the metrics seen this minute), and the hash
         # flux.prometheus.test_only.<prefix>.<minute>.
@@ -333,6 +336,16 @@ class FluxServer:
         else:
             await self._listen(self.port)
 
+    def set_delay(self, seconds: float) -> None:
+        """Answer every POST ``seconds`` late (a slow Flux).
+
+        The points are taken (recorded) when the request arrives, and the answer follows after
+        the delay, as with a Flux whose listener queued the items but answers slowly. A client
+        that dies while it waits has had its points accepted without knowing it.
+        """
+        with self._lock:
+            self._delay = max(0.0, float(seconds))
+
     def reject_metric(self, metric: str) -> None:
         """Reject ``metric`` the way Flux rejects a metric over its namespace quota.
 
@@ -440,6 +453,8 @@ class FluxServer:
         try:
             self._process_post(raw, request.headers, int(self._now()), counter)
         except _Reply as reply:
+            if self._delay:
+                await asyncio.sleep(self._delay)
             return self._respond(
                 request, reply.status, reply.payload, metric_count=counter[0], body_size=len(raw)
             )

@@ -40,18 +40,26 @@ FILL_MARGIN = 60
 push them over the limit while in flight."""
 
 
-def entry_json(entry: Entry, fill: bool) -> str:
+def entry_json(entry: Entry, fill: bool, quoted_metric: str | None = None) -> str:
+    """One item of the POST; ``quoted_metric`` is ``json.dumps(entry.metric)`` if known."""
+    metric = json.dumps(entry.metric) if quoted_metric is None else quoted_metric
     fill_part = ',"fill":"true"' if fill else ""
     return (
-        f'{{"metric":{json.dumps(entry.metric)},"timestamp":{entry.timestamp},'
+        f'{{"metric":{metric},"timestamp":{entry.timestamp},'
         f'"value":{format_value(entry.value)}{fill_part}}}'
     )
 
 
 def request_body(key: str, entries: Sequence[Entry], now: float, max_age: int) -> bytes:
     oldest_plain = now - max_age + FILL_MARGIN
-    metrics = ",".join(entry_json(e, e.timestamp < oldest_plain) for e in entries)
-    return f'{{"key":{json.dumps(key)},"metrics":[{metrics}]}}'.encode()
+    quoted: dict[str, str] = {}  # each metric's name as JSON, encoded once per request
+    parts = []
+    for e in entries:
+        name = quoted.get(e.metric)
+        if name is None:
+            name = quoted[e.metric] = json.dumps(e.metric)
+        parts.append(entry_json(e, e.timestamp < oldest_plain, name))
+    return f'{{"key":{json.dumps(key)},"metrics":[{",".join(parts)}]}}'.encode()
 
 
 def rejected_names(body: Any) -> set[str]:
