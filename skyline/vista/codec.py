@@ -44,6 +44,12 @@ def _points(raw: object) -> tuple[tuple[int, float], ...]:
         raise PayloadError("'points' is not a list")
     points = []
     for pair in raw:
+        # The shape encode_item writes ([int, float]) first; anything else is checked in full.
+        if type(pair) is list and len(pair) == 2:
+            ts, value = pair
+            if type(ts) is int and type(value) is float:
+                points.append((ts, value))
+                continue
         if not isinstance(pair, list) or len(pair) != 2:
             raise PayloadError(f"point {pair!r} is not [timestamp, value]")
         ts, value = pair

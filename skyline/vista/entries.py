@@ -299,6 +299,13 @@ def _check_prometheus_uri(check: _EntryCheck, uri: str) -> int:
             "'default' or a Prometheus API path such as "
             "'/api/v1/query?query=up' or '/api/v1/query_range?...'",
         )
+    elif uri.startswith("/api/v1/query?") and "time=" not in uri:
+        check.problems.warn(
+            check.where("uri"),
+            "an instant query without time= is evaluated at Prometheus' 'now': its one point is "
+            "in the open minute, which VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE never sends; use "
+            "'default' (query_range), or a range selector such as query=x[5m]",
+        )
     return 300
 
 

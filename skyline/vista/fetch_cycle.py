@@ -7,10 +7,12 @@ Used by the Fetcher thread for every cycle and by ``vista fetch --once`` directl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -34,6 +36,25 @@ EMPTY_SCAN_HORIZON = 3600
 FLUSH_DELAY = 0.2
 """Finished metrics are pushed to the queue within this many seconds, together with whatever
 else finished meanwhile: a slow host must not hold back the others' points until the cycle ends."""
+
+
+GC_GEN0_THRESHOLD = 20_000
+"""While a cycle runs, the cyclic garbage collector's youngest generation is collected after
+this many new container objects instead of Python's 700. A cycle allocates hundreds of
+thousands of small objects (the points) that live until it ends; with the default, ~800
+collections per 10,000 Graphite metrics walked them over and over, a quarter of its CPU."""
+
+
+@contextlib.contextmanager
+def fewer_gc_passes(gen0: int = GC_GEN0_THRESHOLD) -> Iterator[None]:
+    """Raise the GC's first threshold to ``gen0`` for the block (never lower it), then restore."""
+    saved = gc.get_threshold()
+    if 0 < saved[0] < gen0:
+        gc.set_threshold(gen0, *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
 
 
 @dataclass
@@ -169,9 +190,20 @@ class FetchCycle:
         scan_from: dict[str, int] | None = None,
         deadline: float | None = None,
     ) -> CycleReport:
+        with fewer_gc_passes():
+            return await self._run(entries, watermarks, pending, scan_from or {}, deadline)
+
+    async def _run(
+        self,
+        entries: Sequence[FetchEntry],
+        watermarks: dict[str, int],
+        pending: set[str],
+        scan_from: dict[str, int],
+        deadline: float | None,
+    ) -> CycleReport:
         self.now = self.clock()
         started = time.monotonic()
-        results = self.plan(entries, watermarks, pending, scan_from or {})
+        results = self.plan(entries, watermarks, pending, scan_from)
         for result in results:
             if result.done:
                 continue
@@ -377,19 +409,22 @@ class FetchCycle:
             return []
         entry = result.entry
         size = self.config.queue_item_max_points
-        base = QueueItem(
-            id="",
-            metric=entry.metric,
-            source=entry.remote_host_type,
-            host=entry.host,
-            target=entry.remote_target,
-            points=(),
-            fetched_at=self.now,
-            frequency=entry.frequency,
-        )
+        host = entry.host
+        # QueueItem(...) rather than dataclasses.replace() of a template: a third cheaper, and
+        # this runs for every metric of every cycle.
         return [
             codec.encode_item(
-                replace(base, id=new_id(), points=points[i : i + size], seq=i // size)
+                QueueItem(
+                    id=new_id(),
+                    metric=entry.metric,
+                    source=entry.remote_host_type,
+                    host=host,
+                    target=entry.remote_target,
+                    points=points[i : i + size],
+                    fetched_at=self.now,
+                    frequency=entry.frequency,
+                    seq=i // size,
+                )
             )
             for i in range(0, len(points), size)
         ]
@@ -405,7 +440,8 @@ class FetchCycle:
         chains, self._to_push = self._to_push, []
         pushed = False
         try:
-            self._queued += await self.queue.push(chains)
+            queued = await self.queue.push(chains)  # not `+= await`: flushes overlap
+            self._queued += queued
             pushed = True
         except REDIS_ERRORS:
             if final:

@@ -52,8 +52,10 @@ def clean(
         if value_raw is None:
             dropped.none += 1
             continue
-        value = to_value(value_raw)
-        ts = _to_ts(ts_raw)
+        # The usual types first (a float value, an int timestamp), which the helpers would
+        # return unchanged: this loop runs for every point fetched and delivered.
+        value = value_raw if type(value_raw) is float else to_value(value_raw)
+        ts = ts_raw if type(ts_raw) is int else _to_ts(ts_raw)
         if ts is None or value is None:
             dropped.unparsable += 1
             continue

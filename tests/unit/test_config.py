@@ -652,7 +652,7 @@ def test_populate_with_a_custom_prometheus_uri_is_ignored_with_a_warning() -> No
     loaded = config.validate(
         settings(
             VISTA_FETCH_METRICS=(
-                prom(uri="/api/v1/query?query=up", populate_at_resolutions=("15d",)),
+                prom(uri="/api/v1/query?query=up[5m]&time=0", populate_at_resolutions=("15d",)),
             )
         )
     )
@@ -983,3 +983,12 @@ def test_run_with_invalid_settings_exits_6_with_the_errors(bad_settings: Path) -
     assert lines[3].startswith("  VISTA_FETCH_METRICS[2] (vista..c) field 'namespace_prefix'")
     assert len(lines) == 4
     assert result.stdout == ""
+
+
+def test_an_instant_query_without_time_is_warned_about() -> None:
+    loaded = config.validate(settings(VISTA_FETCH_METRICS=(prom(uri="/api/v1/query?query=up"),)))
+    assert len(loaded.warnings) == 1
+    assert loaded.warnings[0].startswith(
+        "VISTA_FETCH_METRICS[0] (vista.m) field 'uri': an instant query without time= is "
+        "evaluated at Prometheus' 'now'"
+    )
