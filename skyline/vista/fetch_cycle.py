@@ -141,6 +141,7 @@ class FetchCycle:
             graphite_chunk_points=config.queue_item_max_points,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._members: dict[asyncio.Task[None], list[tuple[MetricResult, int]]] = {}
         self._idle = asyncio.Event()  # set when the last task has finished
         self._to_push: list[tuple[str, list[str]]] = []
         self._queued = 0
@@ -209,7 +210,7 @@ class FetchCycle:
                 continue
             if result.entry.remote_host_type == "prometheus":
                 for n, window in enumerate(result.windows):
-                    self._spawn(self._prometheus(result, n, window))
+                    self._spawn(self._prometheus(result, n, window), [(result, n)])
         self._spawn_graphite([r for r in results if not r.done])
         await self._wait(deadline)
         unfinished = sum(1 for r in results if not r.done)
@@ -220,17 +221,28 @@ class FetchCycle:
         report.hosts = self.hosts
         return report
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: object, members: Sequence[tuple[MetricResult, int]] = ()) -> None:
+        """Run a fetch task; ``members`` are the (metric, window) it answers for, settled with
+        an 'internal' error if it fails unexpectedly (a bug must not leave them pending)."""
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
         self._tasks.add(task)
+        if members:
+            self._members[task] = list(members)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # A callback per task, not asyncio.wait() over all of them after each completion:
         # that costs O(tasks) per completion, O(n^2) for a cycle of 10,000 requests.
         self._tasks.discard(task)
+        members = self._members.pop(task, [])
         if not task.cancelled() and task.exception() is not None:
-            logger.error("fetch task failed", exc_info=task.exception())
+            exc = task.exception()
+            names = ", ".join(sorted({r.metric for r, _ in members})) or "-"
+            logger.error("fetch task failed (%s)", names, exc_info=exc)
+            error = SourceError("internal", f"internal error: {type(exc).__name__}: {exc}")
+            for result, n in members:
+                if n not in result.raw:
+                    self._settle_now(result, n, error)
         if not self._tasks:
             self._idle.set()
 
@@ -316,7 +328,8 @@ class FetchCycle:
         size = self.config.graphite_batch_size
         for key, members in groups.items():
             for start in range(0, len(members), size):
-                self._spawn(self._graphite(key, members[start : start + size]))
+                chunk = members[start : start + size]
+                self._spawn(self._graphite(key, chunk), chunk)
 
     async def _graphite(
         self, key: _GraphiteRequest, members: list[tuple[MetricResult, int]]
@@ -340,7 +353,7 @@ class FetchCycle:
                     "%s: batch of %d failed (%s); fetching singly", key.host, len(members), exc
                 )
                 for member in members:
-                    self._spawn(self._graphite(key, [member]))
+                    self._spawn(self._graphite(key, [member]), [member])
                 return
             for result, n in members:
                 await self._settle(result, n, exc)
@@ -349,7 +362,7 @@ class FetchCycle:
             found = mapped.get(i)
             if found is None and aliased:
                 # Absent from a batch answer: ask for it alone before concluding anything.
-                self._spawn(self._graphite(key, [(result, n)]))
+                self._spawn(self._graphite(key, [(result, n)]), [(result, n)])
             elif found is None:
                 await self._settle(result, n, [])
             elif isinstance(found, SourceError):
@@ -362,16 +375,26 @@ class FetchCycle:
     async def _settle(
         self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
     ) -> None:
+        if self._settle_now(result, n, outcome):
+            await self._flush(final=False)
+
+    def _settle_now(
+        self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
+    ) -> bool:
+        """Record one window's outcome; True when enough finished metrics wait for a push."""
         result.raw[n] = outcome
-        if len(result.raw) == len(result.windows):
-            self._finish(result)
-            if result.items:
-                self._to_push.append((result.metric, result.items))
-                if len(self._to_push) >= 500:
-                    await self._flush(final=False)
-                elif self._flush_timer is None and self.queue is not None:
-                    loop = asyncio.get_running_loop()
-                    self._flush_timer = loop.call_later(FLUSH_DELAY, self._flush_soon)
+        if len(result.raw) != len(result.windows):
+            return False
+        self._finish(result)
+        if not result.items:
+            return False
+        self._to_push.append((result.metric, result.items))
+        if len(self._to_push) >= 500:
+            return True
+        if self._flush_timer is None and self.queue is not None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(FLUSH_DELAY, self._flush_soon)
+        return False
 
     def _flush_soon(self) -> None:
         self._flush_timer = None

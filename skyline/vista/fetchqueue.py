@@ -193,6 +193,20 @@ class FetchQueue:
         items = self._claim(keys=self.keys, args=[worker, count, now, now + lease])
         return [_text(i) for i in items]
 
+    def held_by(self, worker: str, raws: Sequence[str]) -> list[str]:
+        """The items of ``raws`` that the in-flight hash still records as ``worker``'s."""
+        if not raws:
+            return []
+        tags = self.client.hmget(constants.INFLIGHT_KEY, list(raws))
+        held = []
+        for raw, tag in zip(raws, tags, strict=True):
+            try:
+                if tag is not None and json.loads(tag).get("worker") == worker:
+                    held.append(raw)
+            except (ValueError, AttributeError):
+                continue
+        return held
+
     def renew(self, worker: str, lease: float) -> None:
         self.client.zadd(constants.WORKERS_KEY, {worker: time.time() + lease})
 

@@ -26,7 +26,7 @@ from types import FrameType
 
 import redis
 
-from skyline.vista import constants, delivery, logs, procutil, redisconn, telemetry
+from skyline.vista import codec, constants, delivery, logs, procutil, redisconn, telemetry
 from skyline.vista.backoff import Backoff
 from skyline.vista.codec import decode_item
 from skyline.vista.config import VistaConfig
@@ -44,8 +44,10 @@ POLL_IDLE = 0.5
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
 """Sent by Linux when the agent dies, once for each agent thread that exits while the worker
 is its child (so often several times): not SIGTERM, whose second arrival means 'exit now'."""
-SEGMENT_POINTS = 4500
-"""Points handed to the sink at once (10 Flux requests); the lease is renewed between segments."""
+SEGMENT_POINTS = 5000
+"""Points handed to carbon at once (10 pickle messages); the lease is renewed between segments.
+The Flux sink gets one request's worth (VISTA_FLUX_BATCH_SIZE) at a time, each bounded by its
+timeout, so a slow Flux cannot outlast the lease either."""
 GC_GEN0_THRESHOLD = 20_000
 """A worker process collects the GC's youngest generation after this many new container objects
 instead of Python's 700: a batch allocates a few objects per point that live until it is
@@ -93,6 +95,7 @@ class WorkerLoop:
         self._next_heartbeat = 0.0
         self._next_recover = 0.0
         self.host_stats_key = f"vista.stats.{socket.gethostname()}"
+        self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
 
     # --- control ------------------------------------------------------------------------
 
@@ -164,8 +167,42 @@ class WorkerLoop:
         if not raws:
             procutil.interruptible_sleep(POLL_IDLE, lambda: self._stop)
             return 0
-        self.process(raws)
+        self.process_safely(raws)
         return len(raws)
+
+    def process_safely(self, raws: list[str]) -> None:
+        """process(), but a batch that fails for an unexpected reason (a bug, or an item that
+        triggers one) does not kill the worker: each item still held is retried alone, and one
+        that fails alone is given back with its attempt counted; after VISTA_MAX_ATTEMPTS it is
+        dead-lettered, so a poison item cannot crash workers for ever."""
+        try:
+            self.process(raws)
+            return
+        except redisconn.REDIS_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the item, log the traceback once
+            logger.exception(
+                "a batch of %d item(s) failed; retrying its items one by one", len(raws)
+            )
+        for raw in self.queue.held_by(self.wid, raws):
+            try:
+                self.process([raw])
+            except redisconn.REDIS_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
+                reason = f"{type(exc).__name__}: {exc}"
+                _, dead = self.queue.release(
+                    self.wid,
+                    [raw],
+                    count_attempt=True,
+                    max_attempts=self.config.max_attempts,
+                    reason=reason,
+                )
+                if dead:
+                    telemetry.ITEMS_DEAD.labels("attempts").inc(dead)
+                    self.stats.dead_items += dead
+                logger.error("an item of %s failed (%s)%s", codec.item_metric(raw) or "?",
+                             reason, "; dead-lettered" if dead else "; given back")  # fmt: skip
 
     def heartbeat(self) -> None:
         now = time.time()
@@ -238,8 +275,9 @@ class WorkerLoop:
         """Hand the batch to the sink in segments, renewing the lease between them, so that a
         long delivery is not mistaken for a dead worker (whose items would be recovered)."""
         total = SinkResult()
-        for start in range(0, len(entries), SEGMENT_POINTS):
-            segment = entries[start : start + SEGMENT_POINTS]
+        size = self.segment_points
+        for start in range(0, len(entries), size):
+            segment = entries[start : start + size]
             started = time.monotonic()
             result = self.sink.submit(segment, now)
             telemetry.SINK_LATENCY.labels(self.sink.name).observe(time.monotonic() - started)
@@ -248,7 +286,7 @@ class WorkerLoop:
             if result.error is not None:
                 total.error = result.error
                 break
-            if start + SEGMENT_POINTS < len(entries):
+            if start + size < len(entries):
                 try:
                     self.queue.renew(self.wid, self.config.worker_lease)
                 except redisconn.REDIS_ERRORS:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from skyline.vista.config import VistaConfig
 from skyline.vista.errors import SinkError
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One point for the sink. A NamedTuple: a worker makes one per point delivered, and it is
+    the cheapest immutable record to create."""
+
     metric: str
     timestamp: int
     value: float
