@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from skyline.vista import codec, config, constants
+from skyline.vista import codec, config, constants, delivery
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue
@@ -643,6 +643,44 @@ def test_poison_items_are_dead_lettered_and_block_nothing(
         e.startswith("dead-lettered an undecodable item") for e in errors
     )
     assert "secret-from-the-old-queue" not in caplog.text
+
+
+def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_attempts(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    flux: FluxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch that raises is retried item by item: the good items are delivered at once, the
+    one that fails alone is given back with its attempt counted, then dead-lettered."""
+    start = recent_start()
+    series = make_series("vista.bug", 6, 3, start)
+    push_series(redis_client, series, per_item=3)
+    poison = "vista.bug.m0003"
+    real_plan = delivery.plan_batch
+
+    def plan_with_a_bug(items: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(item.metric == poison for _, item in items):
+            raise ZeroDivisionError("a bug triggered by this item")
+        return real_plan(items, *args, **kwargs)
+
+    monkeypatch.setattr(delivery, "plan_batch", plan_with_a_bug)
+    cfg = flux_config(tmp_path, redis_server.url, flux)
+    loop = flux_loop(cfg, redis_server)
+    loop.run_once()  # one batch of 6 items: fails, then item by item
+    good = {m: p for m, p in series.items() if m != poison}
+    assert accepted(flux) == sorted(triples(good))
+    for _ in range(cfg.max_attempts + 2):
+        loop.run_once()
+    loop.shutdown()
+    assert accepted(flux) == sorted(triples(good))  # nothing sent twice
+    (letter,) = FetchQueue(redis_client).dead_letters()
+    assert letter.metric == poison
+    assert letter.reason == (
+        f"failed {cfg.max_attempts} times: ZeroDivisionError: a bug triggered by this item"
+    )
+    assert drained(redis_client)
 
 
 # ------------------------------------------------------------- real Worker processes
