@@ -28,6 +28,7 @@ import redis
 from skyline.vista.codec import encode_item
 from skyline.vista.fetchqueue import FetchQueue, new_id
 from skyline.vista.model import QueueItem
+from skyline.vista.procutil import cmdline
 from tests.servers import poll_until
 
 __all__ = [
@@ -68,14 +69,6 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         return rest[0], int(rest[1]), int(rest[19])
     except (IndexError, ValueError):
         return None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,22 @@ def eprint(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def load_config(args: argparse.Namespace, *, require_enabled: bool) -> VistaConfig | int:
+def load_config(
+    args: argparse.Namespace,
+    *,
+    require_enabled: bool,
+    failure: int = constants.EXIT_NOT_CONFIGURED,
+) -> VistaConfig | int:
+    """The validated settings, or (every problem printed on stderr) the exit code ``failure``."""
     path = config_module.settings_path(args.settings)
     try:
         config = config_module.load(path)
     except ConfigError as exc:
-        eprint(f"vista: {len(exc.problems)} problem(s) in {exc.path or path}; not starting:")
+        what = "; not starting" if failure == constants.EXIT_NOT_CONFIGURED else ""
+        eprint(f"vista: {len(exc.problems)} problem(s) in {exc.path or path}{what}:")
         for problem in exc.problems:
             eprint(f"  {problem}")
-        return constants.EXIT_NOT_CONFIGURED
+        return failure
     if require_enabled and not config.enabled:
         eprint(
             f"vista: VISTA_ENABLED is False in {path}; not starting "
@@ -234,26 +241,18 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not args.once:
         eprint("vista fetch: only --once is supported (the daemon fetches continuously)")
         return constants.EXIT_USAGE
-    path = config_module.settings_path(args.settings)
-    try:
-        config = config_module.load(path)
-    except ConfigError as exc:
-        eprint(f"vista: {len(exc.problems)} problem(s) in {exc.path or path}:")
-        for problem in exc.problems:
-            eprint(f"  {problem}")
-        return constants.EXIT_FAILURE
+    config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
+    if isinstance(config, int):
+        return config
     from skyline.vista.fetch_once import fetch_once
 
     return fetch_once(config, dry_run=args.dry_run, metrics=args.metric or ())
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    path = config_module.settings_path(args.settings)
-    try:
-        config = config_module.load(path)
-    except ConfigError as exc:
-        eprint(f"vista: settings invalid: {'; '.join(exc.problems[:3])}")
-        return constants.EXIT_FAILURE
+    config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
+    if isinstance(config, int):
+        return config
     from skyline.vista.report import queue_command
 
     return queue_command(config, args.action, args.ids)
