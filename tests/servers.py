@@ -269,6 +269,9 @@ class Server:
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 env=full_env,
+                # Its own session: a Ctrl-C meant for a script using these servers (bin/vista-demo)
+                # must not stop Redis under a Vista that is still draining. Stopped by pid.
+                start_new_session=True,
             )
         with _live_lock:
             _live.add(proc)
