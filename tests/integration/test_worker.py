@@ -989,13 +989,13 @@ def test_items_of_a_claim_whose_answer_was_lost_are_not_held_forever(
 
 
 @pytest.mark.slow
-def test_flux_down_for_a_minute_loses_nothing_and_the_queue_stays_bounded(
+def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
     tmp_path: Path,
     redis_server: RedisServer,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Flux refuses connections for 60 s while two workers run and new windows keep being
+    """Flux refuses connections for two minutes while two workers run and new windows keep being
     fetched. The queue never holds more than one item per metric (a pending metric's new
     chain is not added), the workers retry with backoff instead of spinning, nothing is
     dead-lettered, and once Flux is back every queued point arrives exactly once."""
@@ -1013,7 +1013,7 @@ def test_flux_down_for_a_minute_loses_nothing_and_the_queue_stays_bounded(
             loop.sink_backoff = Backoff(base=1.0, cap=8.0)
         late: Series = {}
         with LoopThreads(loops):
-            outage_ends = time.monotonic() + 60
+            outage_ends = time.monotonic() + 120
             round_ = 0
             while time.monotonic() < outage_ends:
                 round_ += 1
@@ -1039,7 +1039,7 @@ def test_flux_down_for_a_minute_loses_nothing_and_the_queue_stays_bounded(
         assert accepted(flux) == triples({**first, **late})
         assert_flux_posts_clean(flux)
     # Backoff 1, 2, 4, 8, 8, ... s with jitter: a handful of attempts a minute, not a spin.
-    assert all(4 <= n <= 25 for n in attempts), attempts
+    assert all(8 <= n <= 50 for n in attempts), attempts
     assert queue.counts().dead == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("flux sink failed (cannot reach Flux" in w for w in warnings) == 2  # once each
