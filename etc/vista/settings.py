@@ -116,6 +116,12 @@ VISTA_SHUTDOWN_TIMEOUT = 10  # (new) SIGTERM drain limit, seconds
 # None: off. Keep it on loopback unless you put it behind something.
 VISTA_METRICS_ADDRESS = None  # e.g. '127.0.0.1:9313'
 
+# (new) Several Vista hosts sharing one Redis: the same tuple of host names on every host. Each
+# host fetches the metrics whose name hashes (crc32) to it; every host's workers deliver any
+# queued item, and a host that dies has its workers' items recovered by the others.
+VISTA_SHARDS = ()  # e.g. ('vista-1', 'vista-2')
+VISTA_HOSTNAME = None  # this host's name in VISTA_SHARDS (default: socket.gethostname())
+
 # BigQuery sources (Skyline's format; validated, see the README). Needs the 'bigquery' extra.
 VISTA_BQ_ACCOUNTS = {}
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import runpy
+import socket
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -125,7 +127,18 @@ class VistaConfig:
     pid_path: str = "/var/run/skyline"
     # repr=False: the accounts hold credentials (flux_api_token, service_credentials, ...).
     bq_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    shards: tuple[str, ...] = ()  # VISTA_SHARDS: the hosts that split the fetch list
+    hostname: str = ""  # this host's name in VISTA_SHARDS
     warnings: tuple[str, ...] = ()
+
+    @property
+    def shard_metrics(self) -> tuple[FetchEntry, ...]:
+        """The entries this host fetches: all of them, or with VISTA_SHARDS the ones whose
+        metric name hashes to this host (workers on every host deliver every item)."""
+        if not self.shards:
+            return self.fetch_metrics
+        index = self.shards.index(self.hostname)
+        return tuple(e for e in self.fetch_metrics if shard_of(e.metric, len(self.shards)) == index)
 
     def host_options(self, remote_host: str) -> HostOptions:
         return self.remote_hosts.get(remote_host.rstrip("/"), self.default_host_options)
@@ -150,6 +163,32 @@ class VistaConfig:
     @property
     def logfile(self) -> str:
         return os.path.join(self.log_path, "vista.log")
+
+
+def shard_of(metric: str, count: int) -> int:
+    """A stable shard number for a metric name (the same on every host and Python run)."""
+    return zlib.crc32(metric.encode()) % count
+
+
+def _shards(r: _Reader) -> tuple[tuple[str, ...], str]:
+    raw = r.values.get("VISTA_SHARDS", ())
+    hostname = r.text("VISTA_HOSTNAME", None) or socket.gethostname()
+    if raw in (None, (), []):
+        return (), hostname
+    if not isinstance(raw, (tuple, list)) or not all(isinstance(h, str) and h for h in raw):
+        r.problems.bad("VISTA_SHARDS", raw, "a tuple of host names, e.g. ('vista-1', 'vista-2')")
+        return (), hostname
+    if len(set(raw)) != len(raw):
+        r.problems.bad("VISTA_SHARDS", raw, "each host name once")
+        return (), hostname
+    if hostname not in raw:
+        r.problems.error(
+            "VISTA_SHARDS",
+            f"this host ({hostname!r}) is not in {tuple(raw)!r}; add it, or set VISTA_HOSTNAME "
+            "to the name it has in the list",
+        )
+        return (), hostname
+    return tuple(raw), hostname
 
 
 _SECRET_HEADERS = {"authorization", "x-api-key", "api-key", "x-auth-token", "cookie"}
@@ -204,6 +243,8 @@ KNOWN_SETTINGS = frozenset(
         "LOG_PATH",
         "PID_PATH",
         "SKYLINE_TMP_DIR",
+        "VISTA_SHARDS",
+        "VISTA_HOSTNAME",
     }
 )
 
@@ -481,6 +522,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
     log_path, pid_path = _paths(r)
     self_host = r.text("SKYLINE_METRICS_CARBON_HOST", None)
     carbon = _carbon(r, sink == "graphite" and sink_known)
+    shards, hostname = _shards(r)
     config = VistaConfig(
         path=path,
         enabled=r.boolean("VISTA_ENABLED", False),
@@ -515,6 +557,8 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         log_path=log_path,
         pid_path=pid_path,
         bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
+        shards=shards,
+        hostname=hostname,
         warnings=(),
     )
     if problems.errors:

@@ -115,13 +115,14 @@ class Fetcher(threading.Thread):
         )
         client = redisconn.connect_async(config.redis)
         queue = AsyncFetchQueue(client, watermark_keys(config.sink))
-        logger.info("fetcher started: %d metric(s)", len(config.fetch_metrics))
+        shard = f" (shard {config.hostname} of {len(config.shards)})" if config.shards else ""
+        logger.info("fetcher started: %d metric(s)%s", len(config.shard_metrics), shard)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
                 while not self.stopping():
                     started = self.clock()
                     await self.cycle(session, queue)
-                    tick = cycle_tick([e.frequency for e in self.config.fetch_metrics])
+                    tick = cycle_tick([e.frequency for e in self.config.shard_metrics])
                     await self._sleep(next_tick(max(started, self.clock()), tick) - self.clock())
         finally:
             await client.aclose()
@@ -153,7 +154,7 @@ class Fetcher(threading.Thread):
                         "cleared %d stale pending mark(s) (their items were gone)", fixed
                     )
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
-            entries = config.fetch_metrics
+            entries = config.shard_metrics
             marks = await queue.watermarks([e.metric for e in entries])
             watermarks = {m: w.timestamp for m, w in marks.items()}
             due = [e for e in entries if self._due(e, begin, watermarks.get(e.metric))]
@@ -257,7 +258,7 @@ class Fetcher(threading.Thread):
         errors_by_host: dict[str, int] = {}
         for r in report.errors:
             errors_by_host[r.entry.host] = errors_by_host.get(r.entry.host, 0) + 1
-        for host in {e.host for e in self.config.fetch_metrics}:
+        for host in {e.host for e in self.config.shard_metrics}:
             values[f"fetcher.errors.{telemetry.graphite_safe(host)}"] = errors_by_host.get(host, 0)
         await asyncio.to_thread(self.self_metrics.send, values, report.started)
 

@@ -29,6 +29,10 @@ def config_summary(config: VistaConfig) -> str:
         host, port = config.carbon.address
         lines.append(f"  sink: carbon {config.carbon.protocol} at {host}:{port}")
     lines.append(f"  redis: {config.redis.describe()}")
+    if config.shards:
+        mine, total = len(config.shard_metrics), len(config.fetch_metrics)
+        lines.append(f"  shard: {config.hostname} fetches {mine} of the {total} metrics "
+                     f"({len(config.shards)} hosts)")  # fmt: skip
     lines.append(
         f"  workers: {config.worker_processes}; cycle deadline {config.fetcher_max_runtime:g}s"
     )

@@ -992,3 +992,44 @@ def test_an_instant_query_without_time_is_warned_about() -> None:
         "VISTA_FETCH_METRICS[0] (vista.m) field 'uri': an instant query without time= is "
         "evaluated at Prometheus' 'now'"
     )
+
+
+# --- VISTA_SHARDS: the fetch list split between hosts by a stable hash of the metric name
+
+
+def test_shards_split_the_fetch_list_between_hosts_exactly_once() -> None:
+    entries = tuple(prom(f"m{i:03d}") for i in range(300))
+    hosts = ("vista-a", "vista-b", "vista-c")
+    owned = [
+        config.validate(
+            settings(VISTA_FETCH_METRICS=entries, VISTA_SHARDS=hosts, VISTA_HOSTNAME=host)
+        ).shard_metrics
+        for host in hosts
+    ]
+    names = [e.metric for part in owned for e in part]
+    assert sorted(names) == sorted(f"vista.m{i:03d}" for i in range(300))  # each once
+    assert all(60 <= len(part) <= 140 for part in owned), [len(p) for p in owned]
+    # Stable: a metric's host depends on its name only (crc32), not on the run or the order.
+    assert config.shard_of("vista.m000", 3) == 2
+    reordered = config.validate(
+        settings(VISTA_FETCH_METRICS=entries[::-1], VISTA_SHARDS=hosts, VISTA_HOSTNAME="vista-b")
+    )
+    assert {e.metric for e in reordered.shard_metrics} == {e.metric for e in owned[1]}
+
+
+def test_without_shards_this_host_fetches_everything() -> None:
+    loaded = config.validate(settings(VISTA_FETCH_METRICS=(prom("a"), prom("b"))))
+    assert loaded.shards == () and loaded.shard_metrics == loaded.fetch_metrics
+
+
+@pytest.mark.parametrize(
+    ("shards", "message"),
+    [
+        ("vista-a", "VISTA_SHARDS: got 'vista-a', expected a tuple of host names"),
+        (("vista-a", "vista-a"), "VISTA_SHARDS: got ('vista-a', 'vista-a'), expected each host"),
+        (("vista-b", "vista-c"), "VISTA_SHARDS: this host ('vista-a') is not in"),
+    ],
+)
+def test_bad_shards_are_reported(shards: object, message: str) -> None:
+    caught = problems_of(settings(VISTA_SHARDS=shards, VISTA_HOSTNAME="vista-a"))
+    assert any(p.startswith(message) for p in caught.problems), caught.problems
