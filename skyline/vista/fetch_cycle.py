@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import codec
+from skyline.vista import codec, constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
@@ -38,15 +38,8 @@ FLUSH_DELAY = 0.2
 else finished meanwhile: a slow host must not hold back the others' points until the cycle ends."""
 
 
-GC_GEN0_THRESHOLD = 20_000
-"""While a cycle runs, the cyclic garbage collector's youngest generation is collected after
-this many new container objects instead of Python's 700. A cycle allocates hundreds of
-thousands of small objects (the points) that live until it ends; with the default, ~800
-collections per 10,000 Graphite metrics walked them over and over, a quarter of its CPU."""
-
-
 @contextlib.contextmanager
-def fewer_gc_passes(gen0: int = GC_GEN0_THRESHOLD) -> Iterator[None]:
+def fewer_gc_passes(gen0: int = constants.GC_GEN0_THRESHOLD) -> Iterator[None]:
     """Raise the GC's first threshold to ``gen0`` for the block (never lower it), then restore."""
     saved = gc.get_threshold()
     if 0 < saved[0] < gen0:

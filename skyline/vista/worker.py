@@ -48,11 +48,6 @@ SEGMENT_POINTS = 5000
 """Points handed to carbon at once (10 pickle messages); the lease is renewed between segments.
 The Flux sink gets one request's worth (VISTA_FLUX_BATCH_SIZE) at a time, each bounded by its
 timeout, so a slow Flux cannot outlast the lease either."""
-GC_GEN0_THRESHOLD = 20_000
-"""A worker process collects the GC's youngest generation after this many new container objects
-instead of Python's 700: a batch allocates a few objects per point that live until it is
-acknowledged, and with the default ~1,000 collections per 300,000 points walked them over and
-over (15-30% of a worker's CPU)."""
 
 
 def worker_id(index: int, pid: int | None = None) -> str:
@@ -378,7 +373,7 @@ class Worker(multiprocessing.context.SpawnProcess):
         if not procutil.parent_alive(self.parent_pid):
             sys.exit(0)
         logs.configure(self.log_spec)
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and reloads (a hangup of the group)
         client = redisconn.connect(self.config.redis)
