@@ -22,12 +22,12 @@ import redis
 
 from skyline.vista import constants
 from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.procutil import cmdline
 from tests.conftest import RedisFactory
 from tests.daemon_helpers import (
     REPO,
     Proc,
     VistaHarness,
-    cmdline,
     push_items,
     wait_for,
     wait_gone,
