@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vista.d: init-script shim for Vista, with LSB exit codes.
 #
-#   vista.d start|stop|restart|status|reload|run|check-config [vista options, e.g. --settings PATH]
+#   vista.d start|stop|restart|status|reload|run|check-config [options, e.g. --settings PATH]
 #
 # start 0 (also when already running), 1 failed, 6 invalid settings or VISTA_ENABLED=False;
 # stop 0; status 0 running, 1 dead but the pidfile exists, 3 not running; reload 7 not running;
@@ -21,7 +21,7 @@ fi
 case "${1:-}" in
     start|stop|restart|status|reload|run|check-config)
         action="$1"; shift
-        exec "$vista" "$@" "$action" ;;
+        exec "$vista" "$action" "$@" ;;
     *)
         echo "usage: $(basename "$0") {start|stop|restart|status|reload|run|check-config} [--settings PATH]" >&2
         exit 2 ;;

@@ -267,31 +267,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch metrics from remote Graphite/Prometheus and deliver them exactly once "
         "to Graphite or Skyline Flux.",
     )
-    parser.add_argument(
-        "--settings",
-        metavar="PATH",
-        help=f"settings.py to use (default: ${constants.SETTINGS_ENV}, else "
-        f"{constants.DEFAULT_SETTINGS_PATH})",
+    settings_help = (
+        f"settings.py to use (default: ${constants.SETTINGS_ENV}, else "
+        f"{constants.DEFAULT_SETTINGS_PATH})"
     )
+    parser.add_argument("--settings", metavar="PATH", help=settings_help)
+    # --settings is accepted after the command too (`vista status --settings X`, and what
+    # bin/vista.d passes); SUPPRESS keeps a global --settings when it is not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--settings", metavar="PATH", default=argparse.SUPPRESS, help=settings_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run in the foreground, logging to stderr (systemd, containers)")
-    sub.add_parser("start", help="start as a daemon (python-daemon), logging to LOG_PATH/vista.log")
-    sub.add_parser("stop", help="stop the daemon: drain, then SIGKILL after a timeout")
-    sub.add_parser("restart", help="stop, then start")
-    sub.add_parser("reload", help="re-read the settings (SIGHUP); invalid settings are not applied")
-    status = sub.add_parser("status", help="LSB status: 0 running, 1 dead with pidfile, 3 stopped")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    command("run", "run in the foreground, logging to stderr (systemd, containers)")
+    command("start", "start as a daemon (python-daemon), logging to LOG_PATH/vista.log")
+    command("stop", "stop the daemon: drain, then SIGKILL after a timeout")
+    command("restart", "stop, then start")
+    command("reload", "re-read the settings (SIGHUP); invalid settings are not applied")
+    status = command("status", "LSB status: 0 running, 1 dead with pidfile, 3 stopped")
     status.add_argument(
         "--lag", type=int, default=10, metavar="N", help="show the N most lagging metrics"
     )
     status.add_argument("--brief", action="store_true", help="processes only, no Redis report")
-    sub.add_parser("check-config", help="validate the settings; exit 0 if valid, 1 if not")
-    fetch = sub.add_parser("fetch", help="run one fetch cycle in the foreground and print it")
+    command("check-config", "validate the settings; exit 0 if valid, 1 if not")
+    fetch = command("fetch", "run one fetch cycle in the foreground and print it")
     fetch.add_argument("--once", action="store_true", help="one cycle, every metric (required)")
     fetch.add_argument("--dry-run", action="store_true", help="write nothing to Redis")
     fetch.add_argument(
         "--metric", action="append", metavar="NAME", help="only this metric (repeatable)"
     )
-    queue = sub.add_parser("queue", help="queue counts, dead letters, requeue")
+    queue = command("queue", "queue counts, dead letters, requeue")
     queue.add_argument(
         "action", nargs="?", default="counts", choices=("counts", "dead", "requeue-dead")
     )

@@ -649,7 +649,6 @@ def test_log_is_appended_shared_and_never_shows_secrets(
 # --- 9. bin/vista.d --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not VISTA_D.exists(), reason="bin/vista.d is not written yet")
 def test_init_script_lsb_exit_codes(vista: VistaHarness) -> None:
     def vista_d(*args: str) -> int:
         result = vista.run_argv([str(VISTA_D), *args], ("vista.d", *args))
