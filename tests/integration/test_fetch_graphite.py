@@ -20,16 +20,16 @@ import aiohttp
 import pytest
 import redis
 
-from skyline.vista import codec, config, constants, redisconn
+from skyline.vista import codec, constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetch_once import describe
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
+from tests.fetch_settings import make_config
 from tests.servers import CarbonServer, GraphiteWebServer, RedisServer, ServerError, poll_until
 
-FLUX_KEY = "b" * 32
 STEP = 10  # the finest archive of the test carbon
 
 
@@ -53,22 +53,6 @@ def graphite_entry(
         "uri": uri,
         "namespace_prefix": "gw",
     }
-
-
-def make_config(
-    tmp_path: Path, redis_server: RedisServer, entries: Sequence[object], **extra: Any
-) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "VISTA_FETCH_METRICS": tuple(entries),
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "flux",
-        "FLUX_SELF_API_KEY": FLUX_KEY,
-        "LOG_PATH": str(tmp_path / "log"),
-        "PID_PATH": str(tmp_path / "run"),
-        **extra,
-    }
-    return config.validate(values, str(tmp_path / "settings.py"))
 
 
 @dataclass

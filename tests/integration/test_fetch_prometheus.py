@@ -21,17 +21,17 @@ import aiohttp
 import pytest
 import redis
 
-from skyline.vista import codec, config, constants, redisconn
+from skyline.vista import codec, constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
 from tests.conftest import PrometheusFactory
+from tests.fetch_settings import make_config
 from tests.servers import PrometheusServer, RedisServer
 
 LOOKBACK = 300
-FLUX_KEY = "a" * 32
 
 # ------------------------------------------------------------------------------- history
 
@@ -140,22 +140,6 @@ def entry(
         password,
         populate,
     )
-
-
-def make_config(
-    tmp_path: Path, redis_server: RedisServer, entries: list[tuple[object, ...]], **extra: Any
-) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "VISTA_FETCH_METRICS": tuple(entries),
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "flux",
-        "FLUX_SELF_API_KEY": FLUX_KEY,
-        "LOG_PATH": str(tmp_path / "log"),
-        "PID_PATH": str(tmp_path / "run"),
-        **extra,
-    }
-    return config.validate(values, str(tmp_path / "settings.py"))
 
 
 @asynccontextmanager
