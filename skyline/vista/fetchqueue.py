@@ -403,6 +403,3 @@ class AsyncFetchQueue:
 
     async def reconcile(self) -> int:
         return int(await self._reconcile(keys=self.keys, args=[constants.CHAIN_KEY_PREFIX]))
-
-    async def size(self) -> int:
-        return int(await self.client.scard(constants.QUEUE_KEY))

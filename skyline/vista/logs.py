@@ -12,7 +12,6 @@ import logging
 import logging.handlers
 import sys
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from skyline.vista.secret import RedactingFilter
@@ -72,20 +71,3 @@ def configure(spec: LogSpec) -> None:
     root.setLevel(logging.DEBUG if spec.verbose else logging.INFO)
     for noisy in ("aiohttp.access", "urllib3", "asyncio", "redis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def update_secrets(secrets: Iterable[str]) -> None:
-    redactor.set_secrets(secrets)
-
-
-def file_handles() -> list[int]:
-    """File descriptors of the log handlers (kept open across daemonisation)."""
-    fds = []
-    for handler in logging.getLogger().handlers:
-        stream = getattr(handler, "stream", None)
-        if stream is not None and hasattr(stream, "fileno"):
-            try:
-                fds.append(stream.fileno())
-            except (OSError, ValueError):
-                continue
-    return fds
