@@ -5,7 +5,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-APT_PACKAGES := redis-server prometheus prometheus-node-exporter graphite-carbon graphite-web python3-whisper
+APT_PACKAGES := redis-server prometheus prometheus-node-exporter graphite-carbon graphite-web \
+	python3-whisper python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-packages lint format typecheck test test-fast bench demo all clean
@@ -18,6 +19,7 @@ system-packages:
 	  command -v $$bin >/dev/null 2>&1 || missing=yes; \
 	done; \
 	[ -e /usr/lib/python3/dist-packages/graphite/settings.py ] || missing=yes; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing=yes; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
