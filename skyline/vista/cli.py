@@ -119,7 +119,9 @@ def _agent_main(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _runnable_config(args: argparse.Namespace) -> VistaConfig | int:
+    """Valid, enabled settings whose LOG_PATH and PID_PATH exist (created if need be), or the
+    exit code (6, not configured) after saying why."""
     config = load_config(args, require_enabled=True)
     if isinstance(config, int):
         return config
@@ -127,17 +129,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         eprint(f"vista: {problem}")
         return constants.EXIT_NOT_CONFIGURED
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _runnable_config(args)
+    if isinstance(config, int):
+        return config
     return _agent_main(config, None, None)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    config = load_config(args, require_enabled=True)
+    config = _runnable_config(args)
     if isinstance(config, int):
         return config
-    problem = _make_dirs(config)
-    if problem:
-        eprint(f"vista: {problem}")
-        return constants.EXIT_NOT_CONFIGURED
     current = daemon.status(config.pidfile)
     if current.state is daemon.State.RUNNING:
         print(f"vista is already running (pid {current.pid})")

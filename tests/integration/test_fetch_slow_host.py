@@ -13,27 +13,25 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import redis
 from aiohttp import web
 
-from skyline.vista import codec, config, constants, redisconn
-from skyline.vista.config import VistaConfig
+from skyline.vista import codec, constants, redisconn
 from skyline.vista.fetch_cycle import FetchCycle, MetricResult
 from skyline.vista.fetcher import Fetcher, order_due
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point
 from tests.conftest import PrometheusFactory
+from tests.fetch_settings import make_config
 from tests.servers import PrometheusServer, RedisServer, free_port
 
-FLUX_KEY = "c" * 32
 FAST = 4
 SLOW = 3
 
@@ -109,22 +107,6 @@ def entries(fast_url: str, slow_url: str) -> list[tuple[object, ...]]:
     slow = [one(slow_url, "time()", f"slow{i}") for i in range(SLOW)]
     fast = [one(fast_url, f'vista_fast{{job="f"}} + {i}', f"fast{i}") for i in range(FAST)]
     return slow + fast
-
-
-def make_config(
-    tmp_path: Path, redis_server: RedisServer, metrics: Sequence[object], **extra: Any
-) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "VISTA_FETCH_METRICS": tuple(metrics),
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "flux",
-        "FLUX_SELF_API_KEY": FLUX_KEY,
-        "LOG_PATH": str(tmp_path / "log"),
-        "PID_PATH": str(tmp_path / "run"),
-        **extra,
-    }
-    return config.validate(values, str(tmp_path / "settings.py"))
 
 
 def fast_points(samples: dict[int, float], minute: int, i: int) -> list[Point]:
