@@ -1,4 +1,4 @@
-"""Validation of VISTA_BQ_ACCOUNTS (ORIGINAL.md §2.3): each account is a dict of known keys."""
+"""Validation of VISTA_BQ_ACCOUNTS (docs/skyline-compatibility.md §5): each account is a dict of known keys."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """VISTA_FETCH_METRICS entries: the 12-field tuples Skyline users write (or a dict per metric),
 validated into frozen :class:`FetchEntry` records.
 
-The tuple fields, in order (ORIGINAL.md §2.2)::
+The tuple fields, in order (docs/skyline-compatibility.md §1)::
 
     (remote_host, remote_host_type, frequency, remote_target, graphite_target, uri,
      namespace_prefix, api_key, token, user, password, populate_at_resolutions)
