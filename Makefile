@@ -15,13 +15,11 @@ install: $(VENV)/.installed
 
 system-packages:
 	@missing=""; \
-	for bin in redis-server prometheus promtool carbon-cache; do \
-	  command -v $$bin >/dev/null 2>&1 || missing=yes; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
-	[ -e /usr/lib/python3/dist-packages/graphite/settings.py ] || missing=yes; \
-	python3 -c 'import ensurepip, venv' 2>/dev/null || missing=yes; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing $(APT_PACKAGES)"; \
+	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
