@@ -66,7 +66,9 @@ def plan_batch(
                 item=item,
                 points=cleaned.points,
                 dropped=cleaned.dropped,
-                resolution=detect_resolution(item.points),
+                # A single point has no step to detect: the metric's configured frequency keeps
+                # vista.last.resolution.<metric> alive all the same.
+                resolution=detect_resolution(item.points) or item.frequency,
                 start=start,
                 end=len(entries),
             )

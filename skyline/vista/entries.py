@@ -14,7 +14,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from skyline.vista.constants import DEFAULT_FREQUENCY
 from skyline.vista.problems import Problems, show
@@ -94,6 +94,11 @@ class FetchEntry:
     @property
     def is_default_uri(self) -> bool:
         return self.remote_host_type == "prometheus" and self.uri == "default"
+
+    @property
+    def request_uri(self) -> str:
+        """A custom Prometheus uri as sent: each query value percent-encoded."""
+        return prometheus_request_uri(self.uri)
 
     def describe(self) -> str:
         return f"VISTA_FETCH_METRICS[{self.index}] ({self.metric})"
@@ -289,6 +294,36 @@ def _check_graphite_uri(
     return parts.path or "/render/", tuple(params), window
 
 
+def prometheus_uri_params(uri: str) -> list[tuple[str, str]]:
+    """The decoded (name, value) pairs of a custom Prometheus uri.
+
+    Only %XX escapes are decoded: a '+' is a plus sign, as a PromQL writer means it
+    (``sum(up) + 1``), not a form-encoded space.
+    """
+    _, _, query = uri.partition("?")
+    pairs = []
+    for part in query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote(name), unquote(value)))
+    return pairs
+
+
+def prometheus_request_uri(uri: str) -> str:
+    """The custom uri as it goes on the wire: each query name and value percent-encoded, so
+    that ``query=sum(up) + 1`` reaches Prometheus as written. An already-encoded uri (Skyline's
+    ``%7B...%5B5m%5D`` examples) is sent unchanged in meaning."""
+    path, _, _ = uri.partition("?")
+    query = "&".join(
+        f"{quote(name, safe='')}={quote(value, safe='')}"
+        for name, value in prometheus_uri_params(uri)
+    )
+    return f"{path}?{query}" if query else path
+
+
+_RANGE_SELECTOR = re.compile(r"\[[^\]]+\]\s*$")
+
+
 def _check_prometheus_uri(check: _EntryCheck, uri: str) -> int:
     if uri == "default":
         return 300
@@ -299,7 +334,18 @@ def _check_prometheus_uri(check: _EntryCheck, uri: str) -> int:
             "'default' or a Prometheus API path such as "
             "'/api/v1/query?query=up' or '/api/v1/query_range?...'",
         )
-    elif uri.startswith("/api/v1/query?") and "time=" not in uri:
+        return 300
+    # Judge the decoded query (Skyline documents uris written %-encoded, e.g. ...%5B5m%5D).
+    params = dict(prometheus_uri_params(uri))
+    expression = params.get("query", "")
+    if "+" in uri.partition("?")[2]:
+        check.problems.warn(
+            check.where("uri"),
+            "'+' is sent as a plus sign (PromQL addition), not as a space: the uri goes out as "
+            f"{show(prometheus_request_uri(uri), 200)}",
+        )
+    instant = uri.startswith("/api/v1/query?")
+    if instant and "time" not in params and not _RANGE_SELECTOR.search(expression):
         check.problems.warn(
             check.where("uri"),
             "an instant query without time= is evaluated at Prometheus' 'now': its one point is "

@@ -287,7 +287,7 @@ class FetchCycle:
     async def _prometheus(self, result: MetricResult, n: int, window: Window) -> None:
         entry = result.entry
         if window.start is None:
-            url = entry.remote_host + entry.uri
+            url = entry.remote_host + entry.request_uri
         else:
             assert window.end is not None
             url = prometheus.query_range_url(

@@ -534,6 +534,34 @@ async def test_custom_uri_instant_vector(
     assert len(queued_chain(redis_client, "prom.ranged")[0].points) == 6
 
 
+async def test_custom_uri_is_sent_as_written_with_what_must_be_encoded_encoded(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    history: History,
+) -> None:
+    """Written unencoded, with a '+' (addition), spaces, braces and quotes: Prometheus must get
+    the expression exactly as written, not 'vista_gauge{job="g"}   1'."""
+    at = history.minute - 600
+    uri = f'/api/v1/query?query=vista_gauge{{job="g"}} + 1&time={at}'
+    encoded = f"/api/v1/query?query=vista_gauge%7Bjob%3D%22g%22%7D%20%2B%201&time={at}"
+    cfg = make_config(
+        tmp_path,
+        redis_server,
+        [
+            entry(prom.url, 'vista_gauge{job="g"}', "plus", uri=uri),
+            entry(prom.url, 'vista_gauge{job="g"}', "encoded", uri=encoded),
+        ],
+    )
+    results = by_metric(await cycle_into_redis(cfg, history.now))
+    want = [(at, history.gauge[at] + 1)]
+    for name in ("prom.plus", "prom.encoded"):
+        assert results[name].error is None, results[name].error
+        assert list(results[name].points) == want
+        assert [list(i.points) for i in queued_chain(redis_client, name)] == [want]
+
+
 async def test_custom_uri_instant_query_at_now_is_the_current_minute(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, prom: PrometheusServer
 ) -> None:

@@ -319,6 +319,26 @@ def test_flux_delivers_every_point_once_in_posts_of_at_most_450(
     assert FetchQueue(redis_client).counts().dead == 0
 
 
+def test_single_point_items_keep_the_resolution_key_alive_from_the_frequency(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+) -> None:
+    """Steady state is one new point per item: no step to detect, yet Skyline's
+    vista.last.resolution.<metric> must not expire (it is written from the item's frequency)."""
+    start = recent_start()
+    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    queue.push([("vista.one", [make_item("vista.one", [(start, 1.5)], frequency=300)])])
+    cfg = flux_config(tmp_path, redis_server.url, flux)
+    loop = flux_loop(cfg, redis_server)
+    deadline = time.monotonic() + 30
+    while not drained(redis_client) and time.monotonic() < deadline:
+        loop.run_once()
+    loop.shutdown()
+    assert accepted(flux) == [("vista.one", start, 1.5)]
+    key = constants.RESOLUTION_KEY_PREFIX + "vista.one"
+    assert redis_client.get(key) == b"300"
+    assert 0 < redis_client.ttl(key) <= constants.RESOLUTION_KEY_TTL
+
+
 def test_points_at_or_below_the_watermark_are_not_sent_again_unless_replayed(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
 ) -> None:

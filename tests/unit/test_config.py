@@ -994,6 +994,61 @@ def test_an_instant_query_without_time_is_warned_about() -> None:
     )
 
 
+SKYLINE_RANGE_EXAMPLE = (
+    "/api/v1/query?query=node_network_transmit_bytes_total%7Bdevice%3D%22eth0%22%7D%5B5m%5D"
+)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        SKYLINE_RANGE_EXAMPLE,  # Skyline's own documented example, %-encoded
+        "/api/v1/query?query=rate(x[5m])[30m:1m]",
+        "/api/v1/query?query=x%5B5m%5D%20",
+    ],
+)
+def test_a_range_selector_query_is_judged_decoded_and_not_warned_about(uri: str) -> None:
+    loaded = config.validate(settings(VISTA_FETCH_METRICS=(prom(uri=uri),)))
+    assert loaded.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("uri", "sent"),
+    [
+        (
+            "/api/v1/query?query=sum(up) + 1&time=5",
+            "/api/v1/query?query=sum%28up%29%20%2B%201&time=5",
+        ),
+        (
+            SKYLINE_RANGE_EXAMPLE,
+            "/api/v1/query?query=node_network_transmit_bytes_total%7Bdevice%3D%22eth0%22%7D"
+            "%5B5m%5D",
+        ),
+        (
+            '/api/v1/query?query=a{b="c d"}&time=1',
+            "/api/v1/query?query=a%7Bb%3D%22c%20d%22%7D&time=1",
+        ),
+        (
+            "/api/v1/query_range?query=up&start=1&end=2&step=60",
+            "/api/v1/query_range?query=up&start=1&end=2&step=60",
+        ),
+    ],
+)
+def test_a_custom_prometheus_uri_is_sent_percent_encoded(uri: str, sent: str) -> None:
+    loaded = config.validate(settings(VISTA_FETCH_METRICS=(prom(uri=uri),)))
+    assert loaded.fetch_metrics[0].request_uri == sent
+
+
+def test_a_plus_in_a_custom_uri_is_read_as_a_plus_with_a_warning_showing_what_is_sent() -> None:
+    uri = "/api/v1/query?query=sum(up) + 1&time=5"
+    loaded = config.validate(settings(VISTA_FETCH_METRICS=(prom(uri=uri),)))
+    assert loaded.warnings == (
+        "VISTA_FETCH_METRICS[0] (vista.m) field 'uri': '+' is sent as a plus sign (PromQL "
+        "addition), not as a space: the uri goes out as "
+        "'/api/v1/query?query=sum%28up%29%20%2B%201&time=5'",
+    )
+
+
 # --- VISTA_SHARDS: the fetch list split between hosts by a stable hash of the metric name
 
 
