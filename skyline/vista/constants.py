@@ -70,6 +70,29 @@ LOG_ERRORS_KEY = "vista.log.errors.per_minute"
 
 LOG_ERRORS_TTL = 119
 
+PER_METRIC_KEY_PREFIXES = (WATERMARK_KEY_PREFIX, RESOLUTION_KEY_PREFIX, CHAIN_KEY_PREFIX)
+"""Prefixes of the Redis keys made from a metric name (prefix + metric)."""
+
+SHARED_KEYS = frozenset(
+    {
+        QUEUE_KEY,
+        INFLIGHT_KEY,
+        PENDING_KEY,
+        DEAD_KEY,
+        ATTEMPTS_KEY,
+        WORKERS_KEY,
+        WATERMARK_HASH,
+        VISTA_WATERMARK_HASH,
+        VISTA_METRICS_KEY,
+        FETCHER_HEARTBEAT_KEY,
+        WORKER_HEARTBEAT_KEY,
+        LOG_ERRORS_KEY,
+    }
+)
+"""Keys shared by every metric (Vista's and Skyline's): no metric may turn prefix + name into
+one of them (a metric 'metric_data' would make flux.last.<metric> the watermark hash)."""
+
+
 # --- defaults ---------------------------------------------------------------------------------
 
 DEFAULT_SETTINGS_PATH = "/etc/skyline/vista/settings.py"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from skyline.vista.constants import DEFAULT_FREQUENCY
+from skyline.vista.constants import DEFAULT_FREQUENCY, PER_METRIC_KEY_PREFIXES, SHARED_KEYS
 from skyline.vista.problems import Problems, show
 from skyline.vista.secret import Secret
 
@@ -130,6 +130,18 @@ def metric_name_problem(name: str) -> str | None:
         return f"is longer than {MAX_NAME_LENGTH} characters"
     if len(name.rsplit(".", 1)[-1]) > MAX_ELEMENT_LENGTH:
         return f"has a last element longer than {MAX_ELEMENT_LENGTH} characters"
+    return None
+
+
+def reserved_key_problem(name: str) -> str | None:
+    """Why this metric name would clash with a Redis key every metric shares, or None."""
+    for prefix in PER_METRIC_KEY_PREFIXES:
+        key = prefix + name
+        if key in SHARED_KEYS:
+            return (
+                f"would make its Redis key {prefix}<metric> the shared key {key!r} "
+                "(Vista or Skyline keeps every metric's data there)"
+            )
     return None
 
 
@@ -452,6 +464,12 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
     metric = f"{prefix}.{graphite_target}" if prefix else graphite_target
     if graphite_target and (reason := metric_name_problem(metric)):
         problems.error(check.label, f"metric name {show(metric)} {reason}")
+    elif graphite_target and (reason := reserved_key_problem(metric)):
+        problems.error(
+            check.label,
+            f"metric name {show(metric)} {reason}; give it another graphite_target or a "
+            "namespace_prefix",
+        )
     if len(problems.errors) > before or kind not in ("graphite", "prometheus"):
         return None
     return FetchEntry(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 import aiohttp
+import redis.exceptions
 
 from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
@@ -63,12 +64,12 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
     try:
         marks = await queue.watermarks(names)
         pending = await queue.pending(names)
-    except redisconn.REDIS_ERRORS as exc:
+    except redis.exceptions.RedisError as exc:  # unreachable, or e.g. WRONGTYPE
         if not dry_run:
             await client.aclose()
             raise
         print(
-            f"(redis unreachable: {exc}; fetching as if nothing was ever delivered)",
+            f"(redis: {exc}; fetching as if nothing was ever delivered)",
             file=sys.stderr,
         )
         marks, pending = {}, set()
@@ -102,6 +103,9 @@ def fetch_once(config: VistaConfig, *, dry_run: bool, metrics: Sequence[str] = (
             f"vista fetch: Redis unreachable ({exc}); use --dry-run to fetch without it",
             file=sys.stderr,
         )
+        return constants.EXIT_FAILURE
+    except redis.exceptions.RedisError as exc:  # e.g. WRONGTYPE: a key replaced by something
+        print(f"vista fetch: Redis refused a command: {exc}", file=sys.stderr)
         return constants.EXIT_FAILURE
     for result in report.results:
         print(describe(result))

@@ -13,11 +13,25 @@ COMMON = r"""
 local Q, INF, PEND, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ATT, WORKERS, WMH = KEYS[5], KEYS[6], KEYS[7]
 
+-- Whether a key made from a metric name holds (or may hold) the given type: never one of the
+-- queue's shared keys, never a key of another type. A metric's name must not let it replace
+-- or break a structure every metric shares (e.g. flux.last.<metric> for a metric named
+-- 'metric_data' is the watermark hash), and a foreign key of the wrong type must only cost
+-- that metric its write, not fail the script for every item of the batch (WRONGTYPE).
+local function key_is(key, kind)
+  for _, shared in ipairs(KEYS) do
+    if shared == key then return false end
+  end
+  local found = redis.call('TYPE', key)['ok']
+  return found == 'none' or found == kind
+end
+
 -- Release the next item of a metric's chain, or clear the metric's pending mark, once the
 -- metric's current head item has been acknowledged or dead-lettered.
 local function advance_chain(chain_prefix, metric, item)
   if metric == '' or redis.call('HGET', PEND, metric) ~= item then return end
-  local nxt = redis.call('LPOP', chain_prefix .. metric)
+  local chain = chain_prefix .. metric
+  local nxt = key_is(chain, 'list') and redis.call('LPOP', chain)
   if nxt then
     redis.call('SADD', Q, nxt)
     redis.call('HSET', PEND, metric, nxt)
@@ -36,7 +50,8 @@ local chain_prefix = ARGV[1]
 local i, queued = 2, 0
 while i <= #ARGV do
   local metric, n = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('HEXISTS', PEND, metric) == 0 then
+  if redis.call('HEXISTS', PEND, metric) == 0
+      and (n == 1 or key_is(chain_prefix .. metric, 'list')) then
     redis.call('SADD', Q, ARGV[i + 2])
     redis.call('HSET', PEND, metric, ARGV[i + 2])
     for k = 2, n do redis.call('RPUSH', chain_prefix .. metric, ARGV[i + 1 + k]) end
@@ -81,17 +96,21 @@ while i <= #ARGV do
     local current = redis.call('HGET', WMH, metric)
     local current_ts = current and
       tonumber(string.match(current, "timestamp['\"]?%s*:%s*(-?[%d%.]+)"))
-    if not current and wm_prefix ~= '' then
+    local old_key = wm_prefix ~= '' and wm_prefix .. metric
+    local old_ok = old_key and key_is(old_key, 'string')
+    if not current and old_ok then
       -- No hash field yet: an older flux keeps the watermark in flux.last.<metric> only.
-      local old = redis.call('GET', wm_prefix .. metric)
+      local old = redis.call('GET', old_key)
       current_ts = old and tonumber(string.match(old, "^%s*[%[%(]%s*(-?[%d%.]+)"))
     end
     if (not current_ts) or tonumber(wm_ts) > current_ts then
       redis.call('HSET', WMH, metric, wm_hash)
-      if wm_prefix ~= '' then redis.call('SETEX', wm_prefix .. metric, wm_ttl, wm_key) end
+      if old_ok then redis.call('SETEX', old_key, wm_ttl, wm_key) end
     end
   end
-  if resolution ~= '' then redis.call('SETEX', res_prefix .. metric, res_ttl, resolution) end
+  if resolution ~= '' and key_is(res_prefix .. metric, 'string') then
+    redis.call('SETEX', res_prefix .. metric, res_ttl, resolution)
+  end
   if delivered == '1' then redis.call('SADD', vista_metrics, metric) end
   for d = 1, n_dead do
     redis.call('HSET', DEAD, ARGV[i + 7 + 2 * d], ARGV[i + 8 + 2 * d])

@@ -24,6 +24,7 @@ import redis
 from skyline.vista import codec, constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista.fetch_once import fetch_once
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
@@ -560,6 +561,27 @@ async def test_custom_uri_is_sent_as_written_with_what_must_be_encoded_encoded(
         assert results[name].error is None, results[name].error
         assert list(results[name].points) == want
         assert [list(i.points) for i in queued_chain(redis_client, name)] == [want]
+
+
+def test_fetch_once_reports_a_redis_type_error_in_one_line(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Skyline's watermark hash replaced by a string (as a metric named 'metric_data' did): a
+    clear line and exit 1, not a traceback; --dry-run still fetches."""
+    redis_client.set(constants.WATERMARK_HASH, "[1, 2.0]")
+    cfg = make_config(tmp_path, redis_server, [entry(prom.url, "vista_gauge", "g")])
+    assert fetch_once(cfg, dry_run=False) == constants.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("vista fetch: Redis refused a command: "), err
+    assert "HMGET flux.last.metric_data" in err and "WRONGTYPE" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert fetch_once(cfg, dry_run=True) == constants.EXIT_OK
+    out = capsys.readouterr()
+    assert "WRONGTYPE" in out.err and "prom.g" in out.out
 
 
 async def test_custom_uri_instant_query_at_now_is_the_current_minute(

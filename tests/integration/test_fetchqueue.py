@@ -534,3 +534,56 @@ def test_the_watermark_never_moves_backwards_from_the_old_key(redis_client: redi
     queue.claim(W1, 1, lease=60)
     queue.ack(W1, [ack_of(replayed)])
     assert queue.watermarks(["vista.old"]) == {"vista.old": Watermark(T0 + 3000, 7.0)}
+
+
+def test_a_metric_named_like_a_shared_key_cannot_replace_it_or_fail_the_others(
+    redis_client: redis.Redis,
+) -> None:
+    """'metric_data' makes flux.last.<metric> the watermark hash itself (an item queued before
+    check-config refused the name): its ack must neither turn the hash into a string nor make
+    every later ack fail with WRONGTYPE."""
+    queue = FetchQueue(redis_client)
+    items = {m: make_item(m, points(T0, 3)) for m in ("vista.a", "metric_data", "vista.b")}
+    assert queue.push([(m, [raw]) for m, raw in items.items()]) == 3
+    claimed = queue.claim(W1, 10, 30)
+    assert sorted(claimed) == sorted(items.values())
+    order = [items["vista.a"], items["metric_data"], items["vista.b"]]
+    assert queue.ack(W1, [ack_of(raw) for raw in order]) == 3
+    assert redis_client.type(constants.WATERMARK_HASH) == b"hash"
+    # A second round: acks keep working for every metric.
+    again = {m: make_item(m, points(T0 + 180, 2)) for m in items}
+    assert queue.push([(m, [raw]) for m, raw in again.items()]) == 3
+    assert queue.ack(W1, [ack_of(raw) for raw in queue.claim(W1, 10, 30)]) == 3
+    assert queue.watermarks(sorted(items)) == {m: last_point(again[m]) for m in items}
+    assert queue.counts() == queue.counts().__class__(0, 0, 0, 0, {})
+
+
+def test_a_foreign_key_of_the_wrong_type_costs_only_its_own_metric_a_write(
+    redis_client: redis.Redis,
+) -> None:
+    """Per-metric keys that something else made a hash, a list or a string: no WRONGTYPE error
+    fails a push or an ack for the other metrics of the batch."""
+    redis_client.hset(constants.RESOLUTION_KEY_PREFIX + "vista.a", "x", "1")
+    redis_client.rpush(constants.WATERMARK_KEY_PREFIX + "vista.b", "x")
+    redis_client.set(constants.CHAIN_KEY_PREFIX + "vista.c", "not a list")
+    queue = FetchQueue(redis_client)
+    a, b, d = (make_item(m, points(T0, 3)) for m in ("vista.a", "vista.b", "vista.d"))
+    c_chain = chain("vista.c", 2, 3)
+    d_chain = [d, make_item("vista.d", points(T0 + 180, 3), seq=1)]
+    # vista.c's chain cannot be stored: the metric is left for a later cycle, the others go.
+    assert (
+        queue.push([("vista.a", [a]), ("vista.b", [b]), ("vista.c", c_chain), ("vista.d", d_chain)])
+        == 3
+    )
+    assert not redis_client.hexists(constants.PENDING_KEY, "vista.c")
+    assert queue.ack(W1, [ack_of(raw) for raw in queue.claim(W1, 10, 30)]) == 3
+    assert queue.watermarks(["vista.a", "vista.b", "vista.d"]) == {
+        "vista.a": last_point(a),
+        "vista.b": last_point(b),
+        "vista.d": last_point(d),
+    }
+    assert redis_client.get(constants.RESOLUTION_KEY_PREFIX + "vista.b") == b"60"
+    assert redis_client.type(constants.RESOLUTION_KEY_PREFIX + "vista.a") == b"hash"
+    assert redis_client.type(constants.WATERMARK_KEY_PREFIX + "vista.b") == b"list"
+    # vista.d's chain moved on: its second item is queued.
+    assert queued(redis_client) == {d_chain[1]}

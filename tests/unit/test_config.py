@@ -994,6 +994,19 @@ def test_an_instant_query_without_time_is_warned_about() -> None:
     )
 
 
+@pytest.mark.parametrize(("prefix", "target"), [("", "metric_data")])
+def test_a_metric_name_that_makes_a_shared_redis_key_is_refused(prefix: str, target: str) -> None:
+    error = problems_of(
+        settings(VISTA_FETCH_METRICS=(prom(target, namespace_prefix=prefix), prom("ok")))
+    )
+    name = f"{prefix}.{target}" if prefix else target
+    assert error.problems == [
+        f"VISTA_FETCH_METRICS[0] ({name}): metric name {name!r} would make its Redis key "
+        "flux.last.<metric> the shared key 'flux.last.metric_data' (Vista or Skyline keeps "
+        "every metric's data there); give it another graphite_target or a namespace_prefix"
+    ]
+
+
 SKYLINE_RANGE_EXAMPLE = (
     "/api/v1/query?query=node_network_transmit_bytes_total%7Bdevice%3D%22eth0%22%7D%5B5m%5D"
 )
