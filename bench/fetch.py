@@ -55,7 +55,7 @@ from skyline.vista import config, constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
-from skyline.vista.sources.http import HostState
+from skyline.vista.sources.http import HostState, new_connector
 from tests.servers import RedisServer
 
 GRAPHITE_AIM = 1.0  # seconds per cycle, 10,000 metrics
@@ -161,7 +161,7 @@ async def run_vista(cfg: VistaConfig, scenario: Scenario, out: dict[str, Any]) -
     client = redisconn.connect_async(cfg.redis) if scenario.redis else None
     queue = AsyncFetchQueue(client) if client is not None else None
     names = [e.metric for e in cfg.fetch_metrics]
-    connector = aiohttp.TCPConnector(limit=cfg.fetch_concurrency, ttl_dns_cache=300)
+    connector = new_connector()  # the fetcher's own pool and limits
     hosts: dict[str, HostState] = {}
     problems: list[str] = []
     try:

@@ -27,7 +27,9 @@ VISTA_FETCHER_PROCESSES = 1
 VISTA_FETCHER_PROCESS_MAX_RUNTIME = 50
 
 # How many requests may be in flight at once over all remote hosts (the original read and
-# ignored this setting; here it is the global limit).
+# ignored this setting; here it is the global limit). Shared fairly: a host's first request
+# never waits for it, so slow hosts holding every slot cannot starve the others (at most this
+# many plus one per host are in flight); each host is also held to its own max_concurrency.
 VISTA_ASYNCIO_FETCHER_LIMIT = 100
 
 # Worker processes that validate the fetched series and deliver them to the sink.
@@ -86,7 +88,9 @@ VISTA_FETCH_METRICS = (
     #  'namespace_prefix': 'vista.example', 'token': 'eyJ...'},
 )
 
-# (new) Transport options per remote_host (the exact remote_host string of the entries):
+# (new) Transport options per remote_host (the exact remote_host string of the entries; two
+# remote_hosts on one server, 'http://gw/proxy/a' and 'http://gw/proxy/b', each get their own
+# options, headers and limits and share only the connection pool):
 # verify_ssl (True), ca_bundle (path), headers (dict), timeout (seconds, 30),
 # max_concurrency (requests at once to that host, 10), api_key_header ('X-API-Key').
 VISTA_REMOTE_HOSTS = {

@@ -25,7 +25,7 @@ from skyline.vista.model import DropCounts, Point, QueueItem
 from skyline.vista.redisconn import REDIS_ERRORS
 from skyline.vista.schedule import Limits, Window, windows_for
 from skyline.vista.sources import HOST_LEVEL_ERRORS, graphite, prometheus
-from skyline.vista.sources.http import Credentials, HostState, get_json
+from skyline.vista.sources.http import Credentials, HostState, SharedLimit, get_json
 from skyline.vista.validate import clean, current_minute_start
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,12 @@ class FetchCycle:
         queue: AsyncFetchQueue | None,
         clock: Callable[[], float] = time.time,
         on_error: Callable[[MetricResult], None] | None = None,
+        shared: SharedLimit | None = None,
     ) -> None:
         self.config = config
         self.session = session
         self.hosts = hosts
+        self.shared = shared if shared is not None else SharedLimit(config.fetch_concurrency)
         self.queue = queue
         self.clock = clock
         self.on_error = on_error
@@ -144,11 +146,14 @@ class FetchCycle:
     # --- planning -----------------------------------------------------------------------
 
     def host_state(self, entry: FetchEntry) -> HostState:
-        state = self.hosts.get(entry.host)
+        """The state of the entry's exact remote_host: two remote_hosts on one server
+        (``http://gw/proxy/a`` and ``http://gw/proxy/b``) have their own options, headers and
+        credentials; only the connection pool is shared."""
+        state = self.hosts.get(entry.remote_host)
         if state is None:
             options = self.config.host_options(entry.remote_host)
-            state = HostState(entry.host, options, asyncio.Semaphore(options.max_concurrency))
-            self.hosts[entry.host] = state
+            state = HostState(entry.host, options)
+            self.hosts[entry.remote_host] = state
         return state
 
     def plan(
@@ -259,10 +264,7 @@ class FetchCycle:
     async def _get(self, result: MetricResult | None, entry: FetchEntry, url: str) -> object:
         state = self.host_state(entry)
         if not state.available():
-            raise SourceError(
-                "host_backoff",
-                f"{state.host} is backing off after errors ({state.remaining():.0f}s left)",
-            )
+            raise state.not_now()
         if result is not None:
             result.requests += 1
         try:
@@ -273,9 +275,12 @@ class FetchCycle:
                 Credentials.of(entry),
                 max_bytes=self.config.max_response_bytes,
                 accept_error_json=entry.remote_host_type == "prometheus",
+                shared=self.shared,
             )
         except SourceError as exc:
             state.record_error(exc.kind)
+            if exc.kind == "host_backoff":
+                raise  # not sent: the host asked to wait while this request was queued
             if exc.kind in HOST_LEVEL_ERRORS:
                 state.backoff.failure(at_least=exc.retry_after or 0.0)
                 if exc.retry_after:

@@ -20,6 +20,7 @@ from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.sources.http import new_connector
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
         )
         marks, pending = {}, set()
     watermarks = {m: w.timestamp for m, w in marks.items()}
-    connector = aiohttp.TCPConnector(limit=config.fetch_concurrency)
+    connector = new_connector()
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             cycle = FetchCycle(config, session, {}, queue=None if dry_run else queue)

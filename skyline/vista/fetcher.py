@@ -25,7 +25,7 @@ from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.procutil import parent_alive
 from skyline.vista.schedule import cycle_tick, is_due, next_tick
-from skyline.vista.sources.http import HostState
+from skyline.vista.sources.http import HostState, SharedLimit, new_connector
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class FetcherState:
     scan_from: dict[str, int] = field(default_factory=dict)
     last_error: dict[str, str] = field(default_factory=dict)
     carried: set[str] = field(default_factory=set)
-    hosts: dict[str, HostState] = field(default_factory=dict)
+    hosts: dict[str, HostState] = field(default_factory=dict)  # by remote_host
+    shared: SharedLimit | None = None
     cycles: int = 0
     last_report: CycleReport | None = None
 
@@ -110,9 +111,7 @@ class Fetcher(threading.Thread):
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         config = self.config
-        connector = aiohttp.TCPConnector(
-            limit=config.fetch_concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
+        connector = new_connector()
         client = redisconn.connect_async(config.redis)
         queue = AsyncFetchQueue(client, watermark_keys(config.sink))
         shard = f" (shard {config.hostname} of {len(config.shards)})" if config.shards else ""
@@ -172,6 +171,7 @@ class Fetcher(threading.Thread):
             queue=queue,
             clock=self.clock,
             on_error=self._on_error,
+            shared=self._shared_limit(),
         )
         try:
             report = await fetch.run(due, watermarks, pending, self.state.scan_from)
@@ -182,6 +182,12 @@ class Fetcher(threading.Thread):
         self._remember(report)
         await self._report(report, len(due))
         return report
+
+    def _shared_limit(self) -> SharedLimit:
+        shared = self.state.shared
+        if shared is None or shared.limit != self.config.fetch_concurrency:
+            shared = self.state.shared = SharedLimit(self.config.fetch_concurrency)
+        return shared
 
     def _due(self, entry: FetchEntry, now: float, watermark: int | None) -> bool:
         if entry.metric in self.state.carried:

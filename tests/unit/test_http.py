@@ -4,7 +4,6 @@ tests/integration/test_fetch_cycle_bad_answers.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import gzip
@@ -241,7 +240,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def _state(host: str, **options: object) -> HostState:
     host_options = HostOptions(**options)  # type: ignore[arg-type]
-    return HostState(host, host_options, asyncio.Semaphore(2))
+    return HostState(host, host_options)
 
 
 async def test_get_json_429_carries_retry_after(

@@ -66,16 +66,31 @@ class Credentials:
 
 @dataclass
 class HostState:
-    """Per remote host: concurrency limit, backoff, and counters."""
+    """Per ``remote_host`` (the exact URL configured, path included): its options, its
+    concurrency limit, backoff, and counters. ``host`` is the label used in logs and counters
+    (scheme://netloc); two remote_hosts on one server share that label, never their options.
+
+    Nothing here is bound to an event loop for good: the concurrency semaphore is made for the
+    loop that uses it, so a fetcher thread restarted with this state (a new loop) gets a fresh
+    one instead of one bound to the dead thread's loop.
+    """
 
     host: str
     options: HostOptions
-    semaphore: asyncio.Semaphore
     backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=300.0))
     requests: int = 0
+    in_flight: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latency_total: float = 0.0
     hold_until: float = 0.0  # time.monotonic() before which the host asked us not to call
+    _slots: LoopSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._slots = LoopSemaphore(self.options.max_concurrency)
+
+    def slot(self) -> asyncio.Semaphore:
+        """The host's concurrency limit, for the running event loop."""
+        return self._slots.get()
 
     def available(self) -> bool:
         return self.backoff.ready() and time.monotonic() >= self.hold_until
@@ -90,6 +105,56 @@ class HostState:
 
     def record_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def not_now(self) -> SourceError:
+        return SourceError(
+            "host_backoff",
+            f"{self.host} is backing off after errors ({self.remaining():.0f}s left)",
+        )
+
+
+class LoopSemaphore:
+    """An asyncio.Semaphore of ``size``, made anew for each event loop that asks for it (an
+    asyncio.Semaphore is bound to the first loop that waits on it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def get(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._loop is not loop:
+            self._semaphore = asyncio.Semaphore(self.size)
+            self._loop = loop
+        return self._semaphore
+
+
+class SharedLimit:
+    """``VISTA_ASYNCIO_FETCHER_LIMIT``: requests in flight over every host, shared fairly.
+
+    A host's first request in flight never waits for it; only a host's further requests do. So
+    hosts that are slow and hold all their connections cannot starve another host: it always
+    has one request going, and its own ``max_concurrency`` as soon as slots are free. At most
+    ``limit`` + (number of hosts) requests are in flight.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = LoopSemaphore(limit)
+
+    def slot(self) -> asyncio.Semaphore:
+        return self._slots.get()
+
+
+def new_connector() -> aiohttp.TCPConnector:
+    """The connection pool shared by every remote host. It sets no limit of its own: the
+    limits are per remote_host (``max_concurrency``) and over all hosts (:class:`SharedLimit`),
+    which a host's first request never waits for. aiohttp's own global limit would queue every
+    host's requests behind slow hosts' connections, first come first served."""
+    return aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
 
 
 def ssl_option(options: HostOptions) -> ssl.SSLContext | bool:
@@ -129,7 +194,7 @@ def error_from_body(status: int, body: bytes) -> str:
     """The remote's own error text when it gives one (Prometheus: {"error": ...})."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return snippet(body)
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
         kind = parsed.get("errorType")
@@ -158,6 +223,12 @@ def decode_json(body: bytes, content_type: str) -> Any:
         raise SourceError("html", f"HTML instead of JSON: {snippet(body)}")
     try:
         return json.loads(body)
+    except RecursionError as exc:
+        # json.loads recurses once per nesting level: a hostile body nested 200,000 deep
+        # must be one bad answer like any other, not a RecursionError with a traceback.
+        raise SourceError(
+            "invalid_json", f"JSON nested too deeply to decode ({len(body)} bytes)"
+        ) from exc
     except ValueError as exc:
         pos = getattr(exc, "pos", None)
         where = f" at byte {pos} of {len(body)}" if pos is not None else ""
@@ -187,6 +258,17 @@ def _cut_short(exc: json.JSONDecodeError) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a remote sent back, read in full (within the cap)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    location: str = ""
+    retry_after: float | None = None
+
+
 async def get_json(
     session: aiohttp.ClientSession,
     state: HostState,
@@ -195,55 +277,104 @@ async def get_json(
     *,
     max_bytes: int,
     accept_error_json: bool = False,
+    shared: SharedLimit | None = None,
 ) -> Any:
     """GET url and return its decoded JSON body, or raise SourceError.
 
     ``accept_error_json``: a 4xx whose body is JSON is returned instead of raised (Prometheus
     answers bad queries with 400 + {"status": "error", ...}, which the caller reports itself).
+    ``shared``: the limit over all hosts (see :class:`SharedLimit`).
     """
+    answer = await fetch(session, state, url, credentials, max_bytes=max_bytes, shared=shared)
+    return judge(answer, accept_error_json=accept_error_json)
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    state: HostState,
+    url: str,
+    credentials: Credentials,
+    *,
+    max_bytes: int,
+    shared: SharedLimit | None = None,
+) -> Answer:
+    """GET url within the host's and the shared limits. Raises SourceError("host_backoff")
+    without sending anything when the host asked us to wait (Retry-After) or is backing off,
+    also when that happened while this request was waiting for a slot."""
+    async with state.slot():
+        if not state.available():
+            raise state.not_now()
+        state.in_flight += 1
+        try:
+            if shared is None or state.in_flight == 1:
+                return await _send(session, state, url, credentials, max_bytes)
+            async with shared.slot():
+                if not state.available():
+                    raise state.not_now()
+                return await _send(session, state, url, credentials, max_bytes)
+        finally:
+            state.in_flight -= 1
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    state: HostState,
+    url: str,
+    credentials: Credentials,
+    max_bytes: int,
+) -> Answer:
     options = state.options
     headers = dict(options.headers)
     headers.setdefault("Accept", "application/json")
     credentials.apply(headers, options)
     timeout = aiohttp.ClientTimeout(total=options.timeout)
     started = time.monotonic()
-    async with state.semaphore:
-        state.requests += 1
-        try:
-            # No redirects: following one would send the credentials headers (api key,
-            # custom headers) to whatever host it names. A 3xx is reported with its target.
-            async with session.get(
-                url,
-                headers=headers,
-                timeout=timeout,
-                ssl=ssl_option(options),
-                allow_redirects=False,
-            ) as response:
-                body = await _read_capped(response, max_bytes)
-                status = response.status
-                location = response.headers.get("Location", "")
-                content_type = response.content_type or ""
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError as exc:
-            raise SourceError("timeout", f"no answer within {options.timeout:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise SourceError("connect", f"cannot connect: {exc.os_error}") from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise SourceError("truncated", f"body cut short: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise SourceError("client_error", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            state.latency_total += time.monotonic() - started
+    state.requests += 1
+    try:
+        # No redirects: following one would send the credentials headers (api key,
+        # custom headers) to whatever host it names. A 3xx is reported with its target.
+        async with session.get(
+            url,
+            headers=headers,
+            timeout=timeout,
+            ssl=ssl_option(options),
+            allow_redirects=False,
+        ) as response:
+            body = await _read_capped(response, max_bytes)
+            return Answer(
+                status=response.status,
+                body=body,
+                content_type=response.content_type or "",
+                location=response.headers.get("Location", ""),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+    except TimeoutError as exc:
+        raise SourceError("timeout", f"no answer within {options.timeout:g}s") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise SourceError("connect", f"cannot connect: {exc.os_error}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise SourceError("truncated", f"body cut short: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise SourceError("client_error", f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        state.latency_total += time.monotonic() - started
+
+
+def judge(answer: Answer, *, accept_error_json: bool = False) -> Any:
+    """The decoded JSON of a 200 (or of a JSON 4xx with ``accept_error_json``); otherwise a
+    SourceError naming the status and the remote's own error text."""
+    status, body, content_type = answer.status, answer.body, answer.content_type
     if status == 200:
         return decode_json(body, content_type)
     if 300 <= status < 400:
-        target = urlsplit(location)
+        target = urlsplit(answer.location)
         shown = f"{target.scheme}://{target.netloc}{target.path}" if target.netloc else target.path
         raise SourceError(
             "redirect",
             f"HTTP {status} redirect to {shown or '?'}; Vista does not follow redirects (they "
             "would carry the credentials elsewhere): set remote_host/uri to the final URL",
         )
+    retry_after = answer.retry_after
     if status in (429, 503):
         wait = f"; Retry-After {retry_after:g}s" if retry_after is not None else ""
         raise SourceError(

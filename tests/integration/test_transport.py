@@ -1,0 +1,270 @@
+"""How the fetcher talks to remote hosts: Retry-After for queued requests, limits per host and
+per remote_host, state that survives a fetcher restart, hostile bodies. Against small aiohttp
+servers on loopback and a real Prometheus, queueing into a real Redis where a cycle needs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+import redis.asyncio
+from aiohttp import web
+
+from skyline.vista import redisconn
+from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista.fetcher import Fetcher
+from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.sources.http import HostState, new_connector
+from tests.fetch_settings import make_config
+from tests.remotes import graphite_entry, prom_entry, remotes, time_series
+from tests.servers import PrometheusServer, RedisServer
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=new_connector()) as s:
+        yield s
+
+
+def by_metric(report: CycleReport) -> dict[str, MetricResult]:
+    return {r.metric.removeprefix("remote."): r for r in report.results}
+
+
+def kind(result: MetricResult) -> str | None:
+    return None if result.error is None else result.error.kind
+
+
+# ------------------------------------------------------------- Retry-After while queued
+
+
+async def test_a_retry_after_stops_the_requests_already_waiting_for_the_host(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession
+) -> None:
+    """max_concurrency 1 and four metrics: the first answer is 429 Retry-After 7. The three
+    requests queued for the host's one slot must not be sent when they get it."""
+
+    async def throttled(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.Response(status=429, text="slow down", headers={"Retry-After": "7"})
+
+    async with remotes() as start:
+        host = await start(throttled)
+        config = make_config(
+            tmp_path,
+            redis_server,
+            [prom_entry(host.url, f"m{i}") for i in range(4)],
+            VISTA_REMOTE_HOSTS={host.url: {"max_concurrency": 1}},
+        )
+        hosts: dict[str, HostState] = {}
+        report = await FetchCycle(config, session, hosts, queue=None).run(
+            config.fetch_metrics, {}, set()
+        )
+    assert len(host.seen) == 1
+    assert sorted(str(kind(r)) for r in report.results) == ["host_backoff"] * 3 + ["http_429"]
+    assert 6 < hosts[host.url].remaining() <= 7
+    # A request that was never sent does not make the host's backoff grow.
+    assert hosts[host.url].backoff.attempts == 1
+
+
+# ------------------------------------------------------------------- hostile bodies
+
+
+async def test_json_nested_200000_deep_is_one_clear_error_line(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+
+    async def nested(request: web.Request) -> web.Response:
+        return web.Response(body=deep, content_type="application/json")
+
+    async with remotes() as start:
+        host = await start(nested)
+        config = make_config(
+            tmp_path,
+            redis_server,
+            [prom_entry(host.url, "deep.prom"), graphite_entry(host.url, "deep.graphite", "a.b")],
+        )
+        fetcher = Fetcher(os.getpid(), config)
+        client = redisconn.connect_async(config.redis)
+        caplog.set_level(logging.DEBUG)
+        try:
+            report = await fetcher.cycle(session, AsyncFetchQueue(client))
+        finally:
+            await client.aclose()
+    assert report is not None
+    results = by_metric(report)
+    assert [kind(results[m]) for m in ("deep.prom", "deep.graphite")] == ["invalid_json"] * 2
+    for name in ("deep.prom", "deep.graphite"):
+        assert str(results[name].error) == "JSON nested too deeply to decode (400000 bytes)"
+    assert not [r for r in caplog.records if r.exc_info or r.exc_text]
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sorted(problems) == [
+        f"{host.url} remote.deep.graphite (target 'a.b'): JSON nested too deeply to decode "
+        "(400000 bytes)",
+        f"{host.url} remote.deep.prom (target 'time()'): JSON nested too deeply to decode "
+        "(400000 bytes)",
+    ]
+
+
+# ---------------------------------------------------------- options per remote_host
+
+
+async def test_each_remote_host_on_one_server_gets_its_own_headers_and_credentials(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession
+) -> None:
+    """``http://gw/proxy/a``, ``/proxy/b`` and ``/proxy/c`` are one scheme://host:port. Each
+    request carries the headers and api key header name configured for its own path."""
+    async with remotes() as start:
+        gw = await start(time_series)
+        a, b, c = (f"{gw.url}/proxy/{x}" for x in "abc")
+        config = make_config(
+            tmp_path,
+            redis_server,
+            [
+                prom_entry(a, "a", api_key="key-of-a"),
+                prom_entry(b, "b"),
+                prom_entry(c, "c", api_key="key-of-c"),
+                prom_entry(a, "a2"),
+                prom_entry(b, "b2", token="token-of-b"),
+            ],
+            VISTA_REMOTE_HOSTS={
+                a: {"headers": {"X-Scope-OrgID": "tenant-a"}},
+                b: {"headers": {"X-Scope-OrgID": "tenant-b", "X-Only-B": "1"}},
+                c: {"api_key_header": "X-C-Key", "max_concurrency": 1},
+            },
+        )
+        hosts: dict[str, HostState] = {}
+        report = await FetchCycle(config, session, hosts, queue=None).run(
+            config.fetch_metrics, {}, set()
+        )
+    assert all(r.error is None for r in report.results), [r.error for r in report.results]
+    wanted = ("X-Scope-Orgid", "X-Only-B", "X-Api-Key", "X-C-Key", "Authorization")
+    sent = sorted(
+        (
+            (
+                r.path,
+                r.query["query"],
+                {k.title(): v for k, v in r.headers.items() if k.title() in wanted},
+            )
+            for r in gw.seen
+        ),
+        key=lambda seen: (seen[0], len(seen[2])),
+    )
+    assert sent == [
+        ("/proxy/a/api/v1/query_range", "time()", {"X-Scope-Orgid": "tenant-a"}),
+        (
+            "/proxy/a/api/v1/query_range",
+            "time()",
+            {"X-Scope-Orgid": "tenant-a", "X-Api-Key": "key-of-a"},
+        ),
+        ("/proxy/b/api/v1/query_range", "time()", {"X-Scope-Orgid": "tenant-b", "X-Only-B": "1"}),
+        (
+            "/proxy/b/api/v1/query_range",
+            "time()",
+            {"X-Scope-Orgid": "tenant-b", "X-Only-B": "1", "Authorization": "Bearer token-of-b"},
+        ),
+        ("/proxy/c/api/v1/query_range", "time()", {"X-C-Key": "key-of-c"}),
+    ]
+    assert sorted(hosts) == [a, b, c]
+    assert [hosts[h].options.max_concurrency for h in (a, b, c)] == [10, 10, 1]
+    assert {hosts[h].host for h in hosts} == {gw.url}  # one label for counters and logs
+
+
+# ------------------------------------------------------------------ limits per host
+
+SLOW_HOSTS = 10
+PER_SLOW_HOST = 10
+
+
+@pytest.mark.slow
+async def test_ten_slow_hosts_do_not_starve_the_others(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession
+) -> None:
+    """Ten hosts that hold each of their 10 connections for 4 s fill the default limit of 100
+    requests in flight; a fast host's metrics must still be fetched at once."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(4.0)
+        return await time_series(request)
+
+    finished: dict[str, float] = {}
+
+    class Timed(FetchCycle):
+        def _finish(self, result: MetricResult) -> None:
+            super()._finish(result)
+            finished[result.metric] = time.monotonic()
+
+    async with remotes() as start:
+        slow_hosts = [await start(slow) for _ in range(SLOW_HOSTS)]
+        fast = await start(time_series)
+        entries = [
+            prom_entry(h.url, f"slow{n}.m{i}")
+            for n, h in enumerate(slow_hosts)
+            for i in range(PER_SLOW_HOST)
+        ]
+        entries += [prom_entry(fast.url, f"fast.m{i}") for i in range(5)]
+        config = make_config(tmp_path, redis_server, entries)
+        assert config.fetch_concurrency == 100
+        began = time.monotonic()
+        report = await Timed(config, session, {}, queue=None).run(config.fetch_metrics, {}, set())
+    assert all(r.error is None and r.points for r in report.results)
+    fast_done = max(finished[f"remote.fast.m{i}"] for i in range(5)) - began
+    slow_done = min(t for m, t in finished.items() if ".slow" in m) - began
+    assert slow_done >= 4.0
+    assert fast_done < 2.0, fast_done
+
+
+# -------------------------------------------------------------- restarted fetcher
+
+
+def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prometheus_server: PrometheusServer,
+) -> None:
+    """The agent hands a new fetcher thread the old one's state. Each thread has its own event
+    loop (asyncio.run here): nothing of the old loop may be used by the new one (an
+    asyncio.Semaphore waited on in one loop refuses every other)."""
+    prometheus_server.wait_for_series("up")
+    now = [time.time()]
+    config = make_config(
+        tmp_path,
+        redis_server,
+        [prom_entry(prometheus_server.url, f"m{i}", f"up + {i}") for i in range(6)],
+        VISTA_REMOTE_HOSTS={prometheus_server.url: {"max_concurrency": 2}},
+    )
+
+    async def one_cycle(fetcher: Fetcher) -> CycleReport | None:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            async with aiohttp.ClientSession(connector=new_connector()) as session:
+                return await fetcher.cycle(session, AsyncFetchQueue(client))
+        finally:
+            await client.aclose()
+
+    first = Fetcher(os.getpid(), config, clock=lambda: now[0])
+    before = asyncio.run(one_cycle(first))
+    assert before is not None and [kind(r) for r in before.results] == [None] * 6
+
+    redis_client.flushall()  # nothing pending: every metric is due again
+    now[0] += 60
+    restarted = Fetcher(os.getpid(), config, clock=lambda: now[0])
+    restarted.state = first.state  # as Agent._start_fetcher does
+    after = asyncio.run(one_cycle(restarted))
+    assert after is not None
+    assert [(r.metric, kind(r), r.skipped, r.requests) for r in after.results] == [
+        (f"remote.m{i}", None, None, 1) for i in range(6)
+    ]
