@@ -21,14 +21,27 @@ source. The comments marked ``SOURCE != SPEC`` show where. The main differences 
   can never be reached.
 * A GET never validates the metric name: Flux validates the literal ``'metric'``.
 
+What Flux's worker does next (``skyline/flux/worker.py``) is in ``tests/fakes/flux_worker.py``:
+each request's accepted items go to it once the answer is written; it checks them against
+``flux.last`` by Flux's rules (``check_last_timestamp`` is ``FLUX_CHECK_LAST_TIMESTAMP``, default
+True, and ``vista_enabled`` is ``VISTA_ENABLED``), drops a checked point at or below it, writes
+``flux.last.metric_data`` / ``flux.last.<metric>`` as Flux does, and counts what it forwards to
+carbon, and what it forwards twice. Give it the Redis that Vista uses (``redis=``) so that both
+see the same ``flux.last`` and ``vista.metrics``; without one it keeps them in a private
+fakeredis. ``accepted`` is what the listener took; ``forwarded`` is what a real Skyline would
+store (call :meth:`FluxServer.wait_processed` first).
+
 Not copied: telegraf payloads, SKIP_LIST/DO_NOT_SKIP_LIST, aggregation namespaces,
-namespace prefixes on keys (FLUX_API_KEYS) and the Redis/memcache side effects.
+namespace prefixes on keys (FLUX_API_KEYS), FLUX_PERSIST_QUEUE, zero-fill and last-known-value
+metrics, and memcache.
 
 Usage (synchronous)::
 
-    with FluxServer() as flux:
+    with FluxServer(redis=client) as flux:
         requests.post(f"{flux.url}/metric_data_post", json={...})
-        assert flux.points_by_metric() == {...}
+        assert flux.points_by_metric() == {...}    # what the listener took
+        flux.wait_processed()
+        assert flux.forwarded_twice == 0            # what Flux would send to carbon again
 
 The server runs on its own event loop in a daemon thread. Points are recorded on that
 thread and can be read from any thread. Nothing here blocks the loop.
@@ -48,13 +61,23 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+import fakeredis
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiMapping
+from redis import Redis
+
+from tests.fakes.flux_worker import (
+    VISTA_METRICS_EVERY,
+    FluxWorker,
+    ForwardedPoint,
+    QueuedPoint,
+)
 
 __all__ = [
     "DEFAULT_KEY",
     "AcceptedPoint",
     "FluxServer",
+    "ForwardedPoint",
     "RequestRecord",
 ]
 
@@ -187,6 +210,12 @@ class FluxServer:
     ``request_count``), so long benchmarks stay small in memory. ``now`` is called once
     per request. Flux calls ``time()`` for each item. ``delay`` (or :meth:`set_delay`)
     answers each processed POST that many seconds late, its points already taken.
+
+    Flux's worker (see ``tests/fakes/flux_worker.py``): ``redis`` holds ``flux.last.*`` and
+    ``vista.metrics`` (a private fakeredis when None); ``check_last_timestamp`` and
+    ``vista_enabled`` are Flux's ``FLUX_CHECK_LAST_TIMESTAMP`` and ``VISTA_ENABLED``;
+    ``vista_metrics_every`` is how often Flux re-reads ``vista.metrics`` (60 s, only when
+    ``check_last_timestamp`` is False); ``worker_lag`` delays the worker behind the listener.
     """
 
     def __init__(
@@ -198,6 +227,11 @@ class FluxServer:
         namespace_quotas: Mapping[str, int] | None = None,
         record: bool = True,
         delay: float = 0.0,
+        redis: Redis | None = None,
+        check_last_timestamp: bool = True,
+        vista_enabled: bool = True,
+        vista_metrics_every: float = VISTA_METRICS_EVERY,
+        worker_lag: float = 0.0,
     ) -> None:
         # listen.py validate_key(): when valid_keys is empty, any 32-character alphanumeric
         # key passes.
@@ -218,6 +252,18 @@ class FluxServer:
         self._rejected: set[str] = set()
         self._down = False
         self._delay = float(delay)
+        self.worker = FluxWorker(
+            redis if redis is not None else fakeredis.FakeRedis(),
+            check_last_timestamp=check_last_timestamp,
+            vista_enabled=vista_enabled,
+            vista_metrics_every=vista_metrics_every,
+            lag=worker_lag,
+            record=record,
+        )
+        # The items the request being processed has queued (requests are processed one at a
+        # time on the server's loop, without awaiting in between): handed to the worker once
+        # the answer is written.
+        self._batch: list[QueuedPoint] = []
         # Stand-ins for the Redis sets flux.quota.namespace_metrics.<ns> (the known metrics)
         # and flux.namespace_quota.<ns>.<minute> (the metrics seen this minute), and the hash
         # flux.prometheus.test_only.<prefix>.<minute>.
@@ -240,6 +286,7 @@ class FluxServer:
     def start(self) -> FluxServer:
         if self._thread is not None:
             raise RuntimeError("FluxServer already started")
+        self.worker.start()
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=self._run_loop, name="fake-flux", daemon=True)
@@ -259,6 +306,8 @@ class FluxServer:
         self._thread = None
         self._runner = None
         self._site = None
+        self.worker.wait_idle(timeout=10)
+        self.worker.stop()
 
     def __enter__(self) -> FluxServer:
         return self.start()
@@ -377,6 +426,39 @@ class FluxServer:
             self._accepted.extend(AcceptedPoint(*point) for point in points)
             return list(self._accepted)
 
+    def wait_processed(self, timeout: float = 10.0) -> None:
+        """Wait until Flux's worker has processed every point taken so far."""
+        if not self.worker.wait_idle(timeout):
+            raise TimeoutError(f"the Flux worker did not catch up within {timeout:g}s")
+
+    def refresh_vista_metrics(self) -> None:
+        """Make Flux's worker re-read vista.metrics now (it does once a minute)."""
+        self.worker.refresh_vista_metrics()
+
+    @property
+    def forwarded(self) -> list[ForwardedPoint]:
+        """What Flux's worker sent on to carbon, in order (empty when record=False)."""
+        return self.worker.forwarded
+
+    @property
+    def forwarded_count(self) -> int:
+        """Points Flux's worker sent on to carbon (kept even when record=False)."""
+        return self.worker.forwarded_count
+
+    @property
+    def forwarded_twice(self) -> int:
+        """Points Flux's worker sent on to carbon again: the same (metric, timestamp) twice."""
+        return self.worker.forwarded_twice
+
+    @property
+    def dropped_count(self) -> int:
+        """Points Flux's worker checked and dropped as at or below flux.last."""
+        return self.worker.dropped_count
+
+    def forwarded_by_metric(self) -> dict[str, list[tuple[int, float]]]:
+        """Each metric's forwarded ``(timestamp, value)`` pairs, in order (record=True)."""
+        return self.worker.forwarded_by_metric()
+
     def points_by_metric(self) -> dict[str, list[tuple[int, float]]]:
         """The accepted ``(timestamp, value)`` pairs of each metric, in arrival order."""
         result: dict[str, list[tuple[int, float]]] = {}
@@ -437,10 +519,15 @@ class FluxServer:
         failure = self._take_failure()
         if failure is not None:
             return self._failure_response(request, failure, metric_count, 0)
+        self._batch = []
         try:
             self._process_get(params, request.headers, int(self._now()))
         except _Reply as reply:
-            return self._respond(request, reply.status, reply.payload, metric_count=metric_count)
+            self.worker.expect(len(self._batch))
+            response = self._respond(
+                request, reply.status, reply.payload, metric_count=metric_count
+            )
+            return await self._answer_then_hand_over(request, response, self._batch)
         raise AssertionError("unreachable: _process_get always replies")  # pragma: no cover
 
     async def _handle_post(self, request: web.Request) -> web.Response:
@@ -450,15 +537,40 @@ class FluxServer:
             count = self._count_metrics(raw, request.headers.get("Content-Encoding"))
             return self._failure_response(request, failure, count, len(raw))
         counter = [0]
+        self._batch = []
         try:
             self._process_post(raw, request.headers, int(self._now()), counter)
         except _Reply as reply:
-            if self._delay:
-                await asyncio.sleep(self._delay)
-            return self._respond(
-                request, reply.status, reply.payload, metric_count=counter[0], body_size=len(raw)
-            )
+            batch = self._batch
+            self.worker.expect(len(batch))
+            try:
+                if self._delay:
+                    await asyncio.sleep(self._delay)
+                response = self._respond(
+                    request,
+                    reply.status,
+                    reply.payload,
+                    metric_count=counter[0],
+                    body_size=len(raw),
+                )
+            except BaseException:
+                self.worker.hand_over(batch)  # Flux has queued them, whatever happens next
+                raise
+            return await self._answer_then_hand_over(request, response, batch)
         raise AssertionError("unreachable: _process_post always replies")  # pragma: no cover
+
+    async def _answer_then_hand_over(
+        self, request: web.Request, response: web.Response, batch: list[QueuedPoint]
+    ) -> web.Response:
+        """Write the answer, then give the request's queued items to Flux's worker (which
+        moves flux.last): a client never sees flux.last move before its answer. The items go
+        to the worker even if the client has gone (Flux queued them when it took them)."""
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        finally:
+            self.worker.hand_over(batch)
+        return response
 
     async def _handle_other(self, request: web.Request) -> web.Response:
         # Approximates falcon 3's defaults: 405 for a known route with the wrong method,
@@ -838,6 +950,7 @@ class FluxServer:
         }
 
     def _accept(self, metric: str, timestamp: int, value: float, backfill: bool) -> None:
+        self._batch.append(QueuedPoint(metric, value, timestamp, backfill))
         self._accepted_count += 1
         if self._record:
             self._points.append((metric, timestamp, value, backfill))
