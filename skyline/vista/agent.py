@@ -367,7 +367,7 @@ class Vista:
             logger.debug("agent heartbeat not written (Redis unavailable)")
 
     def _send_worker_self_metrics(self) -> None:
-        key = f"vista.stats.{self.hostname}"
+        key = f"{constants.HOST_STATS_KEY_PREFIX}{self.hostname}"
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(key)

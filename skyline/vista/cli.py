@@ -172,11 +172,11 @@ def _pidfile_only(args: argparse.Namespace) -> tuple[str, VistaConfig | None] | 
             raw = config_module.read_module(path)
         except ConfigError:
             eprint(f"vista: cannot read {path}: {'; '.join(exc.problems)}")
-            return 4
+            return constants.EXIT_SETTINGS_UNREADABLE
         pid_path = raw.get("PID_PATH", "/var/run/skyline")
         if not isinstance(pid_path, str):
             eprint("vista: PID_PATH is not a string")
-            return 4
+            return constants.EXIT_SETTINGS_UNREADABLE
         return os.path.join(pid_path, "vista.pid"), None
 
 

@@ -70,6 +70,10 @@ LOG_ERRORS_KEY = "vista.log.errors.per_minute"
 
 LOG_ERRORS_TTL = 119
 
+HOST_STATS_KEY_PREFIX = "vista.stats."
+"""Hash per host, vista.stats.<hostname>: workers HINCRBY their counters into it; the agent
+reads and deletes it once a minute and sends the sums as Skyline's worker self-metrics."""
+
 PER_METRIC_KEY_PREFIXES = (WATERMARK_KEY_PREFIX, RESOLUTION_KEY_PREFIX, CHAIN_KEY_PREFIX)
 """Prefixes of the Redis keys made from a metric name (prefix + metric)."""
 
@@ -125,6 +129,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 """`status`: the program is not running."""
+EXIT_SETTINGS_UNREADABLE = 4
+"""`stop`/`status`: the settings file cannot be read, so the pidfile cannot be found (LSB 4:
+status unknown)."""
 EXIT_NOT_CONFIGURED = 6
 """`start`: invalid settings or VISTA_ENABLED = False."""
 EXIT_STOP_NOT_RUNNING = 7

@@ -89,7 +89,7 @@ class WorkerLoop:
         self._last_auth_log = 0.0
         self._next_heartbeat = 0.0
         self._next_recover = 0.0
-        self.host_stats_key = f"vista.stats.{socket.gethostname()}"
+        self.host_stats_key = f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}"
         self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
 
     # --- control ------------------------------------------------------------------------
