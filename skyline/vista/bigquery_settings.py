@@ -1,4 +1,7 @@
-"""Validation of VISTA_BQ_ACCOUNTS (docs/skyline-compatibility.md §5): each account is a dict of known keys."""
+"""Validation of VISTA_BQ_ACCOUNTS: each account is a dict of known keys.
+
+The keys are Skyline's (docs/skyline-compatibility.md §5).
+"""
 
 from __future__ import annotations
 
