@@ -127,6 +127,9 @@ class VistaConfig:
     pid_path: str = "/var/run/skyline"
     # repr=False: the accounts hold credentials (flux_api_token, service_credentials, ...).
     bq_accounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    bigquery: bigquery_settings.BigQueryConfig = field(
+        default_factory=bigquery_settings.BigQueryConfig
+    )
     shards: tuple[str, ...] = ()  # VISTA_SHARDS: the hosts that split the fetch list
     hostname: str = ""  # this host's name in VISTA_SHARDS
     warnings: tuple[str, ...] = ()
@@ -205,6 +208,10 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_GRAPHITE_BATCH_SIZE",
         "VISTA_BQ_VIRTUALENV_PATH",
         "VISTA_BQ_ACCOUNTS",
+        "VISTA_BQ_API_ENDPOINT",
+        "VISTA_BQ_ARCHIVE_DIR",
+        "VISTA_BQ_QUERY_TIMEOUT",
+        "VISTA_BQ_MAX_CREATES_PER_MINUTE",
         "VISTA_ASYNCIO_FETCHER_LIMIT",
         "VISTA_SINK",
         "VISTA_REMOTE_HOSTS",
@@ -475,6 +482,24 @@ def _metrics_address(r: _Reader) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port))
 
 
+def _bigquery(r: _Reader) -> bigquery_settings.BigQueryConfig:
+    default = bigquery_settings.BigQueryConfig()
+    endpoint = r.text("VISTA_BQ_API_ENDPOINT", None)
+    if endpoint and _scheme(endpoint) not in ("http", "https"):
+        r.problems.bad("VISTA_BQ_API_ENDPOINT", endpoint, "an http:// or https:// URL")
+    archive_dir = r.text("VISTA_BQ_ARCHIVE_DIR", default.archive_dir) or default.archive_dir
+    if not os.path.isabs(archive_dir):
+        r.problems.bad("VISTA_BQ_ARCHIVE_DIR", archive_dir, "an absolute directory path")
+    return bigquery_settings.BigQueryConfig(
+        api_endpoint=endpoint or None,
+        archive_dir=archive_dir,
+        query_timeout=r.number("VISTA_BQ_QUERY_TIMEOUT", default.query_timeout, minimum=1),
+        max_creates_per_minute=r.integer(
+            "VISTA_BQ_MAX_CREATES_PER_MINUTE", default.max_creates_per_minute, maximum=1_000_000
+        ),
+    )
+
+
 def _unknown_names(values: Mapping[str, Any], problems: Problems) -> None:
     for name in sorted(values):
         if name.startswith("VISTA_") and name not in KNOWN_SETTINGS:
@@ -557,6 +582,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         log_path=log_path,
         pid_path=pid_path,
         bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
+        bigquery=_bigquery(r),
         shards=shards,
         hostname=hostname,
         warnings=(),

@@ -1,0 +1,159 @@
+"""The interval loop of a BigQuery job: resume, one unit per interval, checkpoint, stop, counts.
+
+The job's checkpoint holds ``next`` (the index of the first interval not finished), the labels
+of the ``failed`` intervals with their reasons, and the running totals, written after every
+interval; a job process that dies (SIGKILL) resumes at ``next`` with nothing missing or sent
+twice from finished intervals (the interval in progress is done again whole; carbon keeps one
+value per metric and timestamp). SIGTERM or a cancel request stops between intervals (or while
+pacing), keeping the progress.
+
+An interval that fails (too few rows, a failed or unreachable query, a missing column, the sink
+failing after its retries) is recorded and the job goes on with the next one; the job ends
+``failed`` naming them, and re-running it (or the next scheduled run) tries them again. Errors
+of configuration (credentials, an unusable query) fail the job at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from skyline.vista.bq import metrics
+from skyline.vista.bq.client import QueryFailed, QueryUnavailable
+from skyline.vista.bq.job import JobIO, JobParams, Stopped
+from skyline.vista.bq.query import interval_label
+from skyline.vista.bq.rows import RowSchemaError, TooFewRows
+from skyline.vista.errors import SinkError, VistaError
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_ERRORS: tuple[type[Exception], ...] = (
+    TooFewRows,
+    QueryFailed,
+    QueryUnavailable,
+    RowSchemaError,
+    SinkError,
+)
+
+
+class JobFailed(VistaError):
+    """The job ran to its end but some intervals failed."""
+
+
+@dataclass
+class IntervalReport:
+    rows: int = 0
+    points: int = 0
+    errors: int = 0
+    bytes_billed: int = 0
+    message: str = ""
+
+
+@dataclass
+class Totals:
+    rows: int = 0
+    points: int = 0
+    errors: int = 0
+    bytes_billed: int = 0
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def add(self, report: IntervalReport) -> None:
+        self.rows += report.rows
+        self.points += report.points
+        self.errors += report.errors
+        self.bytes_billed += report.bytes_billed
+
+    def as_checkpoint(self, next_index: int) -> dict[str, Any]:
+        return {
+            "next": next_index,
+            "rows": self.rows,
+            "points": self.points,
+            "errors": self.errors,
+            "bytes_billed": self.bytes_billed,
+            "done": self.done,
+            "failed": dict(self.failed),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, data: dict[str, Any]) -> tuple[Totals, int]:
+        totals = cls(
+            rows=int(data.get("rows", 0)),
+            points=int(data.get("points", 0)),
+            errors=int(data.get("errors", 0)),
+            bytes_billed=int(data.get("bytes_billed", 0)),
+            done=int(data.get("done", 0)),
+            failed=dict(data.get("failed") or {}),
+        )
+        return totals, int(data.get("next", 0))
+
+
+def run_intervals(
+    ctx: JobIO,
+    params: JobParams,
+    kind: str,
+    date_format: str,
+    do_interval: Callable[[int], IntervalReport],
+) -> Totals:
+    """Run ``do_interval(start)`` for each interval not yet finished; returns the totals.
+    Raises :class:`JobFailed` when some intervals failed, Stopped-free: a stop just returns."""
+    started = time.time()
+    starts = params.starts()
+    totals, first = Totals.from_checkpoint(dict(ctx.record.checkpoint or {}))
+    if first:
+        logger.info(
+            "%s %s: resuming at interval %d of %d (%s)",
+            kind,
+            ctx.record.id,
+            first + 1,
+            len(starts),
+            interval_label(starts[min(first, len(starts) - 1)], date_format),
+        )
+    ctx.progress(done=first, total=len(starts), points=totals.points, errors=totals.errors)
+    for index in range(first, len(starts)):
+        if ctx.should_stop():
+            logger.info("%s %s: stopping before interval %d", kind, ctx.record.id, index + 1)
+            return totals
+        start = starts[index]
+        label = interval_label(start, date_format)
+        t0 = time.monotonic()
+        try:
+            report = do_interval(start)
+        except Stopped:
+            logger.info(
+                "%s %s: stopped during %s; it is redone on resume", kind, ctx.record.id, label
+            )
+            return totals
+        except INTERVAL_ERRORS as exc:
+            totals.failed[label] = str(exc)
+            totals.errors += 1
+            metrics.INTERVALS.labels(params.account_name, kind, "failed").inc()
+            logger.error("%s %s: interval %s failed: %s", kind, ctx.record.id, label, exc)
+            message = f"{label} failed: {exc}"
+        else:
+            totals.add(report)
+            totals.done += 1
+            metrics.INTERVALS.labels(params.account_name, kind, "done").inc()
+            metrics.observe_interval(
+                params.account_name, kind, report.rows, report.points, report.bytes_billed
+            )
+            message = f"{label}: {report.message}"
+            logger.info("%s %s: %s (%.2f s)", kind, ctx.record.id, message, time.monotonic() - t0)
+        ctx.checkpoint(
+            totals.as_checkpoint(index + 1),
+            done=index + 1,
+            total=len(starts),
+            points=totals.points,
+            errors=totals.errors,
+            message=message,
+        )
+    duration = time.time() - started
+    metrics.JOB_SECONDS.labels(kind).observe(duration)
+    metrics.send_self_metrics(ctx.config, params.account_name, kind, totals, duration)
+    if totals.failed:
+        names = ", ".join(sorted(totals.failed))
+        raise JobFailed(f"{len(totals.failed)} of {len(starts)} interval(s) failed: {names}")
+    return totals

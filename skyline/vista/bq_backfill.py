@@ -1,0 +1,128 @@
+"""``bq_backfill``: load an account's history from BigQuery, one interval at a time.
+
+For each interval from ``from_timestamp`` to ``until_timestamp`` (inclusive) by the account's
+``schedule_interval`` (or the job's ``interval``): read its rows (from its archive when the job
+says ``use_archive_data`` and one exists, else by query), write the archive (atomically, while
+streaming the pages), convert and deliver. ``dry_run`` reads and converts but writes nothing
+(no point, no archive, no known-metric mark) and reports the counts and a sample of the points;
+``flux_test`` sends with Flux's test flag. The interval loop, its checkpoint and its stop rules
+are in :mod:`skyline.vista.bq.runner`.
+
+Entry points: :func:`run_job` (the job core's ``run(ctx)``) and :func:`bq_backfill` (Skyline's
+name, for one job id, in the foreground).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from skyline.vista.bq.archive import ArchiveWriter
+from skyline.vista.bq.job import CreatePacer, Delivery, JobIO, JobParams, RowsSource, open_sink
+from skyline.vista.bq.rows import RowConverter, check_row_count
+from skyline.vista.bq.runner import IntervalReport, run_intervals
+from skyline.vista.sinks import Entry
+
+logger = logging.getLogger(__name__)
+
+KIND = "bq_backfill"
+WORK_KEY = "vista.bq_backfill.work"
+STATUS_KEY = "vista.bq_backfill.job_status"
+RUNNING_KEY = "vista.bq_backfill.running"
+DRY_RUN_SAMPLE = 5
+
+
+class Backfill:
+    def __init__(self, ctx: JobIO) -> None:
+        self.ctx = ctx
+        self.params = JobParams.parse(ctx.params, ctx.config, update=False)
+        self.settings = self.params.query_settings(update=False)
+        self.source = RowsSource(self.params, ctx.config, self.settings)
+        self.spec = self.params.row_spec()
+        self.converter: RowConverter | None = None
+        self.delivery: Delivery | None = None
+        if not self.params.dry_run:
+            sink = open_sink(
+                ctx.config, self.params.account, flux_test=self.params.flux_test, rewrite=False
+            )
+            pacer = CreatePacer(ctx.client, self.params.max_creates_per_minute)
+            self.delivery = Delivery(sink, pacer, ctx.should_stop)
+        self.sample: list[Entry] = []
+
+    def _converter(self, columns: tuple[str, ...]) -> RowConverter:
+        if self.converter is None:
+            self.converter = RowConverter(self.spec, columns)
+        elif tuple(self.converter.columns) != columns:
+            self.converter = self.converter.with_columns(columns)
+        self.converter.begin_interval()
+        return self.converter
+
+    def interval(self, start: int) -> IntervalReport:
+        rows = self.source.archived(start) if self.params.use_archive else None
+        if rows is None:
+            _query, rows = self.source.query(start)
+        check_row_count(rows.total_rows, self.spec)
+        converter = self._converter(rows.columns)
+        write_archive = not rows.from_archive and not self.params.dry_run
+        path = self.source.archive_path(start)
+        writer = ArchiveWriter(path, rows.columns) if write_archive else None
+        points = 0
+        try:
+            for page in rows.pages:
+                if writer is not None:
+                    writer.write(page)
+                out: list[Entry] = []
+                converter.convert(page, out)
+                points += len(out)
+                if self.delivery is not None:
+                    self.delivery.send(out)
+                elif len(self.sample) < DRY_RUN_SAMPLE:
+                    self.sample += out[: DRY_RUN_SAMPLE - len(self.sample)]
+            if writer is not None:
+                writer.commit()
+        finally:
+            if writer is not None:
+                writer.abort()
+        stats = converter.stats
+        verb = "would send" if self.params.dry_run else "sent"
+        source = "archive" if rows.from_archive else "query"
+        skipped = stats.null + stats.non_numeric - stats.zero_filled
+        return IntervalReport(
+            rows=stats.rows,
+            points=points,
+            errors=stats.errors,
+            bytes_billed=rows.bytes_billed or 0,
+            message=(
+                f"{stats.rows} rows ({source}), {verb} {points} points, {skipped} cells "
+                f"skipped, {stats.errors} bad rows, {stats.duplicates} duplicates"
+            ),
+        )
+
+    def run(self) -> None:
+        try:
+            totals = run_intervals(
+                self.ctx, self.params, KIND, self.settings.date_format, self.interval
+            )
+        finally:
+            self.source.close()
+            if self.delivery is not None and self.delivery.sink is not None:
+                self.delivery.sink.close()
+        if self.params.dry_run:
+            shown = ", ".join(f"{e.metric} {e.value:g} {e.timestamp}" for e in self.sample)
+            self.ctx.progress(
+                message=f"dry run: would send {totals.points} points; e.g. {shown or 'none'}"
+            )
+
+
+def run_job(ctx: JobIO) -> None:
+    """The job core's entry point for kind ``bq_backfill``."""
+    Backfill(ctx).run()
+
+
+def describe(params: dict[str, Any]) -> str:
+    """One line for ``vista bq jobs``."""
+    return (
+        f"{params.get('vista_bq_account_key')} "
+        f"{params.get('from_timestamp')}..{params.get('until_timestamp')}"
+        + (" dry-run" if params.get("dry_run") else "")
+    )

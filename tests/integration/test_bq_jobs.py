@@ -1,0 +1,233 @@
+"""bq_backfill and bq_update end to end: the real google-cloud-bigquery client against the local
+BigQuery fake, points into a real carbon-cache (daily retention), read back from whisper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from skyline.vista.bq.job import KNOWN_METRICS_KEY
+from skyline.vista.bq.runner import JobFailed
+from skyline.vista.bq_backfill import run_job as run_backfill
+from skyline.vista.bq_update import change_record_key
+from skyline.vista.bq_update import run_job as run_update
+from tests.bq_helpers import (
+    COLUMNS,
+    DAY,
+    LocalJob,
+    account,
+    business_rows,
+    day_start,
+    expected_points,
+    make_config,
+    read_whisper_tree,
+    wait_whisper,
+)
+from tests.fakes.bigquery import Answer, FakeBigQuery
+from tests.servers import CarbonServer, RedisServer
+
+
+@pytest.fixture(scope="module")
+def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
+    server = CarbonServer(tmp_path_factory.mktemp("carbon-daily"), retentions="1d:400d")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBigQuery]:
+    with FakeBigQuery(page_size=50) as server:
+        yield server
+
+
+def params(name: str, first: int, last: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "vista_bq_account_key": name,
+        "from_timestamp": first,
+        "until_timestamp": last,
+        **extra,
+    }
+
+
+def test_backfill_into_carbon_exactly(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(10)
+    rows = business_rows(first, 3, 40)  # 40 rows a day: 1 page of 50
+    fake.set_table(COLUMNS, rows, "day")
+    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    job = LocalJob(cfg, redis_client, params("shop", first, first + 2 * DAY))
+    run_backfill(job)
+    expected = expected_points(metric_prefix, rows)
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 3 * DAY, 360)
+    assert got == expected
+    # one query per interval, the date bound as a DATE parameter exactly as sent
+    dates = [q.parameters for q in fake.received]
+    assert [d[0]["parameterValue"]["value"] for d in dates] == [
+        dt.datetime.fromtimestamp(first + i * DAY, dt.UTC).date().isoformat() for i in range(3)
+    ]
+    assert all(d[0]["parameterType"] == {"type": "DATE"} for d in dates)
+    assert job.last["done"] == 3 and job.last["points"] == 360 and job.last["errors"] == 0
+    archives = sorted(os.listdir(tmp_path / "archives" / "shop"))
+    assert len(archives) == 3 and all(a.endswith(".csv.gz") for a in archives)
+    # no credential reached Redis
+    for key in redis_client.keys("*"):
+        kind = redis_client.type(key)
+        text = repr(redis_client.hgetall(key) if kind == b"hash" else kind)
+        assert "secret" not in text and "ya29" not in text
+
+
+def test_dry_run_writes_nothing(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(20)
+    fake.set_table(COLUMNS, business_rows(first, 2, 10), "day")
+    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    job = LocalJob(cfg, redis_client, params("shop", first, first + DAY, dry_run=True))
+    redis_client.delete(KNOWN_METRICS_KEY)
+    run_backfill(job)
+    assert len(fake.received) == 2
+    assert job.last["points"] == 60
+    assert "dry run: would send 60 points" in job.last["message"]
+    assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
+    assert not (tmp_path / "archives").exists()
+    assert redis_client.scard(KNOWN_METRICS_KEY) == 0
+
+
+def test_stop_and_resume_from_checkpoint(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(30)
+    rows = business_rows(first, 5, 4)
+    fake.set_table(COLUMNS, rows, "day")
+    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    job_params = params("shop", first, first + 4 * DAY)
+    job = LocalJob(cfg, redis_client, job_params, stop_after=lambda j: len(fake.received) >= 2)
+    run_backfill(job)  # SIGTERM-like stop after two intervals
+    assert job.record.checkpoint["next"] == 2
+    again = LocalJob(cfg, redis_client, job_params, checkpoint=job.record.checkpoint)
+    run_backfill(again)
+    assert len(fake.received) == 5  # the finished intervals were not queried again
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 5 * DAY, 60)
+    assert got == expected_points(metric_prefix, rows)
+    assert again.last["done"] == 5 and again.last["points"] == 60
+
+
+def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(40)
+    rows = business_rows(first, 3, 6)
+    rows = [r for r in rows if not (r[0] == rows[12][0] and str(r[1]) > "c002")]  # day 3: 3 rows
+    fake.set_table(COLUMNS, rows, "day")
+    acct = account(metric_prefix, min_expected_results=5)
+    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": acct})
+    day2 = dt.datetime.fromtimestamp(first + DAY, dt.UTC).date().isoformat()
+    fake.set_answer(Answer("", date=day2, error=("notFound", "Table shop.daily was not found")))
+    job = LocalJob(cfg, redis_client, params("shop", first, first + 2 * DAY))
+    with pytest.raises(JobFailed, match="2 of 3 interval"):
+        run_backfill(job)
+    failed = job.record.checkpoint["failed"]
+    assert "was not found" in failed[day2]
+    day3 = dt.datetime.fromtimestamp(first + 2 * DAY, dt.UTC).date().isoformat()
+    assert "fewer than min_expected_results 5" in failed[day3]
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 3 * DAY, 18)
+    assert got == expected_points(metric_prefix, rows[:6])
+
+
+def test_update_sends_exactly_the_changed_and_new_values(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(7)
+    rows = business_rows(first, 7, 10)
+    fake.set_table(COLUMNS, rows, "day")
+    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + 6 * DAY)))
+    wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 210)
+    # late corrections: 5 values change, 2 rows appear (one day earlier than today)
+    changed = [list(r) for r in rows]
+    edits = [(0, 2), (3, 3), (15, 4), (33, 2), (68, 3)]
+    for index, column in edits:
+        changed[index][column] = 999 + index
+    extra_day = dt.datetime.fromtimestamp(first + 2 * DAY, dt.UTC).date()
+    new_rows: list[tuple[object, ...]] = [
+        (extra_day, "zz1", 5, None, None),
+        (extra_day, "zz2", None, 6.5, None),
+    ]
+    fake.set_table(COLUMNS, [tuple(r) for r in changed] + new_rows, "day")
+    fake.received.clear()
+    before = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY)
+    job = LocalJob(
+        cfg,
+        redis_client,
+        {
+            "vista_bq_account_key": "shop",
+            "from_timestamp": first,
+            "until_timestamp": first + 6 * DAY,
+        },
+    )
+    run_update(job)
+    assert len(fake.received) == 7
+    assert job.last["points"] == 7
+    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
+    expected[f"{metric_prefix}.zz1.signups"] = {first + 2 * DAY: 5.0}
+    expected[f"{metric_prefix}.zz2.revenue"] = {first + 2 * DAY: 6.5}
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 212)
+    for _ in range(40):
+        if got == expected:
+            break
+        got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 212)
+    assert got == expected
+    differ = {
+        (m, ts) for m, pts in got.items() for ts, v in pts.items() if before.get(m, {}).get(ts) != v
+    }
+    assert len(differ) == 7
+    # the change records name them
+    records = {}
+    for key in redis_client.scan_iter("vista.bq_update.shop.*"):
+        name = key.decode() if isinstance(key, bytes) else key
+        if name.endswith("last_update"):
+            continue
+        assert 0 < redis_client.ttl(key) <= 30 * DAY
+        records[name] = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    changes = [c for r in records.values() for c in json.loads(r["changed"])]
+    news = [n for r in records.values() for n in json.loads(r["new"])]
+    assert {(c["metric"], c["timestamp"]) for c in changes} | {(n[0], n[1]) for n in news} == differ
+    assert sum(int(r["changed_count"]) for r in records.values()) == 5
+    assert sum(int(r["new_count"]) for r in records.values()) == 2
+    label = extra_day.isoformat()
+    assert any(k.startswith(change_record_key("shop", label, "")) for k in records)
+    assert redis_client.exists("vista.bq_update.shop.last_update")
