@@ -222,7 +222,8 @@ def test_update_sends_exactly_the_changed_and_new_values(
         if name.endswith("last_update"):
             continue
         assert 0 < redis_client.ttl(key) <= 30 * DAY
-        records[name] = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+        raw: dict[bytes, bytes] = redis_client.hgetall(key)  # type: ignore[assignment]
+        records[name] = {k.decode(): v.decode() for k, v in raw.items()}
     changes = [c for r in records.values() for c in json.loads(r["changed"])]
     news = [n for r in records.values() for n in json.loads(r["new"])]
     assert {(c["metric"], c["timestamp"]) for c in changes} | {(n[0], n[1]) for n in news} == differ
