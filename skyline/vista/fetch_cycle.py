@@ -122,6 +122,7 @@ class FetchCycle:
         clock: Callable[[], float] = time.time,
         on_error: Callable[[MetricResult], None] | None = None,
         shared: SharedLimit | None = None,
+        on_done: Callable[[MetricResult, float], None] | None = None,
     ) -> None:
         self.config = config
         self.session = session
@@ -130,6 +131,9 @@ class FetchCycle:
         self.queue = queue
         self.clock = clock
         self.on_error = on_error
+        self.on_done = on_done
+        self.in_flight: set[str] = set()  # metrics of this cycle not finished yet
+        self._stopping = False
         self.limits = Limits(
             fetch_max_points=config.fetch_max_points,
             max_backfill=config.max_backfill,
@@ -203,6 +207,7 @@ class FetchCycle:
         self.now = self.clock()
         started = time.monotonic()
         results = self.plan(entries, watermarks, pending, scan_from)
+        self.in_flight = {r.metric for r in results if not r.done}
         for result in results:
             if result.done:
                 continue
@@ -211,6 +216,7 @@ class FetchCycle:
                     self._spawn(self._prometheus(result, n, window), [(result, n)])
         self._spawn_graphite([r for r in results if not r.done])
         await self._wait(deadline)
+        self.in_flight = set()
         unfinished = sum(1 for r in results if not r.done)
         await self._flush(final=True)
         report = CycleReport(
@@ -244,9 +250,15 @@ class FetchCycle:
         if not self._tasks:
             self._idle.set()
 
+    def stop(self) -> None:
+        """End the cycle now, as at its deadline: what did not finish is cancelled and counted
+        unfinished; what finished is still pushed."""
+        self._stopping = True
+        self._idle.set()
+
     async def _wait(self, deadline: float | None) -> None:
         timeout = deadline if deadline is not None else self.config.fetcher_max_runtime
-        if self._tasks and timeout > 0:
+        if self._tasks and timeout > 0 and not self._stopping:
             self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
@@ -423,6 +435,10 @@ class FetchCycle:
             if last.end is not None and last.end < self.now - EMPTY_SCAN_HORIZON:
                 result.scan_to = last.end
         result.items = self._items(result)
+        if not result.items:  # else in flight until its items are pushed
+            self.in_flight.discard(result.metric)
+        if self.on_done is not None:
+            self.on_done(result, self.now)
 
     def _items(self, result: MetricResult) -> list[str]:
         points = result.points
@@ -464,6 +480,7 @@ class FetchCycle:
             queued = await self.queue.push(chains)  # not `+= await`: flushes overlap
             self._queued += queued
             pushed = True
+            self.in_flight.difference_update(metric for metric, _ in chains)
         except REDIS_ERRORS:
             if final:
                 raise

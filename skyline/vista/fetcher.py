@@ -46,6 +46,16 @@ class FetcherState:
     last_report: CycleReport | None = None
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A cycle ready to run: its FetchCycle and what was read from Redis for it."""
+
+    fetch: FetchCycle
+    due: list[FetchEntry]
+    watermarks: dict[str, int]
+    pending: set[str]
+
+
 def order_due(entries: list[FetchEntry], carried: set[str]) -> list[FetchEntry]:
     """Metrics left unfinished by the last cycle go first, so none starves behind a slow host."""
     return sorted(entries, key=lambda e: (e.metric not in carried, e.index))
@@ -72,6 +82,8 @@ class Fetcher(threading.Thread):
             config.self_metrics.host, config.self_metrics.port, config.self_metrics.prefix
         )
         self._next_reconcile = 0.0
+        self._cycles: dict[asyncio.Task[CycleReport | None], FetchCycle] = {}
+        self._crash: BaseException | None = None
 
     # --- control (any thread) -------------------------------------------------------------
 
@@ -120,12 +132,35 @@ class Fetcher(threading.Thread):
             async with aiohttp.ClientSession(connector=connector) as session:
                 while not self.stopping():
                     started = self.clock()
-                    await self.cycle(session, queue)
+                    planned = await self._begin(session, queue)
+                    if planned is not None:
+                        # Not awaited: the next tick starts the next cycle even if this one
+                        # still waits for a slow host (whose metrics are not due meanwhile).
+                        task = asyncio.ensure_future(self._complete(planned))
+                        self._cycles[task] = planned.fetch
+                        task.add_done_callback(self._cycle_done)
                     tick = cycle_tick([e.frequency for e in self.config.shard_metrics])
                     await self._sleep(next_tick(max(started, self.clock()), tick) - self.clock())
+                    if self._crash is not None:
+                        raise self._crash
+                await self._stop_cycles()
         finally:
             await client.aclose()
             logger.info("fetcher stopped")
+
+    def _cycle_done(self, task: asyncio.Task[CycleReport | None]) -> None:
+        self._cycles.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            self._crash = task.exception()  # re-raised by the loop: the agent restarts us
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _stop_cycles(self) -> None:
+        """End the cycles still running (their finished metrics are still pushed)."""
+        for fetch in self._cycles.values():
+            fetch.stop()
+        if self._cycles:
+            await asyncio.gather(*self._cycles, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0 or self._wake is None:
@@ -140,8 +175,21 @@ class Fetcher(threading.Thread):
     async def cycle(
         self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
     ) -> CycleReport | None:
+        """One whole cycle, awaited to its end (the thread starts each and does not wait)."""
+        planned = await self._begin(session, queue)
+        return None if planned is None else await self._complete(planned)
+
+    def in_flight(self) -> set[str]:
+        """Metrics that a running cycle is still fetching (or pushing)."""
+        return set().union(*(fetch.in_flight for fetch in self._cycles.values()))
+
+    async def _begin(
+        self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
+    ) -> _Planned | None:
+        """Heartbeat, then pick the due metrics (not those a running cycle still fetches)."""
         config = self.config
         begin = self.clock()
+        busy = self.in_flight()
         try:
             await queue.client.set(
                 constants.FETCHER_HEARTBEAT_KEY, int(begin), ex=constants.HEARTBEAT_TTL
@@ -153,7 +201,7 @@ class Fetcher(threading.Thread):
                         "cleared %d stale pending mark(s) (their items were gone)", fixed
                     )
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
-            entries = config.shard_metrics
+            entries = [e for e in config.shard_metrics if e.metric not in busy]
             marks = await queue.watermarks([e.metric for e in entries])
             watermarks = {m: w.timestamp for m, w in marks.items()}
             due = [e for e in entries if self._due(e, begin, watermarks.get(e.metric))]
@@ -172,15 +220,24 @@ class Fetcher(threading.Thread):
             clock=self.clock,
             on_error=self._on_error,
             shared=self._shared_limit(),
+            on_done=self._remember_metric,
         )
+        # Marked in flight now, before the cycle task first runs.
+        fetch.in_flight = {e.metric for e in due}
+        return _Planned(fetch, due, watermarks, pending)
+
+    async def _complete(self, planned: _Planned) -> CycleReport | None:
+        fetch = planned.fetch
         try:
-            report = await fetch.run(due, watermarks, pending, self.state.scan_from)
+            report = await fetch.run(
+                planned.due, planned.watermarks, planned.pending, self.state.scan_from
+            )
         except redisconn.REDIS_ERRORS as exc:
             self.outage.failed(exc)
             logger.warning("this cycle's items could not be queued; they are fetched again")
             return None
         self._remember(report)
-        await self._report(report, len(due))
+        await self._report(report, len(planned.due))
         return report
 
     def _shared_limit(self) -> SharedLimit:
@@ -212,21 +269,26 @@ class Fetcher(threading.Thread):
         state = self.state
         state.cycles += 1
         state.last_report = report
-        state.carried = {r.metric for r in report.results if not r.done}
-        for r in report.results:
-            if not r.done or r.skipped:
-                continue
-            state.last_attempt[r.metric] = report.started
-            if r.scan_to is not None:
-                state.scan_from[r.metric] = r.scan_to
-            if r.error is None and r.metric in state.last_error:
-                logger.info("%s %s: fetching works again", r.entry.host, r.metric)
-                del state.last_error[r.metric]
-            if r.points:
-                telemetry.POINTS_FETCHED.labels(r.entry.host).inc(len(r.points))
-            for reason, count in r.dropped.as_dict().items():
-                if reason != "at_or_below_watermark":
-                    telemetry.POINTS_DROPPED.labels(reason).inc(count)
+        # Cycles overlap: this one settles only its own metrics' carried marks.
+        state.carried.difference_update(r.metric for r in report.results)
+        state.carried.update(r.metric for r in report.results if not r.done)
+
+    def _remember_metric(self, r: MetricResult, started: float) -> None:
+        """As soon as a metric is finished (its cycle, begun at ``started``, may go on)."""
+        state = self.state
+        if r.skipped:
+            return
+        state.last_attempt[r.metric] = started
+        if r.scan_to is not None:
+            state.scan_from[r.metric] = r.scan_to
+        if r.error is None and r.metric in state.last_error:
+            logger.info("%s %s: fetching works again", r.entry.host, r.metric)
+            del state.last_error[r.metric]
+        if r.points:
+            telemetry.POINTS_FETCHED.labels(r.entry.host).inc(len(r.points))
+        for reason, count in r.dropped.as_dict().items():
+            if reason != "at_or_below_watermark":
+                telemetry.POINTS_DROPPED.labels(reason).inc(count)
 
     async def _report(self, report: CycleReport, to_fetch: int) -> None:
         telemetry.FETCH_CYCLES.observe(report.duration)

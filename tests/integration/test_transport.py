@@ -24,7 +24,7 @@ from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.sources.http import HostState, new_connector
 from tests.fetch_settings import make_config
-from tests.remotes import graphite_entry, prom_entry, remotes, time_series
+from tests.remotes import graphite_entry, matrix, prom_entry, remotes, time_series
 from tests.servers import PrometheusServer, RedisServer
 
 
@@ -268,3 +268,52 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     assert [(r.metric, kind(r), r.skipped, r.requests) for r in after.results] == [
         (f"remote.m{i}", None, None, 1) for i in range(6)
     ]
+
+
+# ---------------------------------------------------------------------- a hung host
+
+
+@pytest.mark.slow
+async def test_a_hung_host_delays_only_its_own_metrics(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Two hosts at frequency 10 s; one never answers (the default 30 s timeout). The fetcher
+    thread must keep asking the healthy host every 10 s while the hung host's requests wait,
+    and must not ask the hung host again while its first requests are still in flight."""
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.json_response(matrix([]))
+
+    async with remotes() as start:
+        healthy = await start(empty)
+
+        async def never(request: web.Request) -> web.Response:
+            await healthy.release.wait()  # set only when the test stops the servers
+            return web.Response(status=500)
+
+        hung = await start(never)
+        config = make_config(
+            tmp_path,
+            redis_server,
+            [prom_entry(hung.url, f"hung{i}", frequency=10) for i in range(2)]
+            + [prom_entry(healthy.url, f"ok{i}", frequency=10) for i in range(2)],
+        )
+        assert config.default_host_options.timeout == 30
+        fetcher = Fetcher(os.getpid(), config)
+        began = time.monotonic()
+        fetcher.start()
+        try:
+            await asyncio.sleep(25)
+        finally:
+            fetcher.stop()
+            await asyncio.to_thread(fetcher.join, 10)
+        assert not fetcher.is_alive()
+
+    asked = [round(r.at - began, 1) for r in healthy.seen]
+    # Every 10 s tick (the first cycle at once): 2 metrics a cycle, 3 cycles or more.
+    assert len(asked) >= 6, asked
+    gaps = [b - a for a, b in zip(asked[::2], asked[2::2], strict=False)]
+    assert max(gaps) < 11, asked
+    assert len(hung.seen) == 2  # in flight all along: not asked again
+    # Stopping the fetcher ended the hung host's cycle at once (not after its 30 s timeout).
+    assert time.monotonic() - began < 30
