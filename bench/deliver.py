@@ -63,6 +63,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, new_id
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import QueueItem
+from skyline.vista.pool import ProcessPool
 from skyline.vista.worker import Worker, worker_id
 from tests.fakes.flux import DEFAULT_KEY
 from tests.servers import CarbonServer, RedisServer, poll_until
@@ -195,23 +196,25 @@ def settings(
     return config.validate(values, str(tmp / "settings.py"))
 
 
-def start_workers(cfg: VistaConfig, count: int, log_file: Path) -> list[Worker]:
+def start_workers(cfg: VistaConfig, count: int, log_file: Path) -> ProcessPool:
+    """Worker processes in the agent's supervised pool (not respawned: a death is reported)."""
     spec = LogSpec(str(log_file), verbose=False, secrets=tuple(cfg.secrets()))
-    workers = [Worker(os.getpid(), cfg, index, spec) for index in range(count)]
-    for worker in workers:
-        worker.start()
-    return workers
+    pool = ProcessPool()
+    for index in range(count):
+        pool.start(f"worker-{index}", partial(Worker, os.getpid(), cfg, index, spec))
+    return pool
 
 
-def wait_ready(client: redis.Redis, workers: list[Worker]) -> None:
+def wait_ready(client: redis.Redis, workers: ProcessPool) -> None:
     """Every worker has written its heartbeat: it is polling the (empty) queue."""
 
     def probe() -> bool | None:
-        for worker in workers:
+        for name, worker in workers.running():
             if not worker.is_alive():
-                raise RuntimeError(f"worker {worker.index} died (exit code {worker.exitcode})")
+                raise RuntimeError(f"{name} died (exit code {worker.exitcode})")
             assert worker.pid is not None
-            key = constants.WORKER_HEARTBEAT_PREFIX + worker_id(worker.index, worker.pid)
+            index = int(name.split("-")[1])
+            key = constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, worker.pid)
             if not client.exists(key):
                 return None
         return True
@@ -219,27 +222,22 @@ def wait_ready(client: redis.Redis, workers: list[Worker]) -> None:
     poll_until(probe, 60.0, what="the workers to start", interval=0.05)
 
 
-def stop_workers(workers: list[Worker]) -> None:
-    for worker in workers:
-        if worker.is_alive():
-            worker.terminate()  # SIGTERM: the worker finishes its batch and leaves
-    for worker in workers:
-        worker.join(30)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(5)
+def stop_workers(workers: ProcessPool) -> None:
+    """SIGTERM: each worker finishes its batch and leaves (SIGKILL after 30 s)."""
+    workers.stop_all(30)
 
 
 def drain(
     client: redis.Redis,
-    workers: list[Worker],
+    workers: ProcessPool,
     metrics: int,
     per_metric: int,
     run: Run,
     timeout: float,
 ) -> list[int]:
     """Fill the queue and time the drain; returns the timestamps of the points."""
-    pids = [w.pid for w in workers if w.pid is not None]
+    processes = [process for _, process in workers.running()]
+    pids = [w.pid for w in processes if w.pid is not None]
     before = [proc_usage(pid) for pid in pids]
     began = time.perf_counter()
     stamps = fill_queue(client, metrics, per_metric, time.time())
@@ -259,7 +257,7 @@ def drain(
             run.problems.append(f"not drained after {timeout:.0f} s: {queued}/{inflight} left")
             usage = [proc_usage(pid) for pid in pids]
             break
-        if not all(w.is_alive() for w in workers):
+        if not all(w.is_alive() for w in processes):
             run.problems.append("a worker died")
             break
         time.sleep(0.01)

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 from skyline.vista import config as config_module
@@ -29,7 +29,9 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.errors import ConfigError
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
+from skyline.vista.jobs.supervisor import JobSupervisor
 from skyline.vista.logs import LogSpec
+from skyline.vista.pool import ChildExit, ProcessPool
 from skyline.vista.worker import Worker, worker_id
 
 logger = logging.getLogger(__name__)
@@ -37,24 +39,6 @@ logger = logging.getLogger(__name__)
 SUPERVISE_EVERY = 0.2
 HEARTBEAT_EVERY = 10.0
 SELF_METRICS_EVERY = 60.0
-YOUNG_DEATH = 30.0
-"""A child that dies younger than this counts towards its restart backoff."""
-
-
-@dataclass
-class Slot:
-    """One worker position: the process in it and its restart history."""
-
-    index: int
-    process: Worker | None = None
-    started: float = 0.0
-    failures: int = 0
-    restart_at: float = 0.0
-
-    @property
-    def wid(self) -> str:
-        pid = self.process.pid if self.process is not None else None
-        return worker_id(self.index, pid)
 
 
 @dataclass
@@ -64,7 +48,7 @@ class AgentState:
     reload_requested: bool = False
     fetcher_failures: int = 0
     fetcher_restart_at: float = 0.0
-    slots: list[Slot] = field(default_factory=list)
+    workers: int = 0
 
 
 class Vista:
@@ -82,7 +66,9 @@ class Vista:
         self.pid = os.getpid()
         self.state = AgentState()
         self.fetcher: Fetcher | None = None
+        self.pool = ProcessPool()
         self.client = redisconn.connect(config.redis)
+        self.jobs = JobSupervisor(config, self.client, self.pool, log_spec)
         self.queue = FetchQueue(self.client, watermark_keys(config.sink))
         self.hostname = socket.gethostname()
         self.started = time.time()
@@ -104,12 +90,7 @@ class Vista:
         if self.state.signals > 1:
             # Second signal: leave now. Workers get SIGKILL; their held items are recovered by
             # the next agent or by any worker once their leases expire.
-            for slot in self.state.slots:
-                if slot.process is not None and slot.process.pid:
-                    try:
-                        os.kill(slot.process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            self.pool.kill_all()
             if self.on_force_exit is not None:
                 self.on_force_exit()  # e.g. remove the pidfile: this is a stop, not a crash
             os._exit(constants.EXIT_FAILURE)
@@ -122,9 +103,9 @@ class Vista:
 
     def start(self) -> None:
         """Start the workers, then the fetcher thread (as the original does)."""
-        self.state.slots = [Slot(i) for i in range(self.config.worker_processes)]
-        for slot in self.state.slots:
-            self._start_worker(slot)
+        self.state.workers = self.config.worker_processes
+        for index in range(self.state.workers):
+            self._start_worker(index)
         self._start_fetcher()
         if self.config.metrics_address:
             telemetry.start_metrics_server(self.config.metrics_address, self._queue_snapshot)
@@ -154,8 +135,8 @@ class Vista:
         if self.state.reload_requested:
             self.state.reload_requested = False
             self.reload()
-        for slot in self.state.slots:
-            self._check_worker(slot)
+        self.pool.poll()
+        self.jobs.tick(self.state.stop_requested)
         self._check_fetcher()
         now = time.monotonic()
         if now >= self._next_heartbeat:
@@ -171,20 +152,8 @@ class Vista:
         logger.info("stopping: draining within %gs", self.config.shutdown_timeout)
         if self.fetcher is not None:
             self.fetcher.stop()
-        for slot in self.state.slots:
-            if slot.process is not None and slot.process.is_alive() and slot.process.pid:
-                os.kill(slot.process.pid, signal.SIGTERM)
-        for slot in self.state.slots:
-            if slot.process is not None:
-                slot.process.join(max(0.0, deadline - time.monotonic()))
-        forced = 0
-        for slot in self.state.slots:
-            process = slot.process
-            if process is not None and process.is_alive():
-                process.kill()
-                process.join(2.0)
-                forced += 1
-                self._recover(slot.wid)
+        exits = self.pool.stop_all(self.config.shutdown_timeout)
+        forced = sum(1 for e in exits if e.killed)
         if self.fetcher is not None:
             self.fetcher.join(max(0.1, deadline - time.monotonic()))
         try:
@@ -201,46 +170,41 @@ class Vista:
 
     # --- workers --------------------------------------------------------------------------
 
-    def _start_worker(self, slot: Slot) -> None:
-        process = Worker(self.pid, self.config, slot.index, self.log_spec)
-        process.start()
-        slot.process = process
-        slot.started = time.monotonic()
-        logger.info("worker %d started (pid %s)", slot.index, process.pid)
+    @staticmethod
+    def _worker_name(index: int) -> str:
+        return f"worker-{index}"
 
-    def _check_worker(self, slot: Slot) -> None:
-        process = slot.process
-        now = time.monotonic()
-        if process is None:
-            if now >= slot.restart_at and not self.state.stop_requested:
-                self._start_worker(slot)
-            return
-        if process.is_alive():
-            return
-        process.join(0)
-        code = process.exitcode
-        wid = worker_id(slot.index, process.pid)
-        lived = now - slot.started
-        slot.failures = slot.failures + 1 if lived < YOUNG_DEATH else 0
-        delay = compute_backoff(slot.failures, base=1.0, cap=60.0) if slot.failures else 0.0
-        slot.process = None
-        slot.restart_at = now + delay
-        telemetry.WORKER_RESTARTS.inc()
-        _mark_dead(process.pid)
+    def _start_worker(self, index: int) -> None:
+        def factory() -> Worker:
+            return Worker(self.pid, self.config, index, self.log_spec)
+
+        def on_exit(exit_: ChildExit) -> None:
+            self._worker_exited(index, exit_)
+
+        process = self.pool.start(self._worker_name(index), factory, respawn=True, on_exit=on_exit)
+        logger.info("worker %d started (pid %s)", index, process.pid)
+
+    def _worker_exited(self, index: int, exit_: ChildExit) -> None:
+        """The pool reaped a worker: give its items back at once, drop its heartbeat."""
+        wid = worker_id(index, exit_.pid)
+        _mark_dead(exit_.pid)
         recovered = self._recover(wid)
         try:
             self.client.delete(constants.WORKER_HEARTBEAT_PREFIX + wid)
         except redisconn.REDIS_ERRORS:
             pass  # it expires by itself
+        if exit_.restart_in is None:
+            return  # stopped on purpose (drain, reload, resize)
+        telemetry.WORKER_RESTARTS.inc()
         logger.error(
             "worker %d (pid %s) exited with code %s after %.0fs; %d item(s) requeued; "
             "restarting in %.1fs",
-            slot.index,
-            process.pid,
-            code,
-            lived,
+            index,
+            exit_.pid,
+            exit_.exitcode,
+            exit_.lived,
             recovered,
-            delay,
+            exit_.restart_in,
         )
 
     def _recover(self, wid: str) -> int:
@@ -301,6 +265,7 @@ class Vista:
         self.config = new
         self.log_spec = LogSpec(self.log_spec.log_file, new.verbose_logging, tuple(new.secrets()))
         logs.configure(self.log_spec)
+        self.jobs.config, self.jobs.log_spec = new, self.log_spec  # for jobs started from now
         if self.fetcher is not None:
             self.fetcher.update_config(new)
         self._resize_and_roll(new.worker_processes)
@@ -312,31 +277,11 @@ class Vista:
 
     def _resize_and_roll(self, count: int) -> None:
         """Workers pick up new settings by restarting: each drains and is replaced."""
-        slots = self.state.slots
-        for slot in slots[count:]:
-            self._stop_worker(slot)
-        slots = slots[:count] + [Slot(i) for i in range(len(slots), count)]
-        self.state.slots = slots
-        for slot in slots:
-            if slot.process is not None:
-                self._stop_worker(slot)
-                slot.failures = 0
-                self._start_worker(slot)
-            else:
-                self._start_worker(slot)
-
-    def _stop_worker(self, slot: Slot) -> None:
-        process = slot.process
-        if process is None:
-            return
-        if process.is_alive() and process.pid:
-            os.kill(process.pid, signal.SIGTERM)
-            process.join(self.config.shutdown_timeout)
-        if process.is_alive():
-            process.kill()
-            process.join(2.0)
-            self._recover(slot.wid)
-        slot.process = None
+        for index in range(max(count, self.state.workers)):
+            self.pool.stop(self._worker_name(index), self.config.shutdown_timeout)
+            if index < count:
+                self._start_worker(index)
+        self.state.workers = count
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -347,8 +292,9 @@ class Vista:
             "settings": self.config.path,
             "fetcher": bool(self.fetcher and self.fetcher.is_alive()),
             "workers": [
-                {"index": s.index, "pid": s.process.pid if s.process else None, "wid": s.wid}
-                for s in self.state.slots
+                {"index": i, "pid": pid, "wid": worker_id(i, pid)}
+                for i in range(self.state.workers)
+                for pid in [self.pool.pid(self._worker_name(i))]
             ],
         }
         try:

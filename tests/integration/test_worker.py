@@ -19,19 +19,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from skyline.vista import codec, config, constants, delivery
+from skyline.vista import codec, config, constants, delivery, redisconn
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import VistaConfig
-from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue
+from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import Point, QueueItem, Watermark
+from skyline.vista.pool import ChildExit, ProcessPool
 from skyline.vista.secret import Secret
 from skyline.vista.sinks.carbon import CarbonSink
 from skyline.vista.sinks.flux import FluxSink
@@ -212,31 +214,48 @@ def sink_requests(loop: WorkerLoop) -> int:
     return loop.sink.requests
 
 
-@dataclass
 class WorkerPool:
-    """Real Worker processes (spawn), handled the way the agent handles them."""
+    """Real Worker processes (spawn) in the agent's supervised pool, handled the way the agent
+    handles them: a worker that dies has its items put back at once and is respawned."""
 
-    cfg: VistaConfig
-    log_spec: LogSpec
-    size: int
-    procs: dict[int, Worker] = field(default_factory=dict)
+    def __init__(self, cfg: VistaConfig, log_spec: LogSpec, size: int) -> None:
+        self.cfg = cfg
+        self.log_spec = log_spec
+        self.size = size
+        self.pool = ProcessPool(backoff_base=0.05, backoff_cap=0.2)
+        self.client = redisconn.connect(cfg.redis)
+        self.queue = FetchQueue(self.client, watermark_keys(cfg.sink))
+        self.recovered: dict[int, int] = {}
+        """pid of a dead worker -> items the pool's exit handler put back."""
 
     def start(self) -> None:
         for index in range(self.size):
-            self.start_one(index)
+            self._start(index)
 
-    def start_one(self, index: int) -> None:
-        proc = Worker(os.getpid(), self.cfg, index, self.log_spec)
-        proc.start()
-        self.procs[index] = proc
+    def _start(self, index: int) -> None:
+        def factory() -> Worker:
+            return Worker(os.getpid(), self.cfg, index, self.log_spec)
+
+        def on_exit(exit_: ChildExit) -> None:
+            self._exited(index, exit_)
+
+        self.pool.start(f"worker-{index}", factory, respawn=True, on_exit=on_exit)
+
+    def _exited(self, index: int, exit_: ChildExit) -> None:
+        if exit_.pid is not None:
+            self.recovered[exit_.pid] = self.queue.recover(only_worker=worker_id(index, exit_.pid))
+
+    @property
+    def procs(self) -> dict[int, BaseProcess]:
+        return {int(name.split("-")[1]): proc for name, proc in self.pool.running()}
 
     def running(self, client: redis.Redis) -> list[int]:
         """Indexes of the workers that have written a heartbeat (they are in their loop)."""
-        indexes = list(self.procs)
+        procs = self.procs
+        indexes = list(procs)
         pipe = client.pipeline(transaction=False)
         for index in indexes:
-            pid = self.procs[index].pid
-            pipe.exists(constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, pid))
+            pipe.exists(constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, procs[index].pid))
         return [index for index, found in zip(indexes, pipe.execute(), strict=True) if found]
 
     def wait_running(self, client: redis.Redis, timeout: float = 20) -> None:
@@ -247,22 +266,14 @@ class WorkerPool:
                 constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, proc.pid)
                 for index, proc in self.procs.items()
             ]
-            return True if client.exists(*keys) == len(keys) else None
+            return True if client.exists(*keys) == len(keys) == self.size else None
 
         poll_until(probe, timeout, what="every worker's first heartbeat", interval=0.05)
 
     def stop(self) -> list[int | None]:
         """SIGTERM every worker (a clean stop); returns their exit codes."""
-        for proc in self.procs.values():
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs.values():
-            proc.join(15)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        codes = [proc.exitcode for proc in self.procs.values()]
-        self.procs.clear()
+        codes = [exit_.exitcode for exit_ in self.pool.stop_all(15)]
+        self.client.close()
         return codes
 
 
@@ -846,15 +857,21 @@ def kill_workers_while(
             if not ready:
                 continue
             index = rng.choice(ready)
-            proc = pool.procs.pop(index)
-            assert proc.pid is not None
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.join(10)
+            victim = pool.procs[index]
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(10)
         finally:
             if pause_writes:
                 queue.client.client_unpause()
-        recovered = queue.recover(only_worker=worker_id(index, proc.pid))
-        pool.start_one(index)
+        pool.pool.poll()  # reaped: its items are put back at once, as the agent does
+
+        def successor(name: str = f"worker-{index}") -> bool | None:
+            pool.pool.poll()
+            return True if pool.pool.pid(name) else None
+
+        poll_until(successor, 10, what="the worker's successor")
+        recovered = pool.recovered.get(victim.pid, 0)
         kills += 1
         mid_batch += 1 if recovered else 0
     return kills, mid_batch
