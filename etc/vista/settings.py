@@ -126,6 +126,10 @@ VISTA_METRICS_ADDRESS = None  # e.g. '127.0.0.1:9313'
 VISTA_SHARDS = ()  # e.g. ('vista-1', 'vista-2')
 VISTA_HOSTNAME = None  # this host's name in VISTA_SHARDS (default: socket.gethostname())
 
+# On-demand jobs (`vista backfill`, BigQuery) run by the agent, each in its own process: how
+# many of each kind run at once on this host (default 1 per kind; 0 = none here).
+VISTA_JOB_PROCESSES = {}  # e.g. {'backfill': 2}
+
 # BigQuery sources (Skyline's format; validated, see the README). Needs the 'bigquery' extra.
 VISTA_BQ_ACCOUNTS = {}
 

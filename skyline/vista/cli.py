@@ -263,6 +263,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return queue_command(config, args.action, args.ids)
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
+    if isinstance(config, int):
+        return config
+    from skyline.vista.jobs.commands import jobs_command
+
+    return jobs_command(config, args.action, args.job, args.kind)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -308,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         "action", nargs="?", default="counts", choices=("counts", "dead", "requeue-dead")
     )
     queue.add_argument("ids", nargs="*", help="dead-letter ids for requeue-dead (default: all)")
+    jobs = command("jobs", "on-demand jobs (backfill, BigQuery) with progress; cancel, wait")
+    jobs.add_argument("action", nargs="?", default="list", choices=("list", "cancel", "wait"))
+    jobs.add_argument("job", nargs="?", help="the job id (cancel, wait)")
+    jobs.add_argument("--kind", help="only jobs of this kind (list)")
     return parser
 
 
@@ -321,6 +334,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": cmd_check_config,
     "fetch": cmd_fetch,
     "queue": cmd_queue,
+    "jobs": cmd_jobs,
 }
 
 

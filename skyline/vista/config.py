@@ -132,6 +132,7 @@ class VistaConfig:
     )
     shards: tuple[str, ...] = ()  # VISTA_SHARDS: the hosts that split the fetch list
     hostname: str = ""  # this host's name in VISTA_SHARDS
+    job_processes: Mapping[str, int] = field(default_factory=dict)  # VISTA_JOB_PROCESSES
     warnings: tuple[str, ...] = ()
 
     @property
@@ -252,6 +253,7 @@ KNOWN_SETTINGS = frozenset(
         "SKYLINE_TMP_DIR",
         "VISTA_SHARDS",
         "VISTA_HOSTNAME",
+        "VISTA_JOB_PROCESSES",
     }
 )
 
@@ -508,6 +510,28 @@ def _unknown_names(values: Mapping[str, Any], problems: Problems) -> None:
             problems.warn(name, f"unknown Vista setting, ignored{hint}")
 
 
+def _job_processes(r: _Reader) -> dict[str, int]:
+    raw = r.values.get("VISTA_JOB_PROCESSES", {})
+    if raw is None:
+        return {}
+    expected = "a dict of job kind -> processes (0-16), e.g. {'backfill': 1}"
+    if not isinstance(raw, Mapping):
+        r.problems.bad("VISTA_JOB_PROCESSES", raw, expected)
+        return {}
+    found = {}
+    for name, count in raw.items():
+        if (
+            not isinstance(name, str)
+            or isinstance(count, bool)
+            or not isinstance(count, int)
+            or not 0 <= count <= 16
+        ):
+            r.problems.bad(f"VISTA_JOB_PROCESSES[{name!r}]", count, expected)
+            continue
+        found[name] = count
+    return found
+
+
 def _paths(r: _Reader) -> tuple[str, str]:
     log_path = r.text("LOG_PATH", "/var/log/skyline") or "/var/log/skyline"
     pid_path = r.text("PID_PATH", "/var/run/skyline") or "/var/run/skyline"
@@ -585,6 +609,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         bigquery=_bigquery(r),
         shards=shards,
         hostname=hostname,
+        job_processes=_job_processes(r),
         warnings=(),
     )
     if problems.errors:

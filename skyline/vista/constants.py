@@ -96,6 +96,13 @@ SHARED_KEYS = frozenset(
 """Keys shared by every metric (Vista's and Skyline's): no metric may turn prefix + name into
 one of them (a metric 'metric_data' would make flux.last.<metric> the watermark hash)."""
 
+JOBS_CANCEL_KEY = "vista.jobs.cancel"
+"""Set of job ids whose cancel was requested while running (any kind; see jobs/store.py)."""
+
+BACKFILL_WORK_KEY = "vista.backfill.work"
+BACKFILL_STATUS_KEY = "vista.backfill.job_status"
+BACKFILL_RUNNING_KEY = "vista.backfill.running"
+"""The history backfill jobs (`vista backfill`): pending records, every record, markers."""
 
 # --- defaults ---------------------------------------------------------------------------------
 

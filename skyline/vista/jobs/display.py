@@ -1,0 +1,120 @@
+"""Showing jobs: the ``vista jobs`` table and the ``--wait`` progress display.
+
+``--wait`` draws a tqdm progress bar (percent, units, points, points/s, ETA) when the output
+is a terminal, and writes one plain line per finished unit otherwise (logs, CI), so that the
+output of a job run under systemd or cron stays readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from skyline.vista.jobs.record import JobRecord, Status
+from skyline.vista.jobs.store import JobStore
+
+POLL_EVERY = 0.5
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def describe(record: JobRecord) -> str:
+    """A one-line summary of a job's parameters (never a secret: params hold none)."""
+    keep = ("metric", "match", "all", "from", "until", "resolution", "vista_bq_account_key")
+    shown = [f"{k}={record.params[k]}" for k in keep if record.params.get(k) not in (None, "")]
+    return " ".join(shown)
+
+
+def table(records: Iterable[JobRecord], now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    lines = [f"{'JOB':16}  {'KIND':12}  {'STATUS':9}  {'PROGRESS':>16}  {'POINTS':>12}  AGE  WHAT"]
+    for r in records:
+        p = r.progress
+        done = f"{p.done}/{p.total} {p.percent:3.0f}%" if p.total else "-"
+        what = describe(r)
+        if r.error:
+            what += f"  ({r.error})"
+        lines.append(
+            f"{r.id:16}  {r.kind:12}  {r.status.value:9}  {done:>16}  {p.points:>12,}  "
+            f"{_age(now - r.created):>4} {what}"
+        )
+    return lines
+
+
+def plain_line(record: JobRecord, rate: float, eta: float | None) -> str:
+    p = record.progress
+    text = f"job {record.id}: {p.done}/{p.total} chunks ({p.percent:.1f}%), {p.points:,} points"
+    if rate:
+        text += f", {rate:,.0f} points/s"
+    if eta is not None:
+        text += f", ETA {_age(eta)}"
+    if p.errors:
+        text += f", {p.errors} error(s)"
+    if p.message:
+        text += f" - {p.message}"
+    return text
+
+
+def wait(
+    store: JobStore,
+    job_id: str,
+    out: TextIO = sys.stdout,
+    *,
+    tty: bool | None = None,
+    poll: float = POLL_EVERY,
+    clock: Callable[[], float] = time.monotonic,
+    timeout: float | None = None,
+) -> JobRecord | None:
+    """Follow a job until it is finished; returns its last record (None if it vanished)."""
+    tty = out.isatty() if tty is None else tty
+    started = clock()
+    first_points: int | None = None
+    bar = None
+    last_done = -1
+    record = store.get(job_id)
+    try:
+        while record is not None:
+            p = record.progress
+            if first_points is None and record.status is Status.RUNNING:
+                first_points = p.points
+                started = clock()
+            elapsed = max(clock() - started, 1e-6)
+            rate = (p.points - (first_points or 0)) / elapsed if first_points is not None else 0.0
+            if tty:
+                if bar is None and p.total:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=p.total, unit="chunk", file=out, dynamic_ncols=True)
+                if bar is not None:
+                    bar.n = p.done
+                    bar.set_postfix_str(f"{p.points:,} points, {rate:,.0f} points/s", refresh=False)
+                    bar.refresh()
+            elif p.done != last_done and p.total:
+                units_rate = (p.done - last_done) if last_done >= 0 else 0
+                eta = (elapsed / p.done * (p.total - p.done)) if p.done and units_rate else None
+                print(plain_line(record, rate, eta), file=out, flush=True)
+            last_done = p.done
+            if record.status.finished:
+                break
+            if timeout is not None and clock() - started > timeout:
+                break
+            time.sleep(poll)
+            record = store.get(job_id)
+    finally:
+        if bar is not None:
+            bar.close()
+    if record is not None and record.status.finished:
+        suffix = f": {record.error}" if record.error else ""
+        print(f"job {record.id} {record.status.value}{suffix}", file=out, flush=True)
+    return record
