@@ -233,7 +233,7 @@ def test_a_job_that_raises_is_failed_with_its_error(
 
 @pytest.mark.slow
 def test_cancel_a_pending_then_a_running_job(
-    redis_client: redis.Redis, store: JobStore, supervised: Supervised
+    redis_client: redis.Redis, store: JobStore, supervised: Supervised, tmp_path: Path
 ) -> None:
     supervised.pause()  # nothing is claimed: the first job stays pending
     waiting = store.submit(new_job("count", {"units": 5}))
@@ -243,7 +243,7 @@ def test_cancel_a_pending_then_a_running_job(
     assert (got := store.get(waiting.id)) is not None and got.status is Status.CANCELLED
     assert redis_client.hlen(COUNT.keys.work) == 0
 
-    with Supervised(supervised.supervisor.config, redis_client, Path(".")) as again:
+    with Supervised(supervised.supervisor.config, redis_client, tmp_path) as again:
         job = store.submit(new_job("count", {"units": 200, "pause": 0.02}))
         job_pid(again.pool, job.id)
         poll_until(lambda: True if units_run(redis_client) else None, 20, what="a unit")
