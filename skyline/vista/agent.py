@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from skyline.vista import config as config_module
@@ -181,8 +182,12 @@ class Vista:
         def on_exit(exit_: ChildExit) -> None:
             self._worker_exited(index, exit_)
 
-        process = self.pool.start(self._worker_name(index), factory, respawn=True, on_exit=on_exit)
-        logger.info("worker %d started (pid %s)", index, process.pid)
+        def on_start(process: BaseProcess) -> None:
+            logger.info("worker %d started (pid %s)", index, process.pid)
+
+        self.pool.start(
+            self._worker_name(index), factory, respawn=True, on_exit=on_exit, on_start=on_start
+        )
 
     def _worker_exited(self, index: int, exit_: ChildExit) -> None:
         """The pool reaped a worker: give its items back at once, drop its heartbeat."""

@@ -51,6 +51,7 @@ class ChildExit:
 
 
 ExitHandler = Callable[[ChildExit], None]
+StartHandler = Callable[[BaseProcess], None]
 ProcessFactory = Callable[[], BaseProcess]
 
 
@@ -60,6 +61,7 @@ class _Child:
     factory: ProcessFactory
     respawn: bool
     on_exit: ExitHandler | None
+    on_start: StartHandler | None = None
     process: BaseProcess | None = None
     started: float = 0.0
     failures: int = 0
@@ -87,12 +89,14 @@ class ProcessPool:
         *,
         respawn: bool = False,
         on_exit: ExitHandler | None = None,
+        on_start: StartHandler | None = None,
     ) -> BaseProcess:
-        """Start a child under ``name`` (which must not be running already)."""
+        """Start a child under ``name`` (which must not be running already). ``on_start`` is
+        called after each start, respawns included (e.g. to log the new pid)."""
         current = self._children.get(name)
         if current is not None and current.process is not None and current.process.is_alive():
             raise ValueError(f"child {name!r} is already running (pid {current.process.pid})")
-        child = _Child(name, factory, respawn, on_exit)
+        child = _Child(name, factory, respawn, on_exit, on_start)
         if current is not None:
             child.failures = current.failures
         self._children[name] = child
@@ -104,6 +108,8 @@ class ProcessPool:
         child.process = process
         child.started = self.clock()
         logger.debug("started %s (pid %s)", child.name, process.pid)
+        if child.on_start is not None:
+            child.on_start(process)
         return process
 
     # --- reaping ----------------------------------------------------------------------------
