@@ -181,6 +181,8 @@ def settings(
         "LOG_PATH": str(tmp),
         "PID_PATH": str(tmp),
         "FLUX_MAX_AGE": FLUX_MAX_AGE,
+        # The test carbon creates without limit (MAX_CREATES_PER_MINUTE = inf): no pacing.
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
     }
     if sink == "flux":
         values.update(

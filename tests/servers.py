@@ -730,12 +730,17 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _carbon_number(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value:g}"
+
+
 class CarbonServer(Server):
     """``carbon-cache`` (under /usr/bin/python3) with its line, pickle and cache-query ports.
 
     Every metric gets ``retentions`` (default ``10s:6h,60s:1d``), average aggregation and
     xFilesFactor 0; ``MAX_CREATES_PER_MINUTE``/``MAX_UPDATES_PER_SECOND`` are ``inf`` (Debian's
-    defaults silently drop points of metrics it has not created yet).  Facts (carbon 1.1.7,
+    defaults silently drop points of metrics it has not created yet; ``max_creates_per_minute``
+    sets the former).  Facts (carbon 1.1.7,
     whisper 1.1.4):
 
     * A timestamp is floored to its archive step (``ts - ts % 10``); a later point for the same
@@ -760,9 +765,19 @@ class CarbonServer(Server):
 
     name = "carbon"
 
-    def __init__(self, dir: Path | str, *, retentions: str = "10s:6h,60s:1d") -> None:
+    def __init__(
+        self,
+        dir: Path | str,
+        *,
+        retentions: str = "10s:6h,60s:1d",
+        max_creates_per_minute: float = float("inf"),
+    ) -> None:
         super().__init__(dir)
         self.retentions = retentions
+        self.max_creates_per_minute = max_creates_per_minute
+        """carbon's MAX_CREATES_PER_MINUTE: a finite value makes carbon drop the points of a
+        new metric when its create token bucket (capacity = value, refill value/60 per second,
+        full at start) is empty, as Debian's default of 50 does."""
         self.line_port = free_port()
         self.pickle_port = free_port()
         self.cache_query_port = free_port()
@@ -796,7 +811,7 @@ class CarbonServer(Server):
             "ENABLE_LOGROTATION = False\n"
             "MAX_CACHE_SIZE = inf\n"
             "MAX_UPDATES_PER_SECOND = inf\n"
-            "MAX_CREATES_PER_MINUTE = inf\n"
+            f"MAX_CREATES_PER_MINUTE = {_carbon_number(self.max_creates_per_minute)}\n"
             "MIN_TIMESTAMP_RESOLUTION = 0\n"
             f"LINE_RECEIVER_INTERFACE = {LOOPBACK}\n"
             f"LINE_RECEIVER_PORT = {self.line_port}\n"

@@ -92,10 +92,14 @@ VISTA_FETCH_METRICS = (
 # remote_hosts on one server, 'http://gw/proxy/a' and 'http://gw/proxy/b', each get their own
 # options, headers and limits and share only the connection pool):
 # verify_ssl (True), ca_bundle (path), headers (dict), timeout (seconds, 30),
-# max_concurrency (requests at once to that host, 10), api_key_header ('X-API-Key').
+# max_concurrency (requests at once to that host, 10), api_key_header ('X-API-Key'),
+# requests_per_second (None: no budget) and burst (default: one second's worth): a token
+# bucket in Redis shared by every Vista process and host that fetches from it, live fetching
+# first (history jobs take only what live fetching leaves); 429/503 Retry-After still apply.
 VISTA_REMOTE_HOSTS = {
     # 'https://graphite.example.org': {'ca_bundle': '/etc/ssl/certs/internal-ca.pem',
     #                                  'timeout': 20, 'max_concurrency': 4},
+    # 'https://prometheus.example.org': {'requests_per_second': 20, 'burst': 40},
 }
 VISTA_REQUEST_TIMEOUT = 30  # (new) default per-request timeout, seconds
 VISTA_MAX_CONCURRENCY_PER_HOST = 10  # (new) default per-host concurrency
@@ -160,6 +164,13 @@ CARBON_PORT = 2003  # plaintext
 CARBON_PICKLE_PORT = 2004
 VISTA_CARBON_PROTOCOL = 'pickle'  # (new) or 'plaintext'
 VISTA_CARBON_TIMEOUT = 10  # (new) connect/send timeout, seconds
+# (new) carbon's MAX_CREATES_PER_MINUTE (carbon.conf; Debian's default is 50). carbon-cache
+# DROPS the points of a new metric when its create budget is spent, so Vista paces the first
+# write of new metric names to this budget (one bucket in Redis for every worker, host and
+# job; the rest stay queued). Lower it by what other writers create in the same carbon;
+# float('inf') when carbon's is inf (no pacing). Also applies with the Flux sink (Flux
+# forwards to carbon).
+VISTA_CARBON_MAX_CREATES_PER_MINUTE = 50
 
 # --- self-metrics (skyline.vista.<SERVER_METRICS_NAME>.fetcher.time_to_fetch, ...) ---------
 

@@ -27,6 +27,7 @@ from skyline.vista import config as config_module
 from skyline.vista import constants, logs, redisconn, telemetry
 from skyline.vista.backoff import compute_backoff
 from skyline.vista.config import VistaConfig
+from skyline.vista.create_budget import BudgetCollector
 from skyline.vista.errors import ConfigError
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
@@ -109,7 +110,11 @@ class Vista:
             self._start_worker(index)
         self._start_fetcher()
         if self.config.metrics_address:
-            telemetry.start_metrics_server(self.config.metrics_address, self._queue_snapshot)
+            telemetry.start_metrics_server(
+                self.config.metrics_address,
+                self._queue_snapshot,
+                [BudgetCollector(self.client, self.config.carbon_max_creates_per_minute)],
+            )
             logger.info("serving /metrics on %s:%d", *self.config.metrics_address)
 
     def run(self, ready: Callable[[], None] | None = None) -> int:

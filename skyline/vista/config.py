@@ -8,6 +8,7 @@ value, what is expected). Warnings (accepted but suspicious values) travel on th
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import runpy
 import socket
@@ -93,6 +94,8 @@ class HostOptions:
     timeout: float = 30.0
     max_concurrency: int = 10
     api_key_header: str = "X-API-Key"
+    requests_per_second: float | None = None  # request budget shared by every process
+    burst: int | None = None  # the budget's bucket size (default: one second's worth)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class VistaConfig:
     bigquery: bigquery_settings.BigQueryConfig = field(
         default_factory=bigquery_settings.BigQueryConfig
     )
+    carbon_max_creates_per_minute: float = 50.0  # inf: no pacing of new metric names
     shards: tuple[str, ...] = ()  # VISTA_SHARDS: the hosts that split the fetch list
     hostname: str = ""  # this host's name in VISTA_SHARDS
     job_processes: Mapping[str, int] = field(default_factory=dict)  # VISTA_JOB_PROCESSES
@@ -254,6 +258,7 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_SHARDS",
         "VISTA_HOSTNAME",
         "VISTA_JOB_PROCESSES",
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE",
     }
 )
 
@@ -421,7 +426,16 @@ def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> H
     if not isinstance(raw, Mapping):
         r.problems.bad(name, raw, "a dict of transport options")
         return default
-    known = {"verify_ssl", "ca_bundle", "headers", "timeout", "max_concurrency", "api_key_header"}
+    known = {
+        "verify_ssl",
+        "ca_bundle",
+        "headers",
+        "timeout",
+        "max_concurrency",
+        "api_key_header",
+        "requests_per_second",
+        "burst",
+    }
     for key in sorted(set(map(str, raw)) - known):
         r.problems.error(name, f"unknown option {key!r} (options: {', '.join(sorted(known))})")
     sub = _Reader({k.upper(): v for k, v in raw.items()}, Problems())
@@ -430,6 +444,18 @@ def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> H
     timeout = sub.number("TIMEOUT", default.timeout)
     concurrency = sub.integer("MAX_CONCURRENCY", default.max_concurrency, maximum=1000)
     header = sub.text("API_KEY_HEADER", default.api_key_header)
+    rate = raw.get("requests_per_second")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+    ):
+        r.problems.bad(f"{name} option 'requests_per_second'", rate, "a number > 0, or None")
+        rate = None
+    burst = raw.get("burst")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        r.problems.bad(f"{name} option 'burst'", burst, "an integer >= 1, or None")
+        burst = None
+    if burst is not None and rate is None:
+        r.problems.error(f"{name} option 'burst'", "needs 'requests_per_second' as well")
     for problem in sub.problems.errors:
         option, _, rest = problem.partition(": ")
         r.problems.error(f"{name} option '{option.lower()}'", rest)
@@ -448,6 +474,8 @@ def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> H
         timeout=timeout,
         max_concurrency=concurrency,
         api_key_header=header or default.api_key_header,
+        requests_per_second=float(rate) if rate is not None else None,
+        burst=burst,
     )
 
 
@@ -607,6 +635,9 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         pid_path=pid_path,
         bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
         bigquery=_bigquery(r),
+        carbon_max_creates_per_minute=r.number(
+            "VISTA_CARBON_MAX_CREATES_PER_MINUTE", 50.0, minimum=1
+        ),
         shards=shards,
         hostname=hostname,
         job_processes=_job_processes(r),

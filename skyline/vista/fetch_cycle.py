@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import codec, constants
+from skyline.vista import codec, constants, request_budget
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
@@ -157,6 +157,8 @@ class FetchCycle:
         if state is None:
             options = self.config.host_options(entry.remote_host)
             state = HostState(entry.host, options)
+            client = self.queue.client if self.queue is not None else None
+            state.pacer = request_budget.pacer_for(entry.remote_host, options, client, "live")
             self.hosts[entry.remote_host] = state
         return state
 

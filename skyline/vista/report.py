@@ -8,7 +8,7 @@ import socket
 import time
 from collections import Counter
 
-from skyline.vista import constants, procutil, redisconn
+from skyline.vista import constants, create_budget, lag, procutil, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 
@@ -81,6 +81,10 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
         worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
         marks = queue.watermarks([e.metric for e in config.fetch_metrics])
+        budget = create_budget.read_status(
+            client, config.carbon_max_creates_per_minute, time.time()
+        )
+        lag_summary = lag.summarise(lag.read_counts(client, time.time()))
     except redisconn.REDIS_ERRORS as exc:
         return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
     finally:
@@ -102,6 +106,8 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     )
     for wid, n in sorted(counts.inflight_by_worker.items()):
         lines.append(f"  in flight at {wid}: {n}")
+    lines += create_budget.status_lines(budget)
+    lines.append(lag.status_line(lag_summary))
     lags = []
     for entry in config.fetch_metrics:
         mark = marks.get(entry.metric)
@@ -111,8 +117,8 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         lines.append(
             f"lag (now - last delivered point), worst {min(worst, len(lags))} of {len(lags)}:"
         )
-        for lag, metric, mark in lags[:worst]:
-            shown = "never delivered" if mark is None else _age(lag)
+        for metric_lag, metric, mark in lags[:worst]:
+            shown = "never delivered" if mark is None else _age(metric_lag)
             lines.append(f"  {shown:>16}  {metric}")
     return lines
 

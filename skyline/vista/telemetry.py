@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from skyline.vista import lag
 from skyline.vista.sinks.carbon import send_plaintext
 from skyline.vista.validate import format_value
 
@@ -52,6 +53,18 @@ SINK_LATENCY = Histogram(
     "Time to hand one batch to the sink",
     ["sink"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CREATES_GRANTED = Counter(
+    "vista_carbon_creates_granted", "New metric names granted a carbon create token"
+)
+CREATES_DEFERRED = Counter(
+    "vista_carbon_creates_deferred",
+    "Queue items kept queued because their new metric name had no carbon create token yet",
+)
+DELIVERY_LAG = Histogram(
+    "vista_delivery_lag_seconds",
+    "Acknowledgement at the sink minus the newest point of each delivered queue item",
+    buckets=lag.BUCKETS,
 )
 WORKER_RESTARTS = Counter("vista_worker_restarts", "Worker processes restarted by the agent")
 
@@ -94,8 +107,11 @@ class QueueCollector(Collector):
             )
 
 
-def start_metrics_server(address: tuple[str, int], queue_reader: object) -> object:
-    """Serve /metrics on address (multi-process aware when PROMETHEUS_MULTIPROC_DIR is set)."""
+def start_metrics_server(
+    address: tuple[str, int], queue_reader: object, extra: Sequence[Collector] = ()
+) -> object:
+    """Serve /metrics on address (multi-process aware when PROMETHEUS_MULTIPROC_DIR is set);
+    ``extra`` collectors are read at scrape time too."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client import multiprocess as mp
 
@@ -107,6 +123,8 @@ def start_metrics_server(address: tuple[str, int], queue_reader: object) -> obje
 
         registry = REGISTRY
     registry.register(QueueCollector(queue_reader))
+    for collector in extra:
+        registry.register(collector)
     server, _thread = start_http_server(address[1], addr=address[0], registry=registry)
     return server
 

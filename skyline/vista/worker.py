@@ -26,10 +26,11 @@ from types import FrameType
 
 import redis
 
-from skyline.vista import codec, constants, delivery, logs, procutil, redisconn, telemetry
+from skyline.vista import codec, constants, delivery, lag, logs, procutil, redisconn, telemetry
 from skyline.vista.backoff import Backoff
 from skyline.vista.codec import decode_item
 from skyline.vista.config import VistaConfig
+from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import PayloadError, SinkAuthError, SinkError
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 10.0
 RECOVER_EVERY = 15.0
 POLL_IDLE = 0.5
+CREATE_WAIT_MAX = 1.0
+"""Longest nap when every claimed item waits for a carbon create token (seconds)."""
 PARENT_DEATH_SIGNAL = signal.SIGUSR1
 """Sent by Linux when the agent dies, once for each agent thread that exits while the worker
 is its child (so often several times): not SIGTERM, whose second arrival means 'exit now'."""
@@ -91,6 +94,7 @@ class WorkerLoop:
         self._next_recover = 0.0
         self.host_stats_key = f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}"
         self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
+        self.create_budget = CreateBudget(client, config.carbon_max_creates_per_minute)
 
     # --- control ------------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class WorkerLoop:
                     letter.metric or "?",
                     letter.reason,
                 )
+        items = self._admit_new_metrics(items)
         if not items:
             return
         watermarks = self.queue.watermarks(sorted({item.metric for _, item in items}))
@@ -265,6 +270,32 @@ class WorkerLoop:
             self._sink_failed(result.error)
         elif entries:
             self._sink_ok()
+
+    def _admit_new_metrics(self, items: list[tuple[str, QueueItem]]) -> list[tuple[str, QueueItem]]:
+        """Carbon's create budget: the items of a metric name carbon may not create yet are
+        given back untouched (no attempt counted) and wait for a token; the rest go on. When
+        nothing is left, wait a little (at most until the next token) before claiming again."""
+        if not self.create_budget.enabled or not items:
+            return items
+        admission = self.create_budget.admit(item.metric for _, item in items)
+        if admission.granted:
+            telemetry.CREATES_GRANTED.inc(len(admission.granted))
+        if not admission.deferred:
+            return items
+        keep = [(raw, item) for raw, item in items if item.metric not in admission.deferred]
+        wait = [raw for raw, item in items if item.metric in admission.deferred]
+        self.queue.release(self.wid, wait)
+        telemetry.CREATES_DEFERRED.inc(len(wait))
+        logger.debug(
+            "%d item(s) of %d new metric(s) wait for a carbon create token (next in %.1fs)",
+            len(wait),
+            len(admission.deferred),
+            admission.wait,
+        )
+        if not keep:
+            delay = min(max(admission.wait, 0.05), CREATE_WAIT_MAX)
+            procutil.interruptible_sleep(delay, lambda: self._stop)
+        return keep
 
     def _submit(self, entries: list[Entry], now: float) -> SinkResult:
         """Hand the batch to the sink in segments, renewing the lease between them, so that a
@@ -316,9 +347,14 @@ class WorkerLoop:
                 s.rejected_points,
             )
         if s.delivered_items or s.delivered_points:
+            acked_at = time.time()
+            lags = [acked_at - a.watermark.timestamp for a in s.acks if a.delivered and a.watermark]
+            for seconds in lags:
+                telemetry.DELIVERY_LAG.observe(seconds)
             pipe = self.client.pipeline(transaction=False)
             pipe.hincrby(self.host_stats_key, "metrics_sent", s.delivered_items)
             pipe.hincrby(self.host_stats_key, "points_sent", s.delivered_points)
+            lag.record(pipe, lags, acked_at)
             pipe.execute()
 
     def _sink_failed(self, error: SinkError) -> None:

@@ -61,6 +61,8 @@ def make_config(tmp_path: Path, redis_url: str, **settings: Any) -> VistaConfig:
         "FLUX_SELF_API_KEY": DEFAULT_KEY,
         "LOG_PATH": str(tmp_path),
         "PID_PATH": str(tmp_path),
+        # The test carbon creates without limit (MAX_CREATES_PER_MINUTE = inf): no pacing.
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
     }
     values.update(settings)
     return config.validate(values, str(tmp_path / "settings.py"))

@@ -436,7 +436,23 @@ ONE_MISTAKE: list[tuple[str, dict[str, Any], str | list[str]]] = [
         "VISTA_REMOTE_HOSTS unknown option",
         {"VISTA_REMOTE_HOSTS": {PROM: {"verify": False}}},
         f"VISTA_REMOTE_HOSTS['{PROM}']: unknown option 'verify' (options: api_key_header, "
-        "ca_bundle, headers, max_concurrency, timeout, verify_ssl)",
+        "burst, ca_bundle, headers, max_concurrency, requests_per_second, timeout, verify_ssl)",
+    ),
+    (
+        "VISTA_REMOTE_HOSTS bad requests_per_second",
+        {"VISTA_REMOTE_HOSTS": {PROM: {"requests_per_second": 0}}},
+        f"VISTA_REMOTE_HOSTS['{PROM}'] option 'requests_per_second': got 0, expected a number "
+        "> 0, or None",
+    ),
+    (
+        "VISTA_REMOTE_HOSTS burst without a rate",
+        {"VISTA_REMOTE_HOSTS": {PROM: {"burst": 5}}},
+        f"VISTA_REMOTE_HOSTS['{PROM}'] option 'burst': needs 'requests_per_second' as well",
+    ),
+    (
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE zero",
+        {"VISTA_CARBON_MAX_CREATES_PER_MINUTE": 0},
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE: got 0, expected a number >= 1",
     ),
     (
         "VISTA_REMOTE_HOSTS bad option value",

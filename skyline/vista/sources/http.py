@@ -26,6 +26,7 @@ from skyline.vista.backoff import Backoff
 from skyline.vista.config import HostOptions
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
+from skyline.vista.request_budget import Pacer
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 
@@ -83,6 +84,7 @@ class HostState:
     errors: dict[str, int] = field(default_factory=dict)
     latency_total: float = 0.0
     hold_until: float = 0.0  # time.monotonic() before which the host asked us not to call
+    pacer: Pacer | None = None  # the request budget (skyline/vista/request_budget.py)
     _slots: LoopSemaphore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -302,6 +304,8 @@ async def fetch(
     without sending anything when the host asked us to wait (Retry-After) or is backing off,
     also when that happened while this request was waiting for a slot."""
     async with state.slot():
+        if state.pacer is not None:
+            await state.pacer.wait()  # then the check below: a 429 may have come meanwhile
         if not state.available():
             raise state.not_now()
         state.in_flight += 1
