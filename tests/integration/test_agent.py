@@ -53,6 +53,9 @@ def base_settings(server: RedisServer) -> dict[str, object]:
         "CARBON_PICKLE_PORT": free_port(),
         "VISTA_WORKER_PROCESSES": 2,
         "VISTA_FETCH_METRICS": (),
+        # The sinks here create metrics without limit: no create-budget pacing (inf as a
+        # number a settings file can spell).
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": 1e12,
     }
 
 
