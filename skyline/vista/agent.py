@@ -344,10 +344,15 @@ class Vista:
     def _queue_snapshot(self) -> telemetry.QueueSnapshot | None:
         try:
             counts = self.queue.counts()
+            failing = self.queue.failing_windows()
         except redisconn.REDIS_ERRORS:
             return None
         return telemetry.QueueSnapshot(
-            counts.queued, counts.inflight, counts.dead, counts.pending_metrics
+            counts.queued,
+            counts.inflight,
+            counts.dead,
+            counts.pending_metrics,
+            failing_windows=sum(len(h) for h in failing.values()),
         )
 
 

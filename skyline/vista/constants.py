@@ -29,6 +29,9 @@ ATTEMPTS_KEY = "vista.fetcher.metrics.attempts"
 WORKERS_KEY = "vista.workers"
 """Sorted set worker id -> lease expiry (epoch seconds). Expired workers' items are recovered."""
 
+HOLES_KEY = "vista.fetcher.holes"
+"""Hash metric -> JSON list of failed windows being retried (skyline/vista/holes.py)."""
+
 WATERMARK_HASH = "flux.last.metric_data"
 """*Skyline*: hash metric -> {'timestamp': ts, 'value': v}, the last point delivered."""
 
@@ -85,6 +88,7 @@ SHARED_KEYS = frozenset(
         DEAD_KEY,
         ATTEMPTS_KEY,
         WORKERS_KEY,
+        HOLES_KEY,
         WATERMARK_HASH,
         VISTA_WATERMARK_HASH,
         VISTA_METRICS_KEY,

@@ -11,27 +11,25 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import codec, constants, request_budget
+from skyline.vista import codec, constants, holes, request_budget
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.fetchqueue import AsyncFetchQueue, new_id
+from skyline.vista.holes import Hole
 from skyline.vista.model import DropCounts, Point, QueueItem
 from skyline.vista.redisconn import REDIS_ERRORS
-from skyline.vista.schedule import Limits, Window, windows_for
+from skyline.vista.schedule import Limits, MetricState, Plan, Window, plan_metric, scanned_to
 from skyline.vista.sources import HOST_LEVEL_ERRORS, graphite, prometheus
 from skyline.vista.sources.http import Credentials, HostState, SharedLimit, get_json
 from skyline.vista.validate import clean, current_minute_start
 
 logger = logging.getLogger(__name__)
-
-EMPTY_SCAN_HORIZON = 3600
-"""A window that ended this long ago and held nothing will not fill later: skip past it."""
 
 FLUSH_DELAY = 0.2
 """Finished metrics are pushed to the queue within this many seconds, together with whatever
@@ -66,10 +64,35 @@ class MetricResult:
     skipped: str | None = None  # why it was not fetched: 'pending', 'host_backoff'
     done: bool = False
     scan_to: int | None = None  # empty history up to here (no late data can arrive)
+    plan: Plan = field(default_factory=Plan)
+    holes_before: tuple[Hole, ...] = ()
+    holes: list[Hole] | None = None  # the metric's failed windows after this cycle (if changed)
+    new_holes: list[Hole] = field(default_factory=list)  # failed this cycle, newer points went
+    given_up: list[Hole] = field(default_factory=list)
+    refilled: int = 0  # points fetched for failed windows (queued as replay items)
 
     @property
     def metric(self) -> str:
         return self.entry.metric
+
+
+NO_STATE = MetricState()
+
+
+def states_of(
+    entries: Sequence[FetchEntry],
+    watermarks: Mapping[str, int],
+    pending: set[str],
+    scan_from: Mapping[str, int],
+) -> dict[str, MetricState]:
+    return {
+        e.metric: MetricState(
+            watermark=watermarks.get(e.metric),
+            pending=e.metric in pending,
+            scan_from=scan_from.get(e.metric),
+        )
+        for e in entries
+    }
 
 
 @dataclass
@@ -143,6 +166,7 @@ class FetchCycle:
         self._members: dict[asyncio.Task[None], list[tuple[MetricResult, int]]] = {}
         self._idle = asyncio.Event()  # set when the last task has finished
         self._to_push: list[tuple[str, list[str]]] = []
+        self._hole_updates: dict[str, list[Hole]] = {}
         self._queued = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self.now = 0.0
@@ -165,23 +189,32 @@ class FetchCycle:
     def plan(
         self,
         entries: Sequence[FetchEntry],
-        watermarks: dict[str, int],
-        pending: set[str],
-        scan_from: dict[str, int],
+        states: Mapping[str, MetricState],
+        *,
+        ignore_schedule: bool = True,
     ) -> list[MetricResult]:
+        """The due metrics' results, with their windows (schedule.plan_metric decides)."""
         results = []
         for entry in entries:
-            result = MetricResult(entry, watermark=watermarks.get(entry.metric))
-            if entry.metric in pending:
-                result.skipped = "pending"
-                result.done = True
-            elif not self.host_state(entry).available():
-                result.skipped = "host_backoff"
+            state = states.get(entry.metric, NO_STATE)
+            plan = plan_metric(
+                entry,
+                self.now,
+                state,
+                self.limits,
+                host_available=self.host_state(entry).available(),
+                ignore_schedule=ignore_schedule,
+            )
+            if plan.skipped == "not_due":
+                continue
+            result = MetricResult(
+                entry, watermark=state.watermark, plan=plan, holes_before=state.holes
+            )
+            if plan.skipped:
+                result.skipped = plan.skipped
                 result.done = True
             else:
-                result.windows = windows_for(
-                    entry, self.now, result.watermark, self.limits, scan_from.get(entry.metric)
-                )
+                result.windows = list(plan.windows)
             results.append(result)
         return results
 
@@ -190,25 +223,32 @@ class FetchCycle:
     async def run(
         self,
         entries: Sequence[FetchEntry],
-        watermarks: dict[str, int],
-        pending: set[str],
-        scan_from: dict[str, int] | None = None,
+        watermarks: Mapping[str, int] | None = None,
+        pending: set[str] | None = None,
+        scan_from: Mapping[str, int] | None = None,
         deadline: float | None = None,
+        *,
+        states: Mapping[str, MetricState] | None = None,
+        ignore_schedule: bool = True,
     ) -> CycleReport:
+        """Fetch ``entries``: by default each one (as ``vista fetch --once`` does); with
+        ``ignore_schedule=False`` only those that schedule.plan_metric finds due. ``states``
+        gives what is known of each metric; else it is built from the other arguments."""
+        if states is None:
+            states = states_of(entries, watermarks or {}, pending or set(), scan_from or {})
         with fewer_gc_passes():
-            return await self._run(entries, watermarks, pending, scan_from or {}, deadline)
+            return await self._run(entries, states, ignore_schedule, deadline)
 
     async def _run(
         self,
         entries: Sequence[FetchEntry],
-        watermarks: dict[str, int],
-        pending: set[str],
-        scan_from: dict[str, int],
+        states: Mapping[str, MetricState],
+        ignore_schedule: bool,
         deadline: float | None,
     ) -> CycleReport:
         self.now = self.clock()
         started = time.monotonic()
-        results = self.plan(entries, watermarks, pending, scan_from)
+        results = self.plan(entries, states, ignore_schedule=ignore_schedule)
         self.in_flight = {r.metric for r in results if not r.done}
         for result in results:
             if result.done:
@@ -398,9 +438,12 @@ class FetchCycle:
         if len(result.raw) != len(result.windows):
             return False
         self._finish(result)
-        if not result.items:
+        if result.holes is not None:
+            self._hole_updates[result.metric] = result.holes
+        if not result.items and result.holes is None:
             return False
-        self._to_push.append((result.metric, result.items))
+        if result.items:
+            self._to_push.append((result.metric, result.items))
         if len(self._to_push) >= 500:
             return True
         if self._flush_timer is None and self.queue is not None:
@@ -410,19 +453,27 @@ class FetchCycle:
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
-        if self._to_push:
+        if self._to_push or self._hole_updates:
             self._spawn(self._flush(final=False))
 
     def _finish(self, result: MetricResult) -> None:
-        """Merge the windows that answered, in order, up to the first that failed (points after
-        a failed window would move the watermark past a hole), then validate and chunk."""
+        """Merge the windows that answered, validate and chunk them into items.
+
+        A window that failed before a window whose points are delivered becomes a hole
+        (holes.py): the newer points are not held back, the hole is retried on later cycles.
+        A window that failed after the last point delivered needs nothing: the next fetch
+        starts at the watermark, before it. Retried holes' points go as replay items.
+        """
+        plan = result.plan
+        fresh = plan.fresh if plan.windows else len(result.windows)
         raw: list[tuple[object, object]] = []
-        for n in range(len(result.windows)):
+        failed: list[tuple[Window, SourceError]] = []
+        for n in range(fresh):
             outcome = result.raw[n]
             if isinstance(outcome, SourceError):
-                result.error = outcome
-                break
-            raw += outcome
+                failed.append((result.windows[n], outcome))
+            else:
+                raw += outcome
         before = (
             current_minute_start(self.now) if self.config.do_not_submit_current_minute else None
         )
@@ -430,20 +481,72 @@ class FetchCycle:
         result.points = cleaned.points
         result.dropped = cleaned.dropped
         result.done = True
+        if failed:
+            result.error = failed[0][1]
+        last = cleaned.points[-1][0] if cleaned.points else None
+        for window, error in failed:
+            if last is not None and window.end is not None and window.start is not None:
+                if window.end < last:
+                    result.new_holes.append(
+                        holes.new_hole(window.start, window.end, self.now, error.kind, str(error))
+                    )
+        refill = self._retried(result, fresh, before)
+        if not cleaned.points and not failed and fresh:
+            result.scan_to = scanned_to(result.windows[:fresh], self.now)
+        result.items = self._items(result, result.points)
+        if refill:
+            result.items += self._items(result, refill, replay=True, seq=len(result.items))
         if result.error is not None and self.on_error is not None:
             self.on_error(result)
-        if not cleaned.points and result.error is None and result.windows:
-            last = result.windows[-1]
-            if last.end is not None and last.end < self.now - EMPTY_SCAN_HORIZON:
-                result.scan_to = last.end
-        result.items = self._items(result)
-        if not result.items:  # else in flight until its items are pushed
+        if not result.items and result.holes is None:  # else in flight until pushed
             self.in_flight.discard(result.metric)
         if self.on_done is not None:
             self.on_done(result, self.now)
 
-    def _items(self, result: MetricResult) -> list[str]:
-        points = result.points
+    def _retried(self, result: MetricResult, fresh: int, before: int | None) -> tuple[Point, ...]:
+        """Settle the holes retried this cycle; returns their points. Sets ``result.holes``
+        when the metric's list of holes changes."""
+        plan = result.plan
+        outcome: dict[Hole, list[tuple[Window, list[tuple[object, object]] | SourceError]]] = {}
+        for i, hole in enumerate(plan.retries):
+            n = fresh + i
+            outcome.setdefault(hole, []).append((result.windows[n], result.raw[n]))
+        if not outcome and not result.new_holes:
+            return ()
+        kept = [h for h in result.holes_before if h not in outcome]
+        raw: list[tuple[object, object]] = []
+        for hole, answers in outcome.items():
+            for window, answer in answers:
+                if not isinstance(answer, SourceError):
+                    raw += answer
+                    continue
+                if result.error is None:
+                    result.error = answer
+                assert window.start is not None and window.end is not None
+                part = holes.Hole(
+                    window.start, window.end, hole.attempts, hole.next_try, hole.since, "", ""
+                )
+                step = (
+                    result.entry.frequency if result.entry.remote_host_type == "prometheus" else 0
+                )
+                for again in holes.failed_again(part, self.now, answer.kind, str(answer), step):
+                    if holes.given_up(again):
+                        result.given_up.append(again)
+                    else:
+                        kept.append(again)
+        result.holes = kept + result.new_holes
+        points = clean(raw, after=None, before=before).points
+        result.refilled = len(points)
+        return points
+
+    def _items(
+        self,
+        result: MetricResult,
+        points: tuple[Point, ...],
+        *,
+        replay: bool = False,
+        seq: int = 0,
+    ) -> list[str]:
         if not points:
             return []
         entry = result.entry
@@ -462,7 +565,8 @@ class FetchCycle:
                     points=points[i : i + size],
                     fetched_at=self.now,
                     frequency=entry.frequency,
-                    seq=i // size,
+                    seq=seq + i // size,
+                    replay=replay,
                 )
             )
             for i in range(0, len(points), size)
@@ -472,17 +576,20 @@ class FetchCycle:
         """Push the finished metrics' items. If Redis fails mid-cycle they are kept for the
         final flush; if that fails too the error reaches the Fetcher (nothing is lost: the
         watermarks did not move, so the next cycle fetches the same points again)."""
-        if not self._to_push or self.queue is None:
+        if not (self._to_push or self._hole_updates) or self.queue is None:
             return
         # Take the list before awaiting: other fetch tasks keep appending finished metrics
         # while the push is in flight, and those must wait for the next push, not be dropped.
         chains, self._to_push = self._to_push, []
+        updates, self._hole_updates = self._hole_updates, {}
         pushed = False
         try:
-            queued = await self.queue.push(chains)  # not `+= await`: flushes overlap
+            # The items and the holes they leave behind are written in one transaction.
+            queued = await self.queue.push(chains, holes=updates)  # not `+=`: flushes overlap
             self._queued += queued
             pushed = True
             self.in_flight.difference_update(metric for metric, _ in chains)
+            self.in_flight.difference_update(updates)
         except REDIS_ERRORS:
             if final:
                 raise
@@ -493,3 +600,4 @@ class FetchCycle:
         finally:
             if not pushed:  # failed or cancelled: pushed again later (a queued metric is skipped)
                 self._to_push = chains + self._to_push
+                self._hole_updates = {**updates, **self._hole_updates}

@@ -20,6 +20,7 @@ from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.schedule import MetricState
 from skyline.vista.sources.http import new_connector
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,15 @@ def describe(result: MetricResult) -> str:
         )
     elif result.error is None:
         lines.append("    no new points")
+    for hole in result.new_holes:
+        lines.append(
+            f"    window {_when(hole.start)} .. {_when(hole.end)} failed; newer points queued, "
+            "it is retried on later cycles"
+        )
+    if result.refilled:
+        lines.append(f"    {result.refilled} point(s) of earlier failed windows fetched again")
+    for hole in result.given_up:
+        lines.append(f"    GAVE UP window {_when(hole.start)} .. {_when(hole.end)}: {hole.error}")
     dropped = result.dropped.as_dict()
     if dropped:
         lines.append("    dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
@@ -65,6 +75,7 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
     try:
         marks = await queue.watermarks(names)
         pending = await queue.pending(names)
+        holes = await queue.holes(names)
     except redis.exceptions.RedisError as exc:  # unreachable, or e.g. WRONGTYPE
         if not dry_run:
             await client.aclose()
@@ -73,8 +84,15 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
             f"(redis: {exc}; fetching as if nothing was ever delivered)",
             file=sys.stderr,
         )
-        marks, pending = {}, set()
-    watermarks = {m: w.timestamp for m, w in marks.items()}
+        marks, pending, holes = {}, set(), {}
+    states = {
+        e.metric: MetricState(
+            watermark=marks[e.metric].timestamp if e.metric in marks else None,
+            pending=e.metric in pending and not dry_run,
+            holes=holes.get(e.metric, ()),
+        )
+        for e in entries
+    }
     connector = new_connector()
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -83,7 +101,7 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
                 await client.set(
                     constants.FETCHER_HEARTBEAT_KEY, int(time.time()), ex=constants.HEARTBEAT_TTL
                 )
-            return await cycle.run(entries, watermarks, pending if not dry_run else set())
+            return await cycle.run(entries, states=states)
     finally:
         await client.aclose()
 

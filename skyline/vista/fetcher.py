@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,8 +23,10 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.holes import Hole
+from skyline.vista.model import Watermark
 from skyline.vista.procutil import parent_alive
-from skyline.vista.schedule import cycle_tick, is_due, next_tick
+from skyline.vista.schedule import MetricState, cycle_tick, next_tick
 from skyline.vista.sources.http import HostState, SharedLimit, new_connector
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,8 @@ class _Planned:
     """A cycle ready to run: its FetchCycle and what was read from Redis for it."""
 
     fetch: FetchCycle
-    due: list[FetchEntry]
-    watermarks: dict[str, int]
-    pending: set[str]
+    entries: list[FetchEntry]  # not busy in a running cycle; the cycle picks the due ones
+    states: dict[str, MetricState]
 
 
 def order_due(entries: list[FetchEntry], carried: set[str]) -> list[FetchEntry]:
@@ -186,7 +187,8 @@ class Fetcher(threading.Thread):
     async def _begin(
         self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
     ) -> _Planned | None:
-        """Heartbeat, then pick the due metrics (not those a running cycle still fetches)."""
+        """Heartbeat, then read what the cycle needs to pick the due metrics (among those a
+        running cycle is not still fetching; schedule.plan_metric decides)."""
         config = self.config
         begin = self.clock()
         busy = self.in_flight()
@@ -202,16 +204,17 @@ class Fetcher(threading.Thread):
                     )
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             entries = [e for e in config.shard_metrics if e.metric not in busy]
-            marks = await queue.watermarks([e.metric for e in entries])
-            watermarks = {m: w.timestamp for m, w in marks.items()}
-            due = [e for e in entries if self._due(e, begin, watermarks.get(e.metric))]
-            pending = await queue.pending([e.metric for e in due])
+            names = [e.metric for e in entries]
+            marks = await queue.watermarks(names)
+            pending = await queue.pending(names)
+            holes = await queue.holes(names)
             self.outage.ok()
         except redisconn.REDIS_ERRORS as exc:
             delay = self.outage.failed(exc)
             await self._sleep(delay)
             return None
-        due = order_due(due, self.state.carried)
+        states = self._states(entries, marks, pending, holes)
+        entries = order_due(entries, self.state.carried)
         fetch = FetchCycle(
             config,
             session,
@@ -222,22 +225,21 @@ class Fetcher(threading.Thread):
             shared=self._shared_limit(),
             on_done=self._remember_metric,
         )
-        # Marked in flight now, before the cycle task first runs.
-        fetch.in_flight = {e.metric for e in due}
-        return _Planned(fetch, due, watermarks, pending)
+        # Marked in flight now, before the cycle task first runs (it narrows this to the
+        # metrics it finds due as it starts).
+        fetch.in_flight = {e.metric for e in entries}
+        return _Planned(fetch, entries, states)
 
     async def _complete(self, planned: _Planned) -> CycleReport | None:
         fetch = planned.fetch
         try:
-            report = await fetch.run(
-                planned.due, planned.watermarks, planned.pending, self.state.scan_from
-            )
+            report = await fetch.run(planned.entries, states=planned.states, ignore_schedule=False)
         except redisconn.REDIS_ERRORS as exc:
             self.outage.failed(exc)
             logger.warning("this cycle's items could not be queued; they are fetched again")
             return None
         self._remember(report)
-        await self._report(report, len(planned.due))
+        await self._report(report, len(report.results))
         return report
 
     def _shared_limit(self) -> SharedLimit:
@@ -246,11 +248,28 @@ class Fetcher(threading.Thread):
             shared = self.state.shared = SharedLimit(self.config.fetch_concurrency)
         return shared
 
-    def _due(self, entry: FetchEntry, now: float, watermark: int | None) -> bool:
-        if entry.metric in self.state.carried:
-            return True
-        last = self.state.last_attempt.get(entry.metric)
-        return is_due(entry.frequency, now, watermark=watermark, last_attempt=last)
+    def _states(
+        self,
+        entries: Sequence[FetchEntry],
+        marks: Mapping[str, Watermark],
+        pending: set[str],
+        holes: Mapping[str, tuple[Hole, ...]],
+    ) -> dict[str, MetricState]:
+        """What schedule.plan_metric needs to know of each metric (it alone decides)."""
+        state = self.state
+        states = {}
+        for entry in entries:
+            metric = entry.metric
+            mark = marks.get(metric)
+            states[metric] = MetricState(
+                watermark=mark.timestamp if mark is not None else None,
+                last_attempt=state.last_attempt.get(metric),
+                carried=metric in state.carried,
+                pending=metric in pending,
+                scan_from=state.scan_from.get(metric),
+                holes=holes.get(metric, ()),
+            )
+        return states
 
     def _on_error(self, result: MetricResult) -> None:
         error = result.error
@@ -281,6 +300,7 @@ class Fetcher(threading.Thread):
         state.last_attempt[r.metric] = started
         if r.scan_to is not None:
             state.scan_from[r.metric] = r.scan_to
+        log_holes(r)
         if r.error is None and r.metric in state.last_error:
             logger.info("%s %s: fetching works again", r.entry.host, r.metric)
             del state.last_error[r.metric]
@@ -329,6 +349,46 @@ class Fetcher(threading.Thread):
         for host in {e.host for e in self.config.shard_metrics}:
             values[f"fetcher.errors.{telemetry.graphite_safe(host)}"] = errors_by_host.get(host, 0)
         await asyncio.to_thread(self.self_metrics.send, values, report.started)
+
+
+def log_holes(result: MetricResult) -> None:
+    """One line per window that failed while newer points went, and per window given up."""
+    entry = result.entry
+    for hole in result.new_holes:
+        logger.warning(
+            "%s %s: window %s..%s failed (%s); newer points are delivered, the window is "
+            "retried with backoff (next in %.0fs)",
+            entry.host,
+            entry.metric,
+            _when(hole.start),
+            _when(hole.end),
+            hole.error,
+            hole.next_try - hole.since,
+        )
+    for hole in result.given_up:
+        logger.error(
+            "%s %s: giving up window %s..%s after %d failed attempts since %s (last: %s); "
+            "its points are not fetched",
+            entry.host,
+            entry.metric,
+            _when(hole.start),
+            _when(hole.end),
+            hole.attempts,
+            _when(int(hole.since)),
+            hole.error,
+        )
+        telemetry.WINDOWS_GIVEN_UP.inc()
+    if result.refilled:
+        logger.info(
+            "%s %s: %d point(s) of failed windows fetched again",
+            entry.host,
+            entry.metric,
+            result.refilled,
+        )
+
+
+def _when(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
 def parent_alive_or_self(parent_pid: int) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +21,9 @@ import redis
 import redis.asyncio
 
 from skyline.vista import codec, constants, queue_scripts
+from skyline.vista.holes import Hole
+from skyline.vista.holes import decode as decode_holes
+from skyline.vista.holes import encode as encode_holes
 from skyline.vista.model import DeadLetter, Watermark
 
 
@@ -298,6 +301,13 @@ class FetchQueue:
     def watermarks(self, metrics: Sequence[str]) -> dict[str, Watermark]:
         return read_watermarks_sync(self.client, metrics, self.marks)
 
+    def failing_windows(self) -> dict[str, list[Hole]]:
+        """Every metric's failed windows being retried (holes.py)."""
+        return {
+            _text(metric): decode_holes(raw)
+            for metric, raw in self.client.hgetall(constants.HOLES_KEY).items()
+        }
+
 
 def _as_replay(raw: str) -> str:
     try:
@@ -373,12 +383,41 @@ class AsyncFetchQueue:
         self._push = client.register_script(queue_scripts.PUSH)
         self._reconcile = client.register_script(queue_scripts.RECONCILE)
 
-    async def push(self, chains: Sequence[tuple[str, Sequence[str]]], batch: int = 500) -> int:
+    async def push(
+        self,
+        chains: Sequence[tuple[str, Sequence[str]]],
+        batch: int = 500,
+        *,
+        holes: Mapping[str, Sequence[Hole]] | None = None,
+    ) -> int:
+        """Queue each metric's chain (skipped for a metric already pending). ``holes``: the
+        metrics' failed windows (holes.py) to record, with the first batch, atomically."""
         queued = 0
-        for start in range(0, len(chains), batch):
+        for start in range(0, len(chains) or 1, batch):
             part = chains[start : start + batch]
-            queued += int(await self._push(keys=self.keys, args=push_args(part)))
+            if start == 0 and holes:
+                pipe = self.client.pipeline(transaction=True)
+                for metric, found in holes.items():
+                    if found:
+                        pipe.hset(constants.HOLES_KEY, metric, encode_holes(found))
+                    else:
+                        pipe.hdel(constants.HOLES_KEY, metric)
+                if part:
+                    await self._push(keys=self.keys, args=push_args(part), client=pipe)
+                done = await pipe.execute()
+                queued += int(done[-1]) if part else 0
+            elif part:
+                queued += int(await self._push(keys=self.keys, args=push_args(part)))
         return queued
+
+    async def holes(self, metrics: Sequence[str]) -> dict[str, tuple[Hole, ...]]:
+        """The failed windows recorded for these metrics (only those that have some)."""
+        if not metrics or not await self.client.exists(constants.HOLES_KEY):
+            return {}
+        values = await self.client.hmget(constants.HOLES_KEY, list(metrics))
+        return {
+            m: tuple(decode_holes(v)) for m, v in zip(metrics, values, strict=True) if v is not None
+        }
 
     async def pending(self, metrics: Sequence[str]) -> set[str]:
         if not metrics:

@@ -7,10 +7,12 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 from skyline.vista import constants, create_budget, lag, procutil, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
+from skyline.vista.holes import Hole
 
 
 def config_summary(config: VistaConfig) -> str:
@@ -85,6 +87,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
             client, config.carbon_max_creates_per_minute, time.time()
         )
         lag_summary = lag.summarise(lag.read_counts(client, time.time()))
+        failing = queue.failing_windows()
     except redisconn.REDIS_ERRORS as exc:
         return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
     finally:
@@ -108,6 +111,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         lines.append(f"  in flight at {wid}: {n}")
     lines += create_budget.status_lines(budget)
     lines.append(lag.status_line(lag_summary))
+    lines += failing_window_lines(failing, now)
     lags = []
     for entry in config.fetch_metrics:
         mark = marks.get(entry.metric)
@@ -121,6 +125,25 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
             shown = "never delivered" if mark is None else _age(metric_lag)
             lines.append(f"  {shown:>16}  {metric}")
     return lines
+
+
+def failing_window_lines(failing: Mapping[str, list[Hole]], now: float) -> list[str]:
+    """Windows that failed while newer points were delivered, retried with backoff."""
+    found = sorted((h.start, metric, h) for metric, hs in failing.items() for h in hs)
+    if not found:
+        return []
+    lines = [f"failing windows (retried, newer points delivered): {len(found)}"]
+    for _, metric, hole in found:
+        wait = max(0.0, hole.next_try - now)
+        lines.append(
+            f"  {metric}  {_utc(hole.start)} .. {_utc(hole.end)}  {hole.attempts} attempt(s), "
+            f"failing for {_age(now - hole.since)}, next try in {_age(wait)}: {hole.error}"
+        )
+    return lines
+
+
+def _utc(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + "Z"
 
 
 def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:

@@ -43,6 +43,9 @@ FETCH_CYCLES = Histogram(
 FETCH_UNFINISHED = Counter(
     "vista_fetch_unfinished", "Metrics not finished within VISTA_FETCHER_PROCESS_MAX_RUNTIME"
 )
+WINDOWS_GIVEN_UP = Counter(
+    "vista_fetch_windows_given_up", "Failed fetch windows given up after every retry"
+)
 POINTS_DELIVERED = Counter("vista_points_delivered", "Points accepted by the sink", ["sink"])
 POINTS_DROPPED = Counter("vista_points_dropped", "Points removed by validation", ["reason"])
 POINTS_DEAD = Counter("vista_points_dead_lettered", "Points the sink rejected permanently")
@@ -76,6 +79,7 @@ class QueueSnapshot:
     dead: int
     pending_metrics: int
     worst_lag: float | None = None
+    failing_windows: int = 0
 
 
 class QueueCollector(Collector):
@@ -96,6 +100,11 @@ class QueueCollector(Collector):
                 "vista_queue_pending_metrics",
                 "Metrics with an item queued or in flight",
                 snapshot.pending_metrics,
+            ),
+            (
+                "vista_fetch_windows_failing",
+                "Failed fetch windows being retried (vista status lists them)",
+                snapshot.failing_windows,
             ),
         ):
             yield GaugeMetricFamily(name, doc, value=value)

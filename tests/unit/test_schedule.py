@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from skyline.vista.constants import PROMETHEUS_DEFAULT_WINDOW, PROMETHEUS_MAX_POINTS
 from skyline.vista.entries import FetchEntry, check_entry
+from skyline.vista.holes import Hole
 from skyline.vista.problems import Problems
 from skyline.vista.schedule import (
     BATCH_QUANTUM,
+    EMPTY_RESCAN,
     Limits,
+    MetricState,
     Window,
     cycle_tick,
     is_due,
     next_tick,
+    plan_metric,
+    scanned_to,
     windows_for,
 )
 
@@ -283,7 +290,8 @@ def test_graphite_populate_is_one_window_per_resolution_coarsest_first() -> None
     e = entry("graphite", populate=("6hours", "90days", "24hours", "7days"))
     assert e.populate_at_resolutions == ("90days", "7days", "24hours", "6hours")
     t = int(NOW)
-    windows = windows_for(e, NOW, None, Limits())
+    roomy = Limits(fetch_max_points=10**6, graphite_chunk_points=10**6)
+    windows = windows_for(e, NOW, None, roomy)
     assert windows == [
         Window(t - 90 * DAY, t - 7 * DAY),
         Window(t - 7 * DAY, t - DAY),
@@ -293,8 +301,38 @@ def test_graphite_populate_is_one_window_per_resolution_coarsest_first() -> None
 
 
 def test_graphite_populate_single_resolution() -> None:
-    windows = windows_for(entry("graphite", populate=("7days",)), NOW, None, Limits())
+    roomy = Limits(graphite_chunk_points=20_000)
+    windows = windows_for(entry("graphite", populate=("7days",)), NOW, None, roomy)
     assert windows == [Window(int(NOW) - 7 * DAY, int(NOW))]
+
+
+def test_graphite_populate_honours_max_backfill_and_fetch_max_points() -> None:
+    """('365days', '7days') with a 1-day VISTA_MAX_BACKFILL and 1,000 points: no request for
+    525,600 points, only the last day, 1,000 points per cycle, chunked as gaps are."""
+    e = entry("graphite", populate=("365days", "7days"))
+    t = int(NOW)
+    limits = Limits(max_backfill=DAY, fetch_max_points=1000, graphite_chunk_points=300)
+    windows = windows_for(e, NOW, None, limits)
+    assert windows[0].start == t - DAY
+    assert windows[-1].end == t - DAY + 1000 * 60
+    for a, b in zip(windows, windows[1:], strict=False):
+        assert b.start == a.end
+    assert all(w.end - w.start <= 300 * 60 for w in windows if w.start and w.end)
+    assert len(windows) == 4
+
+
+def test_graphite_populate_breaks_at_each_resolution_within_the_budget() -> None:
+    e = entry("graphite", populate=("90days", "7days"))
+    t = int(NOW)
+    limits = Limits(fetch_max_points=100_000, graphite_chunk_points=50_000)
+    windows = windows_for(e, NOW, None, limits)
+    edges = [(w.start, w.end) for w in windows]
+    assert edges[0][0] == t - 90 * DAY and edges[-1][1] == t - 90 * DAY + 100_000 * 60
+    assert all(w.end - w.start <= 50_000 * 60 for w in windows if w.start and w.end)
+    assert (t - 7 * DAY) not in {a for a, _ in edges}  # beyond this cycle's budget
+    whole = windows_for(e, NOW, None, Limits(fetch_max_points=10**6, graphite_chunk_points=50_000))
+    assert any(w.start == t - 7 * DAY for w in whole)  # a window starts at the 7-day edge
+    assert whole[-1].end == t
 
 
 def test_graphite_populate_with_a_watermark_fills_the_gap_instead() -> None:
@@ -306,3 +344,66 @@ def test_graphite_populate_with_a_watermark_fills_the_gap_instead() -> None:
 def test_graphite_max_backfill() -> None:
     windows = windows_for(entry("graphite"), NOW, T0 - 30 * DAY, Limits(max_backfill=DAY))
     assert windows == [Window(int(NOW) - DAY, int(NOW))]
+
+
+# --- plan_metric: the one decision ------------------------------------------------------------
+
+HOLE = Hole(T0 - 3 * DAY, T0 - 2 * DAY, 1, NOW - 1, NOW - 600, "HTTP 500", "http_500")
+LATER = Hole(T0 - 5 * DAY, T0 - 4 * DAY, 2, NOW + 60, NOW - 600, "HTTP 500", "http_500")
+FRESH = MetricState(watermark=T0 - 120)  # the interval after it has closed: due
+RECENT = MetricState(watermark=T0 - 60, last_attempt=T0 + 1)  # not due before T0 + 60
+
+
+@pytest.mark.parametrize(
+    ("state", "kwargs", "skipped"),
+    [
+        (FRESH, {}, None),
+        (RECENT, {}, "not_due"),
+        (replace(RECENT, carried=True), {}, None),  # unfinished last cycle: at once
+        (RECENT, {"ignore_schedule": True}, None),  # vista fetch --once
+        (replace(FRESH, pending=True), {}, "pending"),
+        (replace(FRESH, pending=True), {"ignore_schedule": True}, "pending"),
+        (FRESH, {"host_available": False}, "host_backoff"),
+        (RECENT, {"host_available": False}, "not_due"),
+        (replace(RECENT, holes=(HOLE,)), {}, None),  # a hole due for a retry makes it due
+        (replace(RECENT, holes=(LATER,)), {}, "not_due"),  # ... not before its time
+    ],
+)
+def test_plan_metric_decides_whether_a_metric_is_fetched(
+    state: MetricState, kwargs: dict[str, bool], skipped: str | None
+) -> None:
+    plan = plan_metric(entry(), NOW, state, Limits(), **kwargs)
+    assert plan.skipped == skipped
+    assert (plan.windows != ()) == (skipped is None)
+
+
+def test_plan_metric_appends_the_due_holes_after_the_new_windows() -> None:
+    state = replace(FRESH, holes=(HOLE, LATER))
+    plan = plan_metric(entry(), NOW, state, Limits())
+    assert plan.windows[: plan.fresh] == tuple(windows_for(entry(), NOW, T0 - 120, Limits()))
+    assert plan.windows[plan.fresh :] == (Window(HOLE.start, HOLE.end),)
+    assert plan.retries == (HOLE,)
+    # Only the hole when the metric itself is not due.
+    only = plan_metric(entry(), NOW, replace(RECENT, holes=(HOLE,)), Limits())
+    assert only.fresh == 0 and only.windows == (Window(HOLE.start, HOLE.end),)
+
+
+def test_a_long_hole_is_retried_in_request_sized_chunks() -> None:
+    hole = replace(HOLE, start=T0 - 30 * DAY, end=T0 - DAY)
+    plan = plan_metric(entry(), NOW, replace(RECENT, holes=(hole,)), Limits())
+    assert len(plan.windows) == len(plan.retries) > 1
+    assert all(points_in(w, 60) <= PROMETHEUS_MAX_POINTS for w in plan.windows)
+    assert plan.windows[0].start == hole.start and plan.windows[-1].end == hole.end
+    g = plan_metric(entry("graphite"), NOW, replace(RECENT, holes=(hole,)), Limits())
+    assert all(w.end - w.start <= 10_000 * 60 for w in g.windows if w.start and w.end)
+
+
+def test_scanned_to_keeps_asking_the_last_hour_only() -> None:
+    t = int(NOW)
+    assert scanned_to([Window(t - 15 * DAY, t - 7 * DAY), Window(t - 7 * DAY, t)], NOW) == (
+        (t - EMPTY_RESCAN) // BATCH_QUANTUM * BATCH_QUANTUM
+    )
+    assert scanned_to([Window(t - 600, t)], NOW) is None  # nothing older than an hour
+    assert scanned_to([Window(None, None)], NOW) is None  # a relative window: nothing to skip
+    # A window ended long ago (this cycle's budget): up to its end, on a batching quantum.
+    assert scanned_to([Window(t - 9 * DAY, t - 8 * DAY)], NOW) == (t - 8 * DAY) // 300 * 300

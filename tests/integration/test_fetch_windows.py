@@ -1,0 +1,372 @@
+"""Fetch windows against a real Prometheus: a window that keeps failing does not hold back the
+metric's newer points (it is retried, in smaller chunks after a timeout, and given up in the
+end), and a series with no data costs the same every cycle.
+
+The failures come from a small aiohttp proxy in front of the real Prometheus that fails (or
+stalls) the ``query_range`` requests starting before a given time and passes the others on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+from aiohttp import web
+
+from skyline.vista import codec, constants, holes, redisconn
+from skyline.vista.agent import Vista
+from skyline.vista.config import VistaConfig
+from skyline.vista.fetch_cycle import CycleReport, FetchCycle
+from skyline.vista.fetcher import log_holes
+from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.holes import Hole
+from skyline.vista.logs import LogSpec
+from skyline.vista.model import Point, QueueItem
+from skyline.vista.report import redis_report
+from skyline.vista.schedule import EMPTY_RESCAN, MetricState
+from skyline.vista.telemetry import QueueCollector
+from tests.fetch_settings import make_config
+from tests.servers import PrometheusServer, RedisServer, free_port
+
+STEP = 5  # the metric's frequency: 11,000 points per request cover 15.3 h, a day is 2 windows
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class History:
+    now: float
+    minute: int
+    text: str
+
+
+@pytest.fixture(scope="module")
+def history() -> History:
+    now = time.time()
+    minute = int(now) // 60 * 60
+    lines = ["# TYPE vista_day gauge"]
+    for ts in range(minute - DAY - 600, minute - 120 + 1, 60):
+        lines.append(f"vista_day {ts % 9973 + 0.5} {ts}")
+    return History(now, minute, "\n".join(lines) + "\n# EOF\n")
+
+
+@pytest.fixture(scope="module")
+def prom(tmp_path_factory: pytest.TempPathFactory, history: History) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(tmp_path_factory.mktemp("prom-windows"), history=history.text)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class FailingProxy:
+    """Passes query_range on to ``upstream``, except requests starting before ``fail_before``:
+    those stall (``mode='timeout'``) or answer HTTP 500 (``mode='error'``)."""
+
+    upstream: str
+    fail_before: int = 0
+    mode: str = "error"
+    port: int = field(default_factory=free_port)
+    asked: list[tuple[int, int, bool]] = field(default_factory=list)  # (start, end, failed)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def query_range(self, request: web.Request) -> web.StreamResponse:
+        start, end = int(request.query["start"]), int(request.query["end"])
+        failing = start < self.fail_before
+        self.asked.append((start, end, failing))
+        if failing and self.mode == "timeout":
+            await asyncio.sleep(5)
+        if failing:
+            return web.Response(status=500, text="upstream exploded")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                self.upstream + "/api/v1/query_range", params=request.query
+            ) as answer:
+                body = await answer.read()
+                return web.Response(
+                    body=body, status=answer.status, content_type="application/json"
+                )
+
+
+@asynccontextmanager
+async def serve(proxy: FailingProxy) -> AsyncIterator[FailingProxy]:
+    app = web.Application()
+    app.router.add_get("/api/v1/query_range", proxy.query_range)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", proxy.port)
+    await site.start()
+    try:
+        yield proxy
+    finally:
+        await runner.cleanup()
+
+
+def entry(host: str, name: str = "day", populate: tuple[str, ...] = ("1d",)) -> tuple[object, ...]:
+    return (host, "prometheus", STEP, "vista_day", name, "default", "w", None, None, None, None,
+            populate)  # fmt: skip
+
+
+def config(tmp_path: Path, redis_server: RedisServer, host: str, **extra: Any) -> VistaConfig:
+    return make_config(
+        tmp_path,
+        redis_server,
+        [entry(host)],
+        VISTA_REMOTE_HOSTS={host: {"timeout": 1.0}},
+        VISTA_MAX_BACKFILL=2 * DAY,
+        **extra,
+    )
+
+
+async def cycle(cfg: VistaConfig, now: float, client: redis.Redis) -> CycleReport:
+    """One cycle at ``now`` the way the fetcher runs it: watermarks, pending and holes read
+    from Redis, the items and holes written back."""
+    rclient = redisconn.connect_async(cfg.redis)
+    queue = AsyncFetchQueue(rclient, watermark_keys(cfg.sink))
+    names = [e.metric for e in cfg.fetch_metrics]
+    try:
+        marks = await queue.watermarks(names)
+        found = await queue.holes(names)
+        states = {
+            m: MetricState(
+                watermark=marks[m].timestamp if m in marks else None, holes=found.get(m, ())
+            )
+            for m in names
+        }
+        async with aiohttp.ClientSession() as session:
+            fetch = FetchCycle(cfg, session, {}, queue=queue, clock=lambda: now)
+            return await fetch.run(cfg.fetch_metrics, states=states)
+    finally:
+        await rclient.aclose()
+
+
+def take_items(client: redis.Redis, metric: str) -> list[QueueItem]:
+    """The metric's queued chain, removed as a worker would after delivering it; the
+    watermark moves to the last point of the non-replay items."""
+    head = client.hget(constants.PENDING_KEY, metric)
+    if head is None:
+        return []
+    rest = client.lrange(constants.CHAIN_KEY_PREFIX + metric, 0, -1)
+    items = [codec.decode_item(raw) for raw in [head, *rest]]
+    client.delete(constants.QUEUE_KEY, constants.PENDING_KEY, constants.CHAIN_KEY_PREFIX + metric)
+    fresh = [p for i in items if not i.replay for p in i.points]
+    if fresh:
+        ts, value = fresh[-1]
+        client.hset(
+            constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {ts}, 'value': {value}}}"
+        )
+    return items
+
+
+def points_of(items: list[QueueItem], *, replay: bool) -> list[Point]:
+    return [p for i in items if i.replay == replay for p in i.points]
+
+
+def stored_holes(client: redis.Redis, metric: str) -> list[Hole]:
+    return holes.decode(client.hget(constants.HOLES_KEY, metric))
+
+
+async def prometheus_points(url: str, start: int, end: int) -> list[Point]:
+    params = {"query": "vista_day", "start": str(start), "end": str(end), "step": str(STEP)}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/api/v1/query_range", params=params) as answer:
+            body = await answer.json()
+    values = body["data"]["result"][0]["values"] if body["data"]["result"] else []
+    return [(int(ts), float(v)) for ts, v in values]
+
+
+@pytest.mark.slow
+async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_refilled(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    history: History,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metric = "w.day"
+    now = history.now
+    async with serve(
+        FailingProxy(prom.url, fail_before=int(now) - 20 * 3600, mode="timeout")
+    ) as px:
+        cfg = config(tmp_path, redis_server, px.url)
+        # Cycle 1: the day is two windows; the older one stalls past the 1 s timeout.
+        report = await cycle(cfg, now, redis_client)
+        result = report.results[0]
+        assert tuple(result.windows) == result.plan.windows and len(result.windows) == 2
+        old, new = result.windows
+        assert result.error is not None and result.error.kind == "timeout"
+        first = take_items(redis_client, metric)
+        newer = await prometheus_points(prom.url, new.start or 0, new.end or 0)
+        minute = history.minute
+        want_new = [p for p in newer if p[0] < minute]
+        assert points_of(first, replay=False) == want_new and want_new  # delivered at once
+        assert points_of(first, replay=True) == []
+        [hole] = stored_holes(redis_client, metric)
+        assert (hole.start, hole.end, hole.attempts, hole.kind) == (
+            old.start,
+            old.end,
+            1,
+            "timeout",
+        )
+        with caplog.at_level(logging.WARNING, logger="skyline.vista.fetcher"):
+            log_holes(result)
+        assert "failed (no answer within 1s); newer points are delivered" in caplog.text
+
+        # Cycle 2, after the retry delay: still stalling; the hole is split in two.
+        now2 = now + holes.retry_delay(1) + 1
+        report = await cycle(cfg, now2, redis_client)
+        take_items(redis_client, metric)
+        split = stored_holes(redis_client, metric)
+        assert old.start is not None and old.end is not None
+        middle = old.start + (old.end - old.start) // 2 // STEP * STEP
+        assert [(h.start, h.end, h.attempts) for h in split] == [
+            (old.start, middle, 2),
+            (middle + STEP, old.end, 2),
+        ]
+        # Not due yet: a cycle right after does not ask for them.
+        asked = len(px.asked)
+        await cycle(cfg, now2 + 10, redis_client)
+        take_items(redis_client, metric)
+        assert all(start >= (new.end or 0) - 600 for start, _, _ in px.asked[asked:])
+
+        # The source heals: the hole's points come as replay items, the record is gone.
+        px.fail_before = 0
+        now3 = now2 + holes.retry_delay(2) + 1
+        report = await cycle(cfg, now3, redis_client)
+        refill = take_items(redis_client, metric)
+        assert points_of(refill, replay=True) == await prometheus_points(
+            prom.url, old.start or 0, old.end or 0
+        )
+        assert report.results[0].refilled == len(points_of(refill, replay=True)) > 10_000
+        assert redis_client.hget(constants.HOLES_KEY, metric) is None
+
+
+async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    history: History,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metric = "w.day"
+    now = history.now
+    start = history.minute - 20 * 3600
+    # A hole at its last attempt; the metric is otherwise up to date.
+    mark = history.minute - 180
+    redis_client.hset(
+        constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {mark}, 'value': 1}}"
+    )
+    last = Hole(
+        start, start + 3600, holes.MAX_ATTEMPTS - 1, now - 1, now - 7200, "HTTP 500", "http_500"
+    )
+    redis_client.hset(constants.HOLES_KEY, metric, holes.encode([last]))
+    async with serve(FailingProxy(prom.url, fail_before=start + 3600, mode="error")) as px:
+        cfg = config(tmp_path, redis_server, px.url)
+        report = await cycle(cfg, now, redis_client)
+    result = report.results[0]
+    assert [(h.start, h.end, h.attempts) for h in result.given_up] == [
+        (start, start + 3600, holes.MAX_ATTEMPTS)
+    ]
+    assert redis_client.hget(constants.HOLES_KEY, metric) is None
+    with caplog.at_level(logging.ERROR, logger="skyline.vista.fetcher"):
+        log_holes(result)
+    assert "w.day: giving up window" in caplog.text
+    assert f"after {holes.MAX_ATTEMPTS} failed attempts" in caplog.text
+    assert "its points are not fetched" in caplog.text
+
+
+async def test_a_series_with_no_data_costs_the_same_every_cycle(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    history: History,
+) -> None:
+    """A 15-day pre-populate of a series that has no data: the first cycle asks for 15 days,
+    the next ones only for the last hour (data may arrive late), not 15 days every minute."""
+    async with serve(FailingProxy(prom.url)) as px:
+        host = px.url
+        cfg = make_config(
+            tmp_path,
+            redis_server,
+            [
+                (
+                    host,
+                    "prometheus",
+                    60,
+                    "vista_nothing",
+                    "none",
+                    "default",
+                    "w",
+                    None,
+                    None,
+                    None,
+                    None,
+                    ("15d",),
+                )
+            ],  # fmt: skip
+        )
+        from skyline.vista.fetcher import Fetcher
+
+        fetcher = Fetcher(0, cfg, clock=lambda: clock[0])
+        clock = [history.now]
+        rclient = redisconn.connect_async(cfg.redis)
+        queue = AsyncFetchQueue(rclient, watermark_keys(cfg.sink))
+        spans = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for n in range(4):
+                    clock[0] = history.now + 60 * n
+                    before = len(px.asked)
+                    await fetcher.cycle(session, queue)
+                    spans.append(sum(e - s for s, e, _ in px.asked[before:]))
+        finally:
+            await rclient.aclose()
+    assert spans[0] >= 15 * DAY - 600
+    for span in spans[1:]:
+        assert span <= EMPTY_RESCAN + 2 * 300, spans
+    assert redis_client.scard(constants.QUEUE_KEY) == 0
+
+
+async def test_failing_windows_are_listed_by_status_and_counted_in_metrics(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    history: History,
+) -> None:
+    now = history.now
+    async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
+        cfg = config(tmp_path, redis_server, px.url)
+        report = await cycle(cfg, now, redis_client)
+    [hole] = report.results[0].new_holes
+    assert hole.kind == "http_500"
+
+    lines = redis_report(cfg)
+    at = lines.index("failing windows (retried, newer points delivered): 1")
+    assert lines[at + 1].startswith(
+        f"  w.day  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(hole.start))}Z .. "
+    )
+    assert "1 attempt(s)" in lines[at + 1] and "HTTP 500" in lines[at + 1]
+
+    agent = Vista(cfg, LogSpec(None))
+    try:
+        snapshot = agent._queue_snapshot()
+        assert snapshot is not None and snapshot.failing_windows == 1
+        gauges = {m.name: m.samples[0].value for m in QueueCollector(lambda: snapshot).collect()}
+        assert gauges["vista_fetch_windows_failing"] == 1
+    finally:
+        agent.client.close()
