@@ -112,6 +112,7 @@ class FakeBigQuery:
         self.public_keys: dict[str, bytes] = {}  # service-account email -> PEM public key
         self.refresh_tokens: dict[str, tuple[str, str]] = {}  # refresh -> (client id, secret)
         self.revoked: set[str] = set()
+        self.unauthorised: list[str] = []  # Authorization headers answered 401
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -334,8 +335,10 @@ class FakeBigQuery:
             key = self.public_keys.get(str(claims.get("iss")))
             if key is None:
                 return 400, {"error": "invalid_grant", "error_description": "unknown account"}
+            # google-auth always signs for Google's token endpoint, whatever token_uri says
+            audiences = [self.token_uri, "https://oauth2.googleapis.com/token"]
             claims = jwt.decode(  # type: ignore[no-untyped-call]
-                assertion, certs=key, audience=self.token_uri
+                assertion, certs=key, audience=audiences
             )
         except (ValueError, exceptions.GoogleAuthError) as exc:
             return 400, {"error": "invalid_grant", "error_description": f"bad assertion: {exc}"}
@@ -345,7 +348,11 @@ class FakeBigQuery:
         if not self.require_auth:
             return True
         token = header.removeprefix("Bearer ").strip()
-        return token in self.tokens_issued and token not in self.revoked
+        if token in self.tokens_issued and token not in self.revoked:
+            return True
+        with self._lock:
+            self.unauthorised.append(header)
+        return False
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:

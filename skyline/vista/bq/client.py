@@ -96,9 +96,18 @@ class BigQueryRunner:
 
         from google.api_core import exceptions
 
-        job = self.client.query(query.sql, job_config=self._job_config(query))
+        from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+        # Starting the job: no retry inside the library, run() retries (bounded, with backoff).
+        job = self.client.query(
+            query.sql, job_config=self._job_config(query), retry=None, job_retry=None
+        )
         try:
-            rows = job.result(page_size=self.page_size, timeout=self.timeout)
+            rows = job.result(
+                page_size=self.page_size,
+                timeout=self.timeout,
+                retry=DEFAULT_RETRY.with_deadline(self.timeout),
+            )
         except concurrent.futures.TimeoutError:
             raise QueryFailed(
                 f"BigQuery job {job.job_id} did not finish within {self.timeout:g} s"
@@ -116,10 +125,16 @@ class BigQueryRunner:
 
     def run(self, query: IntervalQuery) -> QueryResult:
         """Start the query and wait for it; the result's pages are fetched as they are read."""
+        from google.auth import exceptions as auth_exceptions
+
+        from skyline.vista.bq.credentials import CredentialsError
+
         transient = _transient_errors()
         for attempt in range(1, self.attempts + 1):
             try:
                 return self._run_once(query)
+            except auth_exceptions.RefreshError as exc:
+                raise CredentialsError(f"getting a token failed: {_message(exc)}") from None
             except transient as exc:
                 if attempt == self.attempts:
                     raise QueryUnavailable(
