@@ -43,7 +43,7 @@ def fake() -> Iterator[FakeBigQuery]:
 def runner(fake: FakeBigQuery, credentials: Any = None, **kw: Any) -> BigQueryRunner:
     return BigQueryRunner(
         "shop-project",
-        credentials or AnonymousCredentials(),
+        credentials or AnonymousCredentials(),  # type: ignore[no-untyped-call]
         endpoint=fake.url,
         page_size=7,
         sleep=lambda s: None,

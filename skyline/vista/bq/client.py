@@ -95,12 +95,14 @@ class BigQueryRunner:
         import concurrent.futures
 
         from google.api_core import exceptions
-
         from google.cloud.bigquery.retry import DEFAULT_RETRY
 
         # Starting the job: no retry inside the library, run() retries (bounded, with backoff).
         job = self.client.query(
-            query.sql, job_config=self._job_config(query), retry=None, job_retry=None
+            query.sql,
+            job_config=self._job_config(query),
+            retry=None,  # type: ignore[arg-type]
+            job_retry=None,
         )
         try:
             rows = job.result(
