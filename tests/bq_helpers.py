@@ -99,6 +99,7 @@ def make_config(
         "VISTA_BQ_ACCOUNTS": accounts,
         "VISTA_BQ_API_ENDPOINT": fake.url,
         "VISTA_BQ_ARCHIVE_DIR": str(tmp_path / "archives"),
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
         **extra,
     }
     return config.validate(values, str(tmp_path / "settings.py"))
@@ -199,3 +200,44 @@ def wait_whisper(
         time.sleep(0.5)
     count = sum(len(v) for v in seen.values())
     raise TimeoutError(f"{count} of {points} points under {prefix} in whisper")
+
+
+class Supervised:
+    """A process pool and the job supervisor, driven the way the agent drives them."""
+
+    def __init__(self, cfg: VistaConfig, client: redis.Redis, tmp_path: Path) -> None:
+        import threading
+
+        from skyline.vista.jobs.supervisor import JobSupervisor
+        from skyline.vista.logs import LogSpec
+        from skyline.vista.pool import ProcessPool
+
+        self.pool = ProcessPool()
+        spec = LogSpec(str(tmp_path / "vista.log"), verbose=True, secrets=())
+        self.supervisor = JobSupervisor(cfg, client, self.pool, spec)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.pool.poll()
+            self.supervisor.tick()
+            time.sleep(0.05)
+
+    def job_pid(self, job_id: str, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.pool.running():
+                if name.endswith(job_id) and process.pid:
+                    return process.pid
+            time.sleep(0.02)
+        raise TimeoutError(f"no process for job {job_id}")
+
+    def __enter__(self) -> Supervised:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.pool.stop_all(10)

@@ -19,7 +19,6 @@ class BigQueryConfig:
     api_endpoint: str | None = None  # VISTA_BQ_API_ENDPOINT: None = Google's
     archive_dir: str = "/var/lib/skyline/vista/bq_archives"  # VISTA_BQ_ARCHIVE_DIR
     query_timeout: float = 300.0  # VISTA_BQ_QUERY_TIMEOUT, seconds
-    max_creates_per_minute: int = 1500  # VISTA_BQ_MAX_CREATES_PER_MINUTE
 
 
 def _text(value: object) -> bool:

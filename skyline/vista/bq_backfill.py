@@ -18,17 +18,15 @@ import logging
 from typing import Any
 
 from skyline.vista.bq.archive import ArchiveWriter
-from skyline.vista.bq.job import CreatePacer, Delivery, JobIO, JobParams, RowsSource, open_sink
+from skyline.vista.bq.job import Delivery, JobIO, JobParams, RowsSource, open_sink
 from skyline.vista.bq.rows import RowConverter, check_row_count
 from skyline.vista.bq.runner import IntervalReport, run_intervals
+from skyline.vista.create_budget import CreateBudget
 from skyline.vista.sinks import Entry
 
 logger = logging.getLogger(__name__)
 
 KIND = "bq_backfill"
-WORK_KEY = "vista.bq_backfill.work"
-STATUS_KEY = "vista.bq_backfill.job_status"
-RUNNING_KEY = "vista.bq_backfill.running"
 DRY_RUN_SAMPLE = 5
 
 
@@ -45,8 +43,8 @@ class Backfill:
             sink = open_sink(
                 ctx.config, self.params.account, flux_test=self.params.flux_test, rewrite=False
             )
-            pacer = CreatePacer(ctx.client, self.params.max_creates_per_minute)
-            self.delivery = Delivery(sink, pacer, ctx.should_stop)
+            budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
+            self.delivery = Delivery(sink, budget, ctx.should_stop)
         self.sample: list[Entry] = []
 
     def _converter(self, columns: tuple[str, ...]) -> RowConverter:

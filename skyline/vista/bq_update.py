@@ -29,7 +29,6 @@ from typing import Any
 
 from skyline.vista.bq.archive import ArchiveWriter
 from skyline.vista.bq.job import (
-    CreatePacer,
     Delivery,
     IntervalRows,
     JobIO,
@@ -41,14 +40,12 @@ from skyline.vista.bq.job import (
 from skyline.vista.bq.query import interval_label
 from skyline.vista.bq.rows import RowConverter, check_row_count
 from skyline.vista.bq.runner import IntervalReport, run_intervals
+from skyline.vista.create_budget import CreateBudget
 from skyline.vista.sinks import Entry
 
 logger = logging.getLogger(__name__)
 
 KIND = "bq_update"
-WORK_KEY = "vista.bq_update.work"
-STATUS_KEY = "vista.bq_update.job_status"
-RUNNING_KEY = "vista.bq_update.running"
 CHANGE_RECORD_TTL = 30 * 86400
 LAST_UPDATE_TTL = 3600
 REL_TOL = 1e-9
@@ -101,8 +98,8 @@ class Update:
         self.delivery: Delivery | None = None
         if not self.params.dry_run:
             sink = open_sink(ctx.config, self.params.account, flux_test=False, rewrite=True)
-            pacer = CreatePacer(ctx.client, self.params.max_creates_per_minute)
-            self.delivery = Delivery(sink, pacer, ctx.should_stop)
+            budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
+            self.delivery = Delivery(sink, budget, ctx.should_stop)
 
     def _values(
         self, rows: IntervalRows, writer: ArchiveWriter | None

@@ -216,7 +216,6 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_BQ_API_ENDPOINT",
         "VISTA_BQ_ARCHIVE_DIR",
         "VISTA_BQ_QUERY_TIMEOUT",
-        "VISTA_BQ_MAX_CREATES_PER_MINUTE",
         "VISTA_ASYNCIO_FETCHER_LIMIT",
         "VISTA_SINK",
         "VISTA_REMOTE_HOSTS",
@@ -524,9 +523,6 @@ def _bigquery(r: _Reader) -> bigquery_settings.BigQueryConfig:
         api_endpoint=endpoint or None,
         archive_dir=archive_dir,
         query_timeout=r.number("VISTA_BQ_QUERY_TIMEOUT", default.query_timeout, minimum=1),
-        max_creates_per_minute=r.integer(
-            "VISTA_BQ_MAX_CREATES_PER_MINUTE", default.max_creates_per_minute, maximum=1_000_000
-        ),
     )
 
 

@@ -108,6 +108,15 @@ BACKFILL_STATUS_KEY = "vista.backfill.job_status"
 BACKFILL_RUNNING_KEY = "vista.backfill.running"
 """The history backfill jobs (`vista backfill`): pending records, every record, markers."""
 
+BQ_BACKFILL_WORK_KEY = "vista.bq_backfill.work"
+BQ_BACKFILL_STATUS_KEY = "vista.bq_backfill.job_status"
+BQ_BACKFILL_RUNNING_KEY = "vista.bq_backfill.running"
+BQ_UPDATE_WORK_KEY = "vista.bq_update.work"
+BQ_UPDATE_STATUS_KEY = "vista.bq_update.job_status"
+BQ_UPDATE_RUNNING_KEY = "vista.bq_update.running"
+"""BigQuery jobs, under Skyline's keys (its webapp adds jobs to the ``work`` hashes; Skyline has
+no ``vista.bq_update.job_status``, Vista keeps update records there)."""
+
 # --- defaults ---------------------------------------------------------------------------------
 
 DEFAULT_SETTINGS_PATH = "/etc/skyline/vista/settings.py"

@@ -101,6 +101,7 @@ class FakeBigQuery:
     def __init__(self, *, page_size: int = 1000, require_auth: bool = False) -> None:
         self.page_size = page_size
         self.require_auth = require_auth
+        self.insert_delay = 0.0  # seconds each jobs.insert takes (a slow service)
         self.columns: Sequence[Column] = ()
         self.rows: list[Sequence[object]] = []
         self.date_column = 0
@@ -195,6 +196,8 @@ class FakeBigQuery:
         return [r for r in self.rows if str(r[self.date_column])[:10] == day]
 
     def insert_job(self, body: dict[str, Any], project: str, auth: str) -> tuple[int, Any]:
+        if self.insert_delay:
+            time.sleep(self.insert_delay)
         ref = body.get("jobReference") or {}
         job_id = ref.get("jobId") or secrets.token_hex(8)
         query = body["configuration"]["query"]

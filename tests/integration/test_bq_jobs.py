@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from skyline.vista.bq.job import KNOWN_METRICS_KEY
 from skyline.vista.bq.runner import JobFailed
 from skyline.vista.bq_backfill import run_job as run_backfill
 from skyline.vista.bq_update import change_record_key
 from skyline.vista.bq_update import run_job as run_update
+from skyline.vista.create_budget import GRANTED_KEY
 from tests.bq_helpers import (
     COLUMNS,
     DAY,
@@ -102,14 +102,14 @@ def test_dry_run_writes_nothing(
     fake.set_table(COLUMNS, business_rows(first, 2, 10), "day")
     cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
     job = LocalJob(cfg, redis_client, params("shop", first, first + DAY, dry_run=True))
-    redis_client.delete(KNOWN_METRICS_KEY)
     run_backfill(job)
     assert len(fake.received) == 2
     assert job.last["points"] == 60
     assert "dry run: would send 60 points" in job.last["message"]
     assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
     assert not (tmp_path / "archives").exists()
-    assert redis_client.scard(KNOWN_METRICS_KEY) == 0
+    granted = [m.decode() for m in redis_client.smembers(GRANTED_KEY)]  # type: ignore[union-attr]
+    assert not any(m.startswith(metric_prefix) for m in granted)
 
 
 def test_stop_and_resume_from_checkpoint(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -20,14 +19,13 @@ from skyline.vista.bq import archive as archives
 from skyline.vista.bq.query import IntervalQuery, QuerySettings, interval_label
 from skyline.vista.bq.rows import RowSpec
 from skyline.vista.config import VistaConfig
+from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import VistaError
 from skyline.vista.secret import Secret
 from skyline.vista.sinks import Entry, Sink
 
 logger = logging.getLogger(__name__)
 
-KNOWN_METRICS_KEY = "vista.bq.metrics"
-"""Set of the metric names BigQuery jobs have already written (their first write is paced)."""
 SEND_CHUNK = 5000
 SEND_ATTEMPTS = 8
 
@@ -75,7 +73,9 @@ def _int(params: Mapping[str, Any], *names: str) -> int | None:
 @dataclass(frozen=True)
 class JobParams:
     """A BigQuery job's parameters, under Skyline's names (``vista_bq_account_key``,
-    ``from_timestamp``, ``until_timestamp``...), so a job the webapp wrote runs as is."""
+    ``from_timestamp``, ``until_timestamp``...), so a job the webapp wrote runs as is.
+    Skyline's ``max_creates_per_minute`` is read but not used: first writes are paced by the
+    one create budget of the carbon they reach (VISTA_CARBON_MAX_CREATES_PER_MINUTE)."""
 
     account_name: str
     account: Mapping[str, Any] = field(repr=False)
@@ -86,7 +86,6 @@ class JobParams:
     flux_test: bool = False
     zero_fill: bool = False
     use_archive: bool = False
-    max_creates_per_minute: int = 1500
     replace_query_string: str | None = None
     date_format: str | None = None
     added_by: str = ""
@@ -125,8 +124,6 @@ class JobParams:
             flux_test=_flag(params.get("flux_test"), False),
             zero_fill=_flag(params.get("zero_fill"), False),
             use_archive=_flag(params.get("use_archive_data"), False),
-            max_creates_per_minute=_int(params, "max_creates_per_minute")
-            or config.bigquery.max_creates_per_minute,
             replace_query_string=params.get("replace_query_string") or None,
             date_format=params.get("date_format") or None,
             added_by=str(params.get("added_by") or ""),
@@ -210,54 +207,6 @@ class RowsSource:
 # --- delivery -----------------------------------------------------------------------------------
 
 
-class CreatePacer:
-    """At most ``per_minute`` first writes of new metric names in any 60 s (carbon drops the
-    points of metrics it may not create yet: its ``MAX_CREATES_PER_MINUTE``). Names already
-    written are in the Redis set :data:`KNOWN_METRICS_KEY`."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        per_minute: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.client = client
-        self.per_minute = max(1, per_minute)
-        self.clock = clock
-        self.known: set[str] = set()
-        self._recent: deque[tuple[float, int]] = deque()
-
-    def unknown(self, names: Sequence[str]) -> list[str]:
-        todo = [n for n in names if n not in self.known]
-        if not todo:
-            return []
-        flags = self.client.smismember(KNOWN_METRICS_KEY, todo)
-        fresh: list[str] = []
-        for name, known in zip(todo, flags, strict=True):
-            if known:
-                self.known.add(name)
-            else:
-                fresh.append(name)
-        return fresh
-
-    def allowance(self) -> int:
-        now = self.clock()
-        while self._recent and self._recent[0][0] <= now - 60:
-            self._recent.popleft()
-        return self.per_minute - sum(n for _, n in self._recent)
-
-    def wait(self) -> float:
-        """Seconds until the allowance grows again."""
-        return max(0.0, self._recent[0][0] + 60 - self.clock()) if self._recent else 0.0
-
-    def created(self, names: Sequence[str]) -> None:
-        if not names:
-            return
-        self._recent.append((self.clock(), len(names)))
-        self.client.sadd(KNOWN_METRICS_KEY, *names)
-        self.known.update(names)
-
-
 class Delivery:
     """Sends points to the sink (or only counts them in a dry run), pacing first writes,
     retrying transient sink failures with backoff while the job is not asked to stop."""
@@ -265,12 +214,12 @@ class Delivery:
     def __init__(
         self,
         sink: Sink | None,
-        pacer: CreatePacer,
+        budget: CreateBudget,
         should_stop: Callable[[], bool],
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sink = sink
-        self.pacer = pacer
+        self.budget = budget
         self.should_stop = should_stop
         self.sleep = sleep
         self.sent = 0
@@ -303,29 +252,27 @@ class Delivery:
                 raise result.error
 
     def send(self, points: Sequence[Entry]) -> None:
-        """Send ``points`` (paced); raises SinkError when the sink keeps failing, and
-        :class:`Stopped` when asked to stop while waiting."""
+        """Send ``points``; the first write of a new metric name waits for a token of carbon's
+        create budget (skyline/vista/create_budget.py, shared with the workers). Raises
+        SinkError when the sink keeps failing, :class:`Stopped` when asked to stop while
+        waiting."""
         for begin in range(0, len(points), SEND_CHUNK):
             chunk = list(points[begin : begin + SEND_CHUNK])
             while chunk:
-                fresh = self.pacer.unknown(list(dict.fromkeys(p.metric for p in chunk)))
-                admit = fresh[: max(0, self.pacer.allowance())]
-                if fresh and not admit:
+                admission = self.budget.admit(p.metric for p in chunk)
+                part = [p for p in chunk if admission.allowed(p.metric)]
+                chunk = [p for p in chunk if not admission.allowed(p.metric)]
+                if part:
+                    self._submit(part)
+                    self.sent += len(part)
+                if chunk:
                     logger.info(
-                        "pacing first writes: %d new metric(s) wait %.0f s (%d a minute)",
-                        len(fresh),
-                        self.pacer.wait(),
-                        self.pacer.per_minute,
+                        "carbon create budget: %d new metric(s) wait %.1f s for a token",
+                        len(admission.deferred),
+                        admission.wait,
                     )
-                    if not self._pause(self.pacer.wait() + 0.01):
-                        raise Stopped("stopped while pacing first writes")
-                    continue
-                blocked = set(fresh[len(admit) :])
-                part = [p for p in chunk if p.metric not in blocked]
-                chunk = [p for p in chunk if p.metric in blocked]
-                self._submit(part)
-                self.pacer.created(admit)
-                self.sent += len(part)
+                    if not self._pause(max(admission.wait, 0.05)):
+                        raise Stopped("stopped while waiting for carbon's create budget")
 
 
 class Stopped(VistaError):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from skyline.vista import constants
 from skyline.vista.jobs.store import JobKeys
 
 if TYPE_CHECKING:
@@ -45,7 +46,26 @@ class JobKind:
         return target  # type: ignore[no-any-return]
 
 
-KINDS: tuple[JobKind, ...] = ()
+KINDS: tuple[JobKind, ...] = (
+    JobKind(
+        name="bq_backfill",
+        keys=JobKeys(
+            constants.BQ_BACKFILL_WORK_KEY,
+            constants.BQ_BACKFILL_STATUS_KEY,
+            constants.BQ_BACKFILL_RUNNING_KEY,
+        ),
+        entry="skyline.vista.bq_backfill:run_job",
+    ),
+    JobKind(
+        name="bq_update",
+        keys=JobKeys(
+            constants.BQ_UPDATE_WORK_KEY,
+            constants.BQ_UPDATE_STATUS_KEY,
+            constants.BQ_UPDATE_RUNNING_KEY,
+        ),
+        entry="skyline.vista.bq_update:run_job",
+    ),
+)
 
 
 def kind(name: str) -> JobKind:
