@@ -28,6 +28,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.support.web import LocalApp
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 
@@ -211,10 +213,7 @@ def _make_app(state: _SourceState) -> web.Application:
 
 async def _serve_source(conn: multiprocessing.connection.Connection) -> None:
     state = _SourceState()
-    runner = web.AppRunner(_make_app(state), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
+    local = await LocalApp(_make_app(state)).start(backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -229,10 +228,10 @@ async def _serve_source(conn: multiprocessing.connection.Connection) -> None:
         conn.send((state.requests, state.series))
 
     loop.add_reader(conn.fileno(), on_command)
-    conn.send(site.port)
+    conn.send(local.port)
     await stop.wait()
     loop.remove_reader(conn.fileno())
-    await runner.cleanup()
+    await local.stop()
 
 
 def serve_source(conn: multiprocessing.connection.Connection) -> None:

@@ -8,8 +8,9 @@ to
 * (a) the Flux double of ``tests/fakes/flux.py`` (``record=False``), in a process of its own so
   that its CPU is not the workers'; the points are older than Flux's max age, so Vista sends
   ``"fill": "true"`` for most of them, as it must;
-* (b) a real carbon-cache (``tests/servers.py``), fresh for each run; afterwards a sample of
-  metrics is read back from carbon (cache-query and whisper) and must hold all 100 points.
+* (b) a real carbon-cache (``skyline/vista/testing/servers.py``), fresh for each run;
+  afterwards a sample of metrics is read back from carbon (cache-query and whisper) and must
+  hold all 100 points.
 
 The time runs from the moment the queue is filled (the workers are already started and idle,
 so neither their start-up nor the filling counts) until the queue, the in-flight hash and the
@@ -64,9 +65,9 @@ from skyline.vista.fetchqueue import FetchQueue, new_id
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import QueueItem
 from skyline.vista.pool import ProcessPool
+from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
 from skyline.vista.worker import Worker, worker_id
 from tests.fakes.flux import DEFAULT_KEY
-from tests.servers import CarbonServer, RedisServer, poll_until
 
 CARBON_AIM = 100_000.0  # points/s
 FLUX_AIM = 50_000.0

@@ -56,7 +56,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.sources.http import HostState, new_connector
-from tests.servers import RedisServer
+from skyline.vista.testing.servers import RedisServer
 
 GRAPHITE_AIM = 1.0  # seconds per cycle, 10,000 metrics
 PROMETHEUS_AIM = 5.0

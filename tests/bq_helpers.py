@@ -15,8 +15,8 @@ import redis
 
 from skyline.vista import config
 from skyline.vista.config import VistaConfig
+from skyline.vista.testing.servers import SYSTEM_PYTHON, CarbonServer, RedisServer
 from tests.fakes.bigquery import Column, FakeBigQuery
-from tests.servers import SYSTEM_PYTHON, CarbonServer, RedisServer
 
 COLUMNS = (
     Column("day", "DATE"),

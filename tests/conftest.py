@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers on loopback (see tests/servers.py), started lazily.
+"""Shared fixtures: real servers on loopback (see skyline/vista/testing/servers.py), started lazily.
 
 Session-scoped, started the first time a test asks for them and stopped at the end:
 ``redis_server`` (unix socket), ``prometheus_server`` (scraping itself every 2 s),
@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 import pytest
 import redis
 
-from tests.servers import (
+from skyline.vista.testing.servers import (
     CarbonServer,
     GraphiteWebServer,
     MissingBinaryError,

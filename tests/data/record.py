@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import requests
 
 from skyline.vista.sources import graphite
-from tests.servers import CarbonServer, GraphiteWebServer, PrometheusServer
+from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, PrometheusServer
 
 DATA_DIR = Path(__file__).resolve().parent
 MANIFEST = DATA_DIR / "recorded.json"

@@ -72,6 +72,7 @@ from tests.fakes.flux_worker import (
     ForwardedPoint,
     QueuedPoint,
 )
+from tests.support.web import LocalApp
 
 __all__ = [
     "DEFAULT_KEY",
@@ -273,8 +274,7 @@ class FluxServer:
         self._name_errors: dict[str, str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._local: LocalApp | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -298,14 +298,13 @@ class FluxServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=10)
+        if self._local is not None:
+            asyncio.run_coroutine_threadsafe(self._local.stop(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         self._loop = None
         self._thread = None
-        self._runner = None
-        self._site = None
+        self._local = None
         self.worker.wait_idle(timeout=10)
         self.worker.stop()
 
@@ -339,17 +338,8 @@ class FluxServer:
             app.router.add_post(path, self._handle_post)
         app.router.add_route("*", "/{tail:.*}", self._handle_other)
         # auto_decompress=False: Flux gunzips the body itself (and ignores a failure to).
-        self._runner = web.AppRunner(
-            app, access_log=None, auto_decompress=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        await self._listen(0)
-
-    async def _listen(self, port: int) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
-        await self._site.start()
-        self.port = self._site.port
+        self._local = await LocalApp(app, auto_decompress=False).start()
+        self.port = self._local.port
 
     # ------------------------------------------------------------------ controls
 
@@ -375,15 +365,11 @@ class FluxServer:
         if down == self._down:
             return
         self._down = down
+        assert self._local is not None
         if down:
-            if self._site is not None:
-                await self._site.stop()
-                self._site = None
-            server = self._runner.server if self._runner is not None else None
-            for connection in server.connections if server is not None else []:
-                connection.force_close()
+            await self._local.unlisten()
         else:
-            await self._listen(self.port)
+            await self._local.listen(self.port)
 
     def set_delay(self, seconds: float) -> None:
         """Answer every POST ``seconds`` late (a slow Flux).

@@ -23,8 +23,10 @@ import redis
 from skyline.vista import constants
 from skyline.vista.fetchqueue import FetchQueue
 from skyline.vista.procutil import cmdline
+from skyline.vista.testing.servers import CarbonServer, PrometheusServer, RedisServer, free_port
 from tests.conftest import RedisFactory
-from tests.daemon_helpers import (
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.support.daemon import (
     REPO,
     Proc,
     VistaHarness,
@@ -32,8 +34,6 @@ from tests.daemon_helpers import (
     wait_for,
     wait_gone,
 )
-from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import CarbonServer, PrometheusServer, RedisServer, free_port
 
 HarnessFactory = Callable[..., VistaHarness]
 

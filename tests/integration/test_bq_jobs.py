@@ -18,6 +18,7 @@ from skyline.vista.bq_backfill import run_job as run_backfill
 from skyline.vista.bq_update import change_record_key
 from skyline.vista.bq_update import run_job as run_update
 from skyline.vista.create_budget import GRANTED_KEY
+from skyline.vista.testing.servers import CarbonServer, RedisServer
 from tests.bq_helpers import (
     COLUMNS,
     DAY,
@@ -31,7 +32,6 @@ from tests.bq_helpers import (
     wait_whisper,
 )
 from tests.fakes.bigquery import Answer, FakeBigQuery
-from tests.servers import CarbonServer, RedisServer
 
 
 @pytest.fixture(scope="module")

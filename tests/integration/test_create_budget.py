@@ -19,6 +19,7 @@ import redis
 from skyline.vista import constants, create_budget
 from skyline.vista.create_budget import CreateBudget
 from skyline.vista.logs import LogSpec
+from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
 from tests.integration.test_worker import (
     WorkerPool,
     carbon_config,
@@ -28,7 +29,6 @@ from tests.integration.test_worker import (
     wait_drained,
     whisper_points,
 )
-from tests.servers import CarbonServer, RedisServer, poll_until
 
 
 def test_new_names_take_a_token_each_then_wait(redis_client: redis.Redis) -> None:

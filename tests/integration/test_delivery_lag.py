@@ -12,10 +12,10 @@ from prometheus_client import REGISTRY
 
 from skyline.vista import lag, report
 from skyline.vista.sinks.carbon import CarbonSink
+from skyline.vista.testing.servers import CarbonServer, RedisServer
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import WorkerLoop
 from tests.integration.test_worker import carbon_config, drained, push_series
-from tests.servers import CarbonServer, RedisServer
 
 
 def histogram_count() -> float:

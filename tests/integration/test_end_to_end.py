@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from skyline.vista.testing.servers import LOOPBACK, CarbonServer, PrometheusServer, poll_until
 from tests.conftest import PrometheusFactory, RedisFactory
-from tests.daemon_helpers import VistaHarness
-from tests.servers import LOOPBACK, CarbonServer, PrometheusServer, poll_until
+from tests.support.daemon import VistaHarness
 
 METRICS = ("alpha", "beta", "gamma")
 HISTORY_HOURS = 4

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,18 @@ import redis.asyncio
 from aiohttp import web
 
 from skyline.vista import codec, constants
-from skyline.vista.config import VistaConfig, validate
+from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.sources.http import HostState
+from skyline.vista.testing.servers import RedisServer, free_port
 from tests import data
 from tests.data import record
-from tests.servers import RedisServer, free_port
+from tests.support import settings as settings_factory
+from tests.support.remotes import Handler, Remote, graphite_entry, prom_entry
+from tests.support.remotes import remotes as started_remotes
+from tests.support.settings import UNUSED_REDIS
 
 PREFIX = "remote"
 P_T0 = data.prometheus_t0()
@@ -50,55 +54,8 @@ G_T0 = data.graphite_t0()
 MAX_BYTES = 8192
 SLOW_TIMEOUT = 0.3
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # ------------------------------------------------------------------------- the remotes
-
-
-@dataclass
-class Seen:
-    """One request a remote received."""
-
-    path: str
-    query: list[tuple[str, str]]
-    headers: dict[str, str]
-
-    @property
-    def targets(self) -> list[str]:
-        return [v for k, v in self.query if k == "target"]
-
-    @property
-    def promql(self) -> str:
-        return dict(self.query)["query"]
-
-
-@dataclass
-class Remote:
-    """A loopback HTTP server answering through ``handler``; ``seen`` lists its requests."""
-
-    handler: Handler
-    url: str = ""
-    seen: list[Seen] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    runner: web.AppRunner | None = None
-
-    async def start(self) -> Remote:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            self.seen.append(Seen(request.path, list(request.query.items()), dict(request.headers)))
-            return await self.handler(request)
-
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def stop(self) -> None:
-        self.release.set()  # slow handlers answer now
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 @dataclass
@@ -133,16 +90,8 @@ class CutServer:
 
 @pytest.fixture
 async def remotes() -> AsyncIterator[Callable[[Handler], Awaitable[Remote]]]:
-    started: list[Remote] = []
-
-    async def make(handler: Handler) -> Remote:
-        remote = await Remote(handler).start()
-        started.append(remote)
-        return remote
-
-    yield make
-    for remote in started:
-        await remote.stop()
+    async with started_remotes() as make:
+        yield make
 
 
 @pytest.fixture
@@ -364,47 +313,18 @@ def slow(remote_box: list[Remote]) -> Handler:
 # --------------------------------------------------------------------------- helpers
 
 
-def prom_entry(host: str, name: str, query: str, **extra: object) -> dict[str, object]:
-    return {
-        "remote_host": host,
-        "remote_host_type": "prometheus",
-        "frequency": 60,
-        "remote_target": query,
-        "graphite_target": name,
-        "uri": "default",
-        "namespace_prefix": PREFIX,
-        **extra,
-    }
-
-
-def graphite_entry(host: str, name: str, target: str, **extra: object) -> dict[str, object]:
-    return {
-        "remote_host": host,
-        "remote_host_type": "graphite",
-        "frequency": 60,
-        "remote_target": target,
-        "graphite_target": name,
-        "namespace_prefix": PREFIX,
-        **extra,
-    }
-
-
 def make_config(
     tmp_path: Path, entries: Iterable[Mapping[str, object]], **settings: object
 ) -> VistaConfig:
-    return validate(
-        {
-            "VISTA_ENABLED": True,
-            "VISTA_FETCH_METRICS": tuple(entries),
-            "VISTA_SINK": "graphite",
-            "CARBON_HOST": "127.0.0.1",
-            "REDIS_URL": "redis://127.0.0.1:6379/0",  # the queue is passed in directly
-            "VISTA_MAX_RESPONSE_BYTES": MAX_BYTES,
-            "LOG_PATH": str(tmp_path),
-            "PID_PATH": str(tmp_path),
-            **settings,
-        },
-        str(tmp_path / "settings.py"),
+    """The graphite sink; the queue is passed to the cycle directly (no Redis URL is used)."""
+    return settings_factory.make_config(
+        tmp_path,
+        UNUSED_REDIS,
+        entries,
+        VISTA_SINK="graphite",
+        CARBON_HOST="127.0.0.1",
+        VISTA_MAX_RESPONSE_BYTES=MAX_BYTES,
+        **settings,
     )
 
 

@@ -27,8 +27,14 @@ from skyline.vista.fetch_once import describe
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
-from tests.fetch_settings import make_config
-from tests.servers import CarbonServer, GraphiteWebServer, RedisServer, ServerError, poll_until
+from skyline.vista.testing.servers import (
+    CarbonServer,
+    GraphiteWebServer,
+    RedisServer,
+    ServerError,
+    poll_until,
+)
+from tests.support.settings import make_config
 
 STEP = 10  # the finest archive of the test carbon
 

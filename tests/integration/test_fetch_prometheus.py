@@ -28,9 +28,9 @@ from skyline.vista.fetch_once import fetch_once
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
+from skyline.vista.testing.servers import PrometheusServer, RedisServer
 from tests.conftest import PrometheusFactory
-from tests.fetch_settings import make_config
-from tests.servers import PrometheusServer, RedisServer
+from tests.support.settings import make_config
 
 LOOKBACK = 300
 

@@ -28,9 +28,10 @@ from skyline.vista.fetch_cycle import FetchCycle, MetricResult
 from skyline.vista.fetcher import Fetcher, order_due
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point
+from skyline.vista.testing.servers import PrometheusServer, RedisServer, free_port
 from tests.conftest import PrometheusFactory
-from tests.fetch_settings import make_config
-from tests.servers import PrometheusServer, RedisServer, free_port
+from tests.support.settings import make_config
+from tests.support.web import serving
 
 FAST = 4
 SLOW = 3
@@ -72,14 +73,8 @@ async def serve(source: SlowPrometheus) -> AsyncIterator[SlowPrometheus]:
     app = web.Application()
     app.router.add_get("/api/v1/query_range", source.query_range)
     # handler_cancellation: a request whose client gave up stops sleeping at once.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", source.port)
-    await site.start()
-    try:
+    async with serving(app, source.port, handler_cancellation=True):
         yield source
-    finally:
-        await runner.cleanup()
 
 
 def history_text(minute: int) -> tuple[str, dict[int, float]]:

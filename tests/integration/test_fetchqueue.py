@@ -7,43 +7,19 @@ import ast
 import json
 import threading
 import time
-import uuid
-from collections.abc import Iterable
 from dataclasses import replace
 
 import redis
 
 from skyline.vista import codec, constants
 from skyline.vista.fetchqueue import Ack, FetchQueue, dead_letter
-from skyline.vista.model import Point, QueueItem, Watermark
-from tests.servers import RedisServer
+from skyline.vista.model import Watermark
+from skyline.vista.testing.servers import RedisServer
+from tests.support.items import make_item, points
 
 T0 = 1_700_000_040  # a minute boundary
 W1 = "host-a:101:0"
 W2 = "host-b:202:1"
-
-
-def points(start: int, count: int, *, step: int = 60, first_value: float = 0.5) -> list[Point]:
-    return [(start + step * i, first_value + i) for i in range(count)]
-
-
-def make_item(
-    metric: str, pts: Iterable[Point], *, seq: int = 0, frequency: int = 60, replay: bool = False
-) -> str:
-    return codec.encode_item(
-        QueueItem(
-            id=uuid.uuid4().hex,
-            metric=metric,
-            source="prometheus",
-            host="http://prometheus.example:9090",
-            target=f"{metric}_query",
-            points=tuple(pts),
-            fetched_at=time.time(),
-            frequency=frequency,
-            seq=seq,
-            replay=replay,
-        )
-    )
 
 
 def chain(metric: str, windows: int, per_item: int, start: int = T0) -> list[str]:

@@ -21,9 +21,9 @@ from skyline.vista.jobs.store import KEEP_FINISHED, JobStore
 from skyline.vista.jobs.supervisor import JobSupervisor
 from skyline.vista.logs import LogSpec
 from skyline.vista.pool import ProcessPool
-from tests.fetch_settings import make_config
+from skyline.vista.testing.servers import RedisServer, poll_until
 from tests.job_kinds import COUNT, PIDS_KEY, UNITS_KEY
-from tests.servers import RedisServer, poll_until
+from tests.support.settings import make_config
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 from skyline.vista.pool import ChildExit, ProcessPool
-from tests.servers import poll_until
+from skyline.vista.testing.servers import poll_until
 
 _SPAWN = multiprocessing.get_context("spawn")
 

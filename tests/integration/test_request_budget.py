@@ -26,8 +26,9 @@ from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.request_budget import LocalBucket
 from skyline.vista.sources.http import Credentials, HostState, get_json
-from tests.fetch_settings import make_config
-from tests.servers import RedisServer, free_port
+from skyline.vista.testing.servers import RedisServer, free_port
+from tests.support.settings import make_config
+from tests.support.web import serving
 
 RATE = 20
 BURST = 20
@@ -72,14 +73,8 @@ class CountingPrometheus:
 async def serve(source: CountingPrometheus) -> AsyncIterator[CountingPrometheus]:
     app = web.Application()
     app.router.add_get("/api/v1/query_range", source.query_range)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", source.port)
-    await site.start()
-    try:
+    async with serving(app, source.port):
         yield source
-    finally:
-        await runner.cleanup()
 
 
 def live_entries(url: str, count: int) -> list[dict[str, object]]:

@@ -10,8 +10,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import PrometheusFactory, RedisFactory
-from tests.servers import (
+from skyline.vista.testing.servers import (
     CarbonServer,
     GraphiteWebServer,
     PrometheusServer,
@@ -19,6 +18,7 @@ from tests.servers import (
     ServerError,
     poll_until,
 )
+from tests.conftest import PrometheusFactory, RedisFactory
 
 # ---------------------------------------------------------------------------------- Redis
 

@@ -23,9 +23,9 @@ from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.sources.http import HostState, new_connector
-from tests.fetch_settings import make_config
-from tests.remotes import graphite_entry, matrix, prom_entry, remotes, time_series
-from tests.servers import PrometheusServer, RedisServer
+from skyline.vista.testing.servers import PrometheusServer, RedisServer
+from tests.support.remotes import graphite_entry, matrix, prom_entry, remotes, time_series
+from tests.support.settings import make_config
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
@@ -27,21 +26,23 @@ from typing import Any
 import pytest
 import redis
 
-from skyline.vista import codec, config, constants, delivery, redisconn
+from skyline.vista import codec, constants, delivery, redisconn
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
-from skyline.vista.model import Point, QueueItem, Watermark
+from skyline.vista.model import Point, Watermark
 from skyline.vista.pool import ChildExit, ProcessPool
 from skyline.vista.secret import Secret
 from skyline.vista.sinks.carbon import CarbonSink
 from skyline.vista.sinks.flux import FluxSink
+from skyline.vista.testing.servers import SYSTEM_PYTHON, CarbonServer, RedisServer, poll_until
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, WorkerLoop, worker_id
 from tests.conftest import RedisFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import SYSTEM_PYTHON, CarbonServer, RedisServer, poll_until
+from tests.support.items import make_item
+from tests.support.settings import make_config
 
 WRONG_KEY = "Zyxwvutsrqponmlkjihgfedcba987654"  # 32 alphanumerics, not Flux's key
 Triple = tuple[str, int, float]
@@ -49,23 +50,6 @@ Series = dict[str, list[Point]]
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def make_config(tmp_path: Path, redis_url: str, **settings: Any) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "REDIS_URL": redis_url,
-        "VISTA_SINK": "flux",
-        "FLUX_IP": "127.0.0.1",
-        "FLUX_PORT": 1,
-        "FLUX_SELF_API_KEY": DEFAULT_KEY,
-        "LOG_PATH": str(tmp_path),
-        "PID_PATH": str(tmp_path),
-        # The test carbon creates without limit (MAX_CREATES_PER_MINUTE = inf): no pacing.
-        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
-    }
-    values.update(settings)
-    return config.validate(values, str(tmp_path / "settings.py"))
 
 
 def flux_config(tmp_path: Path, redis_url: str, flux: FluxServer, **settings: Any) -> VistaConfig:
@@ -90,25 +74,6 @@ def carbon_config(
 def recent_start(minutes_ago: int = 50) -> int:
     """A minute boundary ``minutes_ago`` before now: young enough for Flux without fill."""
     return current_minute_start(time.time()) - 60 * minutes_ago
-
-
-def make_item(
-    metric: str, pts: Sequence[Point], *, seq: int = 0, replay: bool = False, frequency: int = 60
-) -> str:
-    return codec.encode_item(
-        QueueItem(
-            id=uuid.uuid4().hex,
-            metric=metric,
-            source="prometheus",
-            host="http://prometheus.example:9090",
-            target=metric.rsplit(".", 1)[-1],
-            points=tuple(pts),
-            fetched_at=time.time(),
-            frequency=frequency,
-            seq=seq,
-            replay=replay,
-        )
-    )
 
 
 def make_series(prefix: str, metrics: int, count: int, start: int, step: int = 60) -> Series:

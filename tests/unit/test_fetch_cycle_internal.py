@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from skyline.vista import config
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.sources import prometheus
+from tests.support.settings import UNUSED_REDIS, make_config
+from tests.support.web import serving
 
 
 @pytest.fixture
@@ -26,28 +28,19 @@ async def prom() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/api/v1/query_range", query_range)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(app) as local:
+        yield local.url
 
 
 async def test_an_unexpected_error_in_a_task_is_reported_on_its_metric(
-    prom: str, monkeypatch: pytest.MonkeyPatch
+    prom: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     entries = tuple(
         (prom, "prometheus", 60, query, f"m.{name}", "default", "", None, None, None, None, ())
         for name, query in (("good", "up"), ("bad", "boom"))
     )
-    cfg = config.validate(
-        {
-            "VISTA_FETCH_METRICS": entries,
-            "VISTA_SINK": "graphite",
-            "CARBON_HOST": "127.0.0.1",
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-        }  # fmt: skip
+    cfg = make_config(
+        tmp_path, UNUSED_REDIS, entries, VISTA_SINK="graphite", CARBON_HOST="127.0.0.1"
     )
     real = prometheus.parse_result
     calls: list[str] = []

@@ -27,6 +27,7 @@ from skyline.vista.sources.http import (
     snippet,
 )
 from tests import data
+from tests.support.web import serving
 
 RECORDED_JSON = sorted(name for name in data.manifest()["answers"] if name.endswith(".json"))
 
@@ -222,14 +223,9 @@ async def local() -> AsyncIterator[Local]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{port}"
-    yield server
-    await runner.cleanup()
+    async with serving(app) as local:
+        server.url = local.url
+        yield server
 
 
 @pytest.fixture

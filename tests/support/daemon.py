@@ -29,7 +29,7 @@ from skyline.vista.codec import encode_item
 from skyline.vista.fetchqueue import FetchQueue, new_id
 from skyline.vista.model import QueueItem
 from skyline.vista.procutil import cmdline
-from tests.servers import poll_until
+from skyline.vista.testing.servers import poll_until
 
 __all__ = [
     "VISTA_CMD",
@@ -50,7 +50,7 @@ VISTA_CMD: list[str] = (
 )
 """The console script next to the interpreter running the tests (the project's .venv)."""
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Small remotes for transport tests: loopback aiohttp servers that answer through a handler and
+"""Small remotes for fetch tests: loopback aiohttp servers that answer through a handler and
 record every request (path, query, headers, arrival time), and fetch-entry builders."""
 
 from __future__ import annotations
@@ -12,49 +12,63 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.web import LocalApp
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
 class Request:
+    """One request a remote received."""
+
     path: str
-    query: dict[str, str]
+    params: list[tuple[str, str]]  # the query string's pairs, in order, repeats kept
     headers: dict[str, str]
     at: float  # time.monotonic() of arrival
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(self.params)
+
+    @property
+    def targets(self) -> list[str]:
+        """Graphite's ``target`` parameters, in order."""
+        return [v for k, v in self.params if k == "target"]
+
+    @property
+    def promql(self) -> str:
+        return self.query["query"]
 
 
 @dataclass
 class Remote:
-    """A loopback HTTP server answering every GET through ``handler``."""
+    """A loopback HTTP server answering every GET through ``handler``; ``seen`` lists its
+    requests; ``release`` is set when it stops (slow handlers wait on it)."""
 
     handler: Handler
-    url: str = ""
     seen: list[Request] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
-    runner: web.AppRunner | None = None
+    local: LocalApp | None = None
+
+    @property
+    def url(self) -> str:
+        return self.local.url if self.local is not None else ""
 
     async def start(self) -> Remote:
         async def handle(request: web.Request) -> web.StreamResponse:
-            self.seen.append(
-                Request(request.path, dict(request.query), dict(request.headers), time.monotonic())
-            )
+            params = list(request.query.items())
+            self.seen.append(Request(request.path, params, dict(request.headers), time.monotonic()))
             return await self.handler(request)
 
         app = web.Application()
         app.router.add_get("/{tail:.*}", handle)
-        # handler_cancellation: a request whose client gave up stops waiting at once.
-        self.runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.local = await LocalApp(app, handler_cancellation=True, shutdown_timeout=0.5).start()
         return self
 
     async def stop(self) -> None:
         self.release.set()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.local is not None:
+            await self.local.stop()
 
 
 @asynccontextmanager
