@@ -34,8 +34,9 @@ from skyline.vista.model import Point, QueueItem
 from skyline.vista.report import redis_report
 from skyline.vista.schedule import EMPTY_RESCAN, MetricState
 from skyline.vista.telemetry import QueueCollector
-from tests.fetch_settings import make_config
-from tests.servers import PrometheusServer, RedisServer, free_port
+from skyline.vista.testing.servers import PrometheusServer, RedisServer, free_port
+from tests.support.settings import make_config
+from tests.support.web import serving
 
 STEP = 5  # the metric's frequency: 11,000 points per request cover 15.3 h, a day is 2 windows
 DAY = 86_400
@@ -103,14 +104,8 @@ class FailingProxy:
 async def serve(proxy: FailingProxy) -> AsyncIterator[FailingProxy]:
     app = web.Application()
     app.router.add_get("/api/v1/query_range", proxy.query_range)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", proxy.port)
-    await site.start()
-    try:
+    async with serving(app, proxy.port, handler_cancellation=True):
         yield proxy
-    finally:
-        await runner.cleanup()
 
 
 def entry(host: str, name: str = "day", populate: tuple[str, ...] = ("1d",)) -> tuple[object, ...]:
