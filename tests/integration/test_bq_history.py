@@ -18,6 +18,7 @@ import redis
 from skyline.vista.bq import submit
 from skyline.vista.jobs.record import JobRecord, Status
 from skyline.vista.jobs.store import JobStore
+from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
 from tests.bq_helpers import (
     COLUMNS,
     DAY,
@@ -31,7 +32,6 @@ from tests.bq_helpers import (
     wait_whisper,
 )
 from tests.fakes.bigquery import FakeBigQuery
-from tests.servers import CarbonServer, RedisServer, poll_until
 
 DAYS, VALUES = 60, 200
 
