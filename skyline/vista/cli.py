@@ -16,10 +16,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from skyline.vista import config as config_module
-from skyline.vista import constants, daemon
+from skyline.vista import constants, daemon, secret
 from skyline.vista.config import VistaConfig
 from skyline.vista.errors import ConfigError
 from skyline.vista.logs import LogSpec
+from skyline.vista.secret import RedactingStream
 
 
 def eprint(text: str) -> None:
@@ -48,6 +49,7 @@ def load_config(
             "(set VISTA_ENABLED = True to run Vista)"
         )
         return constants.EXIT_NOT_CONFIGURED
+    secret.use_secrets(config.secrets())
     return config
 
 
@@ -340,9 +342,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Whatever a command prints (a remote's error text in `fetch --once`, a dead letter's
+    # reason, a library's message), no form of a secret of the settings reaches the terminal.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:
         # Output piped into `head` and friends: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return constants.EXIT_OK
+    finally:
+        sys.stdout, sys.stderr = out, err

@@ -23,7 +23,7 @@ from skyline.vista.constants import DEFAULT_SETTINGS_PATH, FLUX_BATCH_SIZE, SETT
 from skyline.vista.entries import FetchEntry, check_entries
 from skyline.vista.errors import ConfigError
 from skyline.vista.problems import Problems, show
-from skyline.vista.secret import Secret
+from skyline.vista.secret import Secret, basic_pair, header_secrets
 
 SinkType = Literal["flux", "graphite"]
 
@@ -156,11 +156,12 @@ class VistaConfig:
         found = [self.redis.password, self.flux.key]
         for entry in self.fetch_metrics:
             found += [entry.api_key, entry.token, entry.password]
+            if entry.user is not None and entry.password:
+                # An echoed 'Authorization: Basic ...' is the base64 of this pair.
+                found.append(Secret(basic_pair(entry.user, entry.password.reveal())))
         for options in (self.default_host_options, *self.remote_hosts.values()):
             for name, value in options.headers:
-                if name.lower() in _SECRET_HEADERS:
-                    # 'Bearer xyz': the credential alone may appear without its scheme.
-                    found += [Secret(value), Secret(value.split(" ", 1)[-1])]
+                found += [Secret(v) for v in header_secrets(name, value)]
         found += [Secret(s) for s in bigquery_settings.secret_values(self.bq_accounts)]
         return [s.reveal() for s in found if s]
 
@@ -198,8 +199,6 @@ def _shards(r: _Reader) -> tuple[tuple[str, ...], str]:
         return (), hostname
     return tuple(raw), hostname
 
-
-_SECRET_HEADERS = {"authorization", "x-api-key", "api-key", "x-auth-token", "cookie"}
 
 KNOWN_SETTINGS = frozenset(
     {

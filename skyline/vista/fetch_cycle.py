@@ -26,7 +26,7 @@ from skyline.vista.model import DropCounts, Point, QueueItem
 from skyline.vista.redisconn import REDIS_ERRORS
 from skyline.vista.schedule import Limits, MetricState, Plan, Window, plan_metric, scanned_to
 from skyline.vista.sources import HOST_LEVEL_ERRORS, graphite, prometheus
-from skyline.vista.sources.http import Credentials, HostState, SharedLimit, get_json
+from skyline.vista.sources.http import Credentials, HostState, SharedLimit, get_json, scrubbed
 from skyline.vista.validate import clean, current_minute_start
 
 logger = logging.getLogger(__name__)
@@ -354,8 +354,13 @@ class FetchCycle:
             )
         try:
             body = await self._get(result, entry, url)
-            for warning in prometheus.warnings_of(body):
-                logger.warning("%s %s: Prometheus warning: %s", entry.host, entry.metric, warning)
+            warnings = prometheus.warnings_of(body)
+            if warnings:
+                redact = Credentials.of(entry).redactor(self.host_state(entry).options)
+                for warning in warnings:
+                    logger.warning(
+                        "%s %s: Prometheus warning: %s", entry.host, entry.metric, redact(warning)
+                    )
             outcome: list[tuple[object, object]] | SourceError = prometheus.parse_result(body)
         except SourceError as exc:
             outcome = exc
@@ -434,6 +439,13 @@ class FetchCycle:
         self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
     ) -> bool:
         """Record one window's outcome; True when enough finished metrics wait for a push."""
+        if isinstance(outcome, SourceError):
+            # Its text may quote the remote (a shape error, Prometheus' own error), and a
+            # remote may echo our headers: masked before anything (log, hole, Redis) sees it.
+            entry = result.entry
+            outcome = scrubbed(
+                outcome, Credentials.of(entry).redactor(self.host_state(entry).options)
+            )
         result.raw[n] = outcome
         if len(result.raw) != len(result.windows):
             return False

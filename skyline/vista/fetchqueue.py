@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from skyline.vista import codec, constants, queue_scripts
+from skyline.vista import codec, constants, queue_scripts, secret
 from skyline.vista.holes import Hole
 from skyline.vista.holes import decode as decode_holes
 from skyline.vista.holes import encode as encode_holes
@@ -97,7 +97,13 @@ def new_id() -> str:
 
 def dead_letter(raw: str, reason: str, worker: str, metric: str = "") -> DeadLetter:
     return DeadLetter(
-        id=new_id(), reason=reason, dead_at=time.time(), worker=worker, item=raw, metric=metric
+        id=new_id(),
+        # The reason may quote a sink's or a remote's answer, which may echo a credential.
+        reason=secret.redact(reason),
+        dead_at=time.time(),
+        worker=worker,
+        item=raw,
+        metric=metric,
     )
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from skyline.vista.secret import RedactingFilter
+from skyline.vista.secret import RedactingFilter, process_redactor
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -48,7 +48,7 @@ class ErrorCounter(logging.Handler):
 
 
 error_counter = ErrorCounter()
-redactor = RedactingFilter()
+redactor = RedactingFilter(process_redactor)
 
 
 def configure(spec: LogSpec) -> None:

@@ -818,8 +818,13 @@ def test_secrets_never_appear_in_the_repr_of_the_config() -> None:
 
 def test_config_secrets_lists_every_secret() -> None:
     loaded = _config_with_every_secret()
-    # An Authorization header is listed whole and without its scheme ('Bearer ').
-    expected = [*SECRETS.values(), SECRETS["header"].split(" ", 1)[1]]
+    # An Authorization header is listed whole and without its scheme ('Bearer '); a user and
+    # password also as the pair whose base64 an echoed 'Authorization: Basic' header shows.
+    expected = [
+        *SECRETS.values(),
+        SECRETS["header"].split(" ", 1)[1],
+        f"reader:{SECRETS['password']}",
+    ]
     assert sorted(loaded.secrets()) == sorted(expected)
     # what the host options really send
     assert loaded.host_options(PROM + "/").headers == (("Authorization", SECRETS["header"]),)
@@ -904,7 +909,8 @@ def test_secret_survives_pickling_for_worker_processes() -> None:
     assert copy.redis.password == Secret(SECRETS["redis"])
     assert copy.fetch_metrics[1].token is not None
     assert copy.fetch_metrics[1].token.reveal() == SECRETS["token"]
-    assert sorted(copy.secrets()) == sorted([*SECRETS.values(), SECRETS["header"].split(" ", 1)[1]])
+    assert sorted(copy.secrets()) == sorted(loaded.secrets())
+    assert SECRETS["password"] in copy.secrets()
 
 
 # --- the CLI ----------------------------------------------------------------------------------

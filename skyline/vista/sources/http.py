@@ -16,19 +16,29 @@ import json
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from skyline.vista import secret
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import HostOptions
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.request_budget import Pacer
+from skyline.vista.secret import Redactor, basic_pair, header_secrets
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+
+Redact = Callable[[str], str]
+"""Masks secrets in a text (a remote may echo our request headers in its error page)."""
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,27 @@ class Credentials:
     def __repr__(self) -> str:  # never show the values
         kinds = [k for k in ("user", "token", "api_key") if getattr(self, k)]
         return f"Credentials({'+'.join(kinds) or 'none'})"
+
+    def secrets(self, options: HostOptions) -> list[str]:
+        """Every secret a request with these credentials and options carries."""
+        found = [v for v in (self.token, self.api_key, self.password) if v]
+        if self.user is not None and self.password:
+            found.append(basic_pair(self.user, self.password))
+        for name, value in options.headers:
+            found += header_secrets(name, value)
+        return found
+
+    def redactor(self, options: HostOptions) -> Redact:
+        """A function masking these secrets (and the process' own) in a text; the masks are
+        worked out on first use (only error texts need them)."""
+        made: list[Redactor] = []
+
+        def redact(text: str) -> str:
+            if not made:
+                made.append(Redactor(self.secrets(options)))
+            return secret.redact(made[0].redact(text))
+
+        return redact
 
     def apply(self, headers: dict[str, str], options: HostOptions) -> None:
         if self.token:
@@ -183,25 +214,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def snippet(body: bytes, limit: int = 160) -> str:
-    """A short, single-line, printable excerpt of a body for a log line."""
-    match = _TITLE.search(body[:4096])
+def snippet(body: bytes, limit: int = 160, redact: Redact = _as_is) -> str:
+    """A short, single-line, printable excerpt of a body for a log line. Secrets are masked
+    before the excerpt is cut, so that no part of one is left at the cut."""
+    head = body[:4096]
+    match = _TITLE.search(head)
     if match:
-        return "HTML page titled " + repr(match.group(1).decode(errors="replace").strip()[:limit])
-    text = body[:limit].decode(errors="replace")
+        title = redact(match.group(1).decode(errors="replace").strip())
+        return "HTML page titled " + repr(title[:limit])
+    text = redact(body[: limit + 1024].decode(errors="replace"))[:limit]
     return repr(" ".join(text.split()))
 
 
-def error_from_body(status: int, body: bytes) -> str:
+def error_from_body(status: int, body: bytes, redact: Redact = _as_is) -> str:
     """The remote's own error text when it gives one (Prometheus: {"error": ...})."""
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
-        return snippet(body)
+        return snippet(body, redact=redact)
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
         kind = parsed.get("errorType")
-        return f"{kind}: {parsed['error']}" if kind else parsed["error"]
-    return snippet(body)
+        text = f"{kind}: {parsed['error']}" if isinstance(kind, str) and kind else parsed["error"]
+        return redact(text)
+    return snippet(body, redact=redact)
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -220,9 +255,9 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> byte
     return b"".join(chunks)
 
 
-def decode_json(body: bytes, content_type: str) -> Any:
+def decode_json(body: bytes, content_type: str, redact: Redact = _as_is) -> Any:
     if "html" in content_type:
-        raise SourceError("html", f"HTML instead of JSON: {snippet(body)}")
+        raise SourceError("html", f"HTML instead of JSON: {snippet(body, redact=redact)}")
     try:
         return json.loads(body)
     except RecursionError as exc:
@@ -237,7 +272,7 @@ def decode_json(body: bytes, content_type: str) -> Any:
         cut = isinstance(exc, json.JSONDecodeError) and _cut_short(exc)
         kind = "truncated_json" if cut else "invalid_json"
         what = "truncated JSON" if cut else "invalid JSON"
-        raise SourceError(kind, f"{what}{where}: {snippet(body)}") from exc
+        raise SourceError(kind, f"{what}{where}: {snippet(body, redact=redact)}") from exc
 
 
 _LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
@@ -287,8 +322,21 @@ async def get_json(
     answers bad queries with 400 + {"status": "error", ...}, which the caller reports itself).
     ``shared``: the limit over all hosts (see :class:`SharedLimit`).
     """
-    answer = await fetch(session, state, url, credentials, max_bytes=max_bytes, shared=shared)
-    return judge(answer, accept_error_json=accept_error_json)
+    redact = credentials.redactor(state.options)
+    try:
+        answer = await fetch(session, state, url, credentials, max_bytes=max_bytes, shared=shared)
+        return judge(answer, accept_error_json=accept_error_json, redact=redact)
+    except SourceError as exc:
+        raise scrubbed(exc, redact) from exc
+
+
+def scrubbed(exc: SourceError, redact: Redact) -> SourceError:
+    """The same error with every secret masked in its text."""
+    text = str(exc)
+    clean = redact(text)
+    if clean == text:
+        return exc
+    return SourceError(exc.kind, clean, retry_after=exc.retry_after)
 
 
 async def fetch(
@@ -364,12 +412,12 @@ async def _send(
         state.latency_total += time.monotonic() - started
 
 
-def judge(answer: Answer, *, accept_error_json: bool = False) -> Any:
+def judge(answer: Answer, *, accept_error_json: bool = False, redact: Redact = _as_is) -> Any:
     """The decoded JSON of a 200 (or of a JSON 4xx with ``accept_error_json``); otherwise a
     SourceError naming the status and the remote's own error text."""
     status, body, content_type = answer.status, answer.body, answer.content_type
     if status == 200:
-        return decode_json(body, content_type)
+        return decode_json(body, content_type, redact)
     if 300 <= status < 400:
         target = urlsplit(answer.location)
         shown = f"{target.scheme}://{target.netloc}{target.path}" if target.netloc else target.path
@@ -383,9 +431,9 @@ def judge(answer: Answer, *, accept_error_json: bool = False) -> Any:
         wait = f"; Retry-After {retry_after:g}s" if retry_after is not None else ""
         raise SourceError(
             f"http_{status}",
-            f"HTTP {status}{wait}: {error_from_body(status, body)}",
+            f"HTTP {status}{wait}: {error_from_body(status, body, redact)}",
             retry_after=retry_after,
         )
     if accept_error_json and 400 <= status < 500 and "json" in content_type:
-        return decode_json(body, content_type)
-    raise SourceError(f"http_{status}", f"HTTP {status}: {error_from_body(status, body)}")
+        return decode_json(body, content_type, redact)
+    raise SourceError(f"http_{status}", f"HTTP {status}: {error_from_body(status, body, redact)}")

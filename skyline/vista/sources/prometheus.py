@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 from skyline.vista.errors import SourceError
+
+_ERROR_TYPE = re.compile(r"[a-z_]{1,32}")
 
 
 def query_range_url(base: str, query: str, start: int, end: int, step: int) -> str:
@@ -46,7 +49,10 @@ def parse_result(body: object) -> list[tuple[object, object]]:
     status = body.get("status")
     if status == "error":
         kind = body.get("errorType", "error")
-        raise SourceError(f"prometheus_{kind}", f"Prometheus error ({kind}): {body.get('error')}")
+        # The kind is a counter label (/metrics, logs): one of Prometheus' own short words,
+        # never a remote's free text (which could be long, or echo our headers).
+        label = kind if isinstance(kind, str) and _ERROR_TYPE.fullmatch(kind) else "error"
+        raise SourceError(f"prometheus_{label}", f"Prometheus error ({kind}): {body.get('error')}")
     if status != "success":
         raise SourceError("shape", f"'status' is {status!r}, expected 'success'")
     data = body.get("data")
