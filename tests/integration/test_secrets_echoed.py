@@ -31,9 +31,9 @@ from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue, FetchQueue, dead_letter
 from skyline.vista.logs import LogSpec
 from skyline.vista.sources.http import new_connector
-from tests.fetch_settings import make_config
-from tests.remotes import graphite_entry, prom_entry, remotes
-from tests.servers import RedisServer
+from skyline.vista.testing.servers import RedisServer
+from tests.support.remotes import graphite_entry, prom_entry, remotes
+from tests.support.settings import make_config
 
 TOKEN = "tok-SECRET-a1b2c3d4e5"
 API_KEY = "key-SECRET-f6g7h8i9j0"
