@@ -112,6 +112,12 @@ VISTA_MAX_BACKFILL = 0
 VISTA_QUEUE_ITEM_MAX_POINTS = 10000
 VISTA_FETCH_MAX_POINTS = 50000  # (new) per metric per cycle; the rest comes next cycle
 
+# (new) A metric that no Vista host on this Redis has in its VISTA_FETCH_METRICS any more has
+# its state (watermark in vista.last.metric_data, or flux.last.* with the carbon sink, its
+# vista.metrics membership, resolution key, chain and failed windows) removed after this many
+# seconds, with a log line; `vista status` lists what is pending removal. 0 = never.
+VISTA_PRUNE_REMOVED_AFTER = 604800
+
 # (new) Where delivered points go: 'graphite' (carbon, below) or 'flux' (Skyline Flux).
 VISTA_SINK = 'graphite'
 

@@ -114,6 +114,7 @@ class VistaConfig:
     remote_hosts: Mapping[str, HostOptions] = field(default_factory=dict)
     max_response_bytes: int = 64 * 1024 * 1024
     max_backfill: int = 0  # seconds; 0 = as far back as the source holds data
+    prune_removed_after: int = 7 * 86400  # seconds; 0 = never prune removed metrics' state
     queue_item_max_points: int = 10_000
     fetch_max_points: int = 50_000  # per metric per cycle
     worker_batch_items: int = 50
@@ -223,6 +224,7 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_API_KEY_HEADER",
         "VISTA_MAX_RESPONSE_BYTES",
         "VISTA_MAX_BACKFILL",
+        "VISTA_PRUNE_REMOVED_AFTER",
         "VISTA_QUEUE_ITEM_MAX_POINTS",
         "VISTA_FETCH_MAX_POINTS",
         "VISTA_WORKER_BATCH_ITEMS",
@@ -610,6 +612,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         remote_hosts=_remote_hosts(r, default_host),
         max_response_bytes=r.integer("VISTA_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1024),
         max_backfill=r.integer("VISTA_MAX_BACKFILL", 0, minimum=0),
+        prune_removed_after=r.integer("VISTA_PRUNE_REMOVED_AFTER", 7 * 86400, minimum=0),
         queue_item_max_points=r.integer("VISTA_QUEUE_ITEM_MAX_POINTS", 10_000, minimum=10),
         fetch_max_points=r.integer("VISTA_FETCH_MAX_POINTS", 50_000, minimum=100),
         worker_batch_items=r.integer("VISTA_WORKER_BATCH_ITEMS", 50, maximum=10_000),

@@ -32,6 +32,10 @@ WORKERS_KEY = "vista.workers"
 HOLES_KEY = "vista.fetcher.holes"
 """Hash metric -> JSON list of failed windows being retried (skyline/vista/holes.py)."""
 
+CONFIGURED_KEY = "vista.fetcher.configured"
+"""Hash metric -> epoch when a Vista host last had it in its settings (refreshed every few
+minutes by each fetcher); what has not been refreshed for VISTA_PRUNE_REMOVED_AFTER is pruned."""
+
 WATERMARK_HASH = "flux.last.metric_data"
 """*Skyline*: hash metric -> {'timestamp': ts, 'value': v}, the last point delivered."""
 
@@ -89,6 +93,7 @@ SHARED_KEYS = frozenset(
         ATTEMPTS_KEY,
         WORKERS_KEY,
         HOLES_KEY,
+        CONFIGURED_KEY,
         WATERMARK_HASH,
         VISTA_WATERMARK_HASH,
         VISTA_METRICS_KEY,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import constants, redisconn, telemetry
+from skyline.vista import constants, prune, redisconn, telemetry
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
@@ -202,6 +202,9 @@ class Fetcher(threading.Thread):
                     logger.warning(
                         "cleared %d stale pending mark(s) (their items were gone)", fixed
                     )
+                # Every Vista host's metrics are remembered; what none has any more is pruned
+                # after VISTA_PRUNE_REMOVED_AFTER (prune.py).
+                await prune.maintain(queue.client, config, begin)
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             entries = [e for e in config.shard_metrics if e.metric not in busy]
             names = [e.metric for e in entries]

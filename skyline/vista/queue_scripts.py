@@ -229,3 +229,37 @@ end
 return fixed
 """
 )
+
+# KEYS: 1 configured hash, 2 pending hash, 3 Vista's watermark hash, 4 flux.last.metric_data,
+# 5 vista.metrics, 6 failed-windows hash. ARGV: cutoff, carbon ('1': Vista wrote flux.last.*,
+# so they go too; '0': Flux owns them, they stay), flux_key_prefix, resolution_prefix,
+# chain_prefix, then metric names. Prunes the state of each metric that no Vista host has had
+# in its settings since ``cutoff`` and that has no item queued or in flight (checked again
+# here, atomically, so a metric added back meanwhile is kept). Returns the metrics pruned.
+PRUNE = r"""
+local CONF, PEND, VWMH, FWMH, VMETRICS, HOLES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cutoff, carbon = tonumber(ARGV[1]), ARGV[2] == '1'
+local flux_prefix, res_prefix, chain_prefix = ARGV[3], ARGV[4], ARGV[5]
+local pruned = {}
+for i = 6, #ARGV do
+  local metric = ARGV[i]
+  local seen = tonumber(redis.call('HGET', CONF, metric))
+  if seen and seen < cutoff and redis.call('HEXISTS', PEND, metric) == 0 then
+    redis.call('HDEL', VWMH, metric)
+    if carbon then
+      redis.call('HDEL', FWMH, metric)
+      local key = flux_prefix .. metric
+      if key ~= FWMH and redis.call('TYPE', key)['ok'] == 'string' then redis.call('DEL', key) end
+    end
+    redis.call('SREM', VMETRICS, metric)
+    local res = res_prefix .. metric
+    if redis.call('TYPE', res)['ok'] == 'string' then redis.call('DEL', res) end
+    local chain = chain_prefix .. metric
+    if redis.call('TYPE', chain)['ok'] == 'list' then redis.call('DEL', chain) end
+    redis.call('HDEL', HOLES, metric)
+    redis.call('HDEL', CONF, metric)
+    pruned[#pruned + 1] = metric
+  end
+end
+return pruned
+"""

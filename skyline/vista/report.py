@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-from skyline.vista import constants, create_budget, lag, procutil, redisconn
+from skyline.vista import constants, create_budget, lag, procutil, prune, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.holes import Hole
@@ -88,6 +88,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         )
         lag_summary = lag.summarise(lag.read_counts(client, time.time()))
         failing = queue.failing_windows()
+        configured = prune.parse_configured(client.hgetall(constants.CONFIGURED_KEY))
     except redisconn.REDIS_ERRORS as exc:
         return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
     finally:
@@ -112,6 +113,10 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     lines += create_budget.status_lines(budget)
     lines.append(lag.status_line(lag_summary))
     lines += failing_window_lines(failing, now)
+    if config.prune_removed_after > 0:
+        names = [e.metric for e in config.fetch_metrics]
+        removals = prune.pending_removal(configured, names, now, config.prune_removed_after)
+        lines += prune.removal_lines(removals, now)
     lags = []
     for entry in config.fetch_metrics:
         mark = marks.get(entry.metric)
