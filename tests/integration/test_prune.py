@@ -17,8 +17,8 @@ import redis
 from skyline.vista import constants, prune, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.report import redis_report
-from tests.fetch_settings import make_config
-from tests.servers import RedisServer
+from skyline.vista.testing.servers import RedisServer
+from tests.support.settings import make_config
 
 PROM = "http://prometheus.example:9090"
 DAY = 86_400
