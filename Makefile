@@ -1,6 +1,7 @@
-# Vista: make install | lint | typecheck | test | bench | demo
+# Vista: make install | lint | typecheck | test | test-fast | bench | demo
 # `make test` and `make demo` install what they need first (apt packages when run as root or
-# with sudo, and a virtualenv in .venv).
+# with sudo, and a virtualenv in .venv). `make test-fast`, `lint` and `typecheck` need only the
+# virtualenv (`make venv`): no Debian package, no real server.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,9 +10,12 @@ APT_PACKAGES := redis-server prometheus prometheus-node-exporter graphite-carbon
 	python3-whisper python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages lint format typecheck test test-fast bench demo all clean
+.PHONY: install venv system-packages lint format typecheck test test-fast bench demo all clean
 
-install: $(VENV)/.installed
+install: system-packages
+	@$(MAKE) --no-print-directory venv
+
+venv: $(VENV)/.installed
 
 system-packages:
 	@missing=""; \
@@ -24,28 +28,30 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
 
-$(VENV)/.installed: pyproject.toml | system-packages
+$(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bigquery]'
 	touch $@
 
-lint: install
+lint: venv
 	$(VENV)/bin/ruff check skyline tests bench
 	$(VENV)/bin/ruff format --check skyline tests bench
 
-format: install
+format: venv
 	$(VENV)/bin/ruff format skyline tests bench
 	$(VENV)/bin/ruff check --fix skyline tests bench
 
-typecheck: install
+typecheck: venv
 	$(VENV)/bin/mypy
 
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+# tests/unit (no socket) and tests/loopback (pure-Python servers on 127.0.0.1), fakeredis for
+# the queue's Lua scripts; tests/integration (real servers) is `make test`'s.
+test-fast: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit tests/loopback $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/fetch.py
