@@ -205,8 +205,8 @@ class FetchCycle:
                 host_available=self.host_state(entry).available(),
                 ignore_schedule=ignore_schedule,
             )
-            if plan.skipped == "not_due":
-                continue
+            if plan.skipped in ("not_due", "in_flight"):
+                continue  # not part of this cycle
             result = MetricResult(
                 entry, watermark=state.watermark, plan=plan, holes_before=state.holes
             )

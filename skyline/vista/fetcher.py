@@ -53,7 +53,7 @@ class _Planned:
     """A cycle ready to run: its FetchCycle and what was read from Redis for it."""
 
     fetch: FetchCycle
-    entries: list[FetchEntry]  # not busy in a running cycle; the cycle picks the due ones
+    entries: list[FetchEntry]  # the cycle picks the due ones (schedule.plan_metric)
     states: dict[str, MetricState]
 
 
@@ -206,7 +206,7 @@ class Fetcher(threading.Thread):
                 # after VISTA_PRUNE_REMOVED_AFTER (prune.py).
                 await prune.maintain(queue.client, config, begin)
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
-            entries = [e for e in config.shard_metrics if e.metric not in busy]
+            entries = list(config.shard_metrics)
             names = [e.metric for e in entries]
             marks = await queue.watermarks(names)
             pending = await queue.pending(names)
@@ -216,7 +216,7 @@ class Fetcher(threading.Thread):
             delay = self.outage.failed(exc)
             await self._sleep(delay)
             return None
-        states = self._states(entries, marks, pending, holes)
+        states = self._states(entries, marks, pending, holes, busy)
         entries = order_due(entries, self.state.carried)
         fetch = FetchCycle(
             config,
@@ -230,7 +230,7 @@ class Fetcher(threading.Thread):
         )
         # Marked in flight now, before the cycle task first runs (it narrows this to the
         # metrics it finds due as it starts).
-        fetch.in_flight = {e.metric for e in entries}
+        fetch.in_flight = {e.metric for e in entries if e.metric not in busy}
         return _Planned(fetch, entries, states)
 
     async def _complete(self, planned: _Planned) -> CycleReport | None:
@@ -257,6 +257,7 @@ class Fetcher(threading.Thread):
         marks: Mapping[str, Watermark],
         pending: set[str],
         holes: Mapping[str, tuple[Hole, ...]],
+        busy: set[str],
     ) -> dict[str, MetricState]:
         """What schedule.plan_metric needs to know of each metric (it alone decides)."""
         state = self.state
@@ -269,6 +270,7 @@ class Fetcher(threading.Thread):
                 last_attempt=state.last_attempt.get(metric),
                 carried=metric in state.carried,
                 pending=metric in pending,
+                in_flight=metric in busy,
                 scan_from=state.scan_from.get(metric),
                 holes=holes.get(metric, ()),
             )

@@ -87,6 +87,7 @@ class MetricState:
     last_attempt: float | None = None  # when it was last fetched (not skipped)
     carried: bool = False  # left unfinished by the last cycle: goes again at once
     pending: bool = False  # an earlier item of it is still queued or in flight
+    in_flight: bool = False  # an earlier cycle, still running, is fetching it (slow host)
     scan_from: int | None = None  # found empty up to here (see scanned_to)
     holes: tuple[Hole, ...] = ()  # failed windows, retried when due
 
@@ -100,7 +101,7 @@ class Plan:
     ``windows[len(windows) - len(retries) + i]`` retries.
     """
 
-    skipped: str | None = None  # 'not_due', 'pending', 'host_backoff'
+    skipped: str | None = None  # 'in_flight', 'not_due', 'pending', 'host_backoff'
     windows: tuple[Window, ...] = ()
     retries: tuple[Hole, ...] = ()
 
@@ -124,6 +125,8 @@ def plan_metric(
     ``ignore_schedule`` (``vista fetch --once``): fetch whatever is not held back by an item
     still queued or a host backing off, due or not.
     """
+    if state.in_flight:
+        return Plan("in_flight")
     if state.pending:
         return Plan("pending")
     retry = [h for h in state.holes if h.due(now)]

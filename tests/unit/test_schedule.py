@@ -362,6 +362,8 @@ RECENT = MetricState(watermark=T0 - 60, last_attempt=T0 + 1)  # not due before T
         (replace(RECENT, carried=True), {}, None),  # unfinished last cycle: at once
         (RECENT, {"ignore_schedule": True}, None),  # vista fetch --once
         (replace(FRESH, pending=True), {}, "pending"),
+        (replace(FRESH, in_flight=True), {}, "in_flight"),  # a running cycle still fetches it
+        (replace(FRESH, in_flight=True, holes=(HOLE,)), {"ignore_schedule": True}, "in_flight"),
         (replace(FRESH, pending=True), {"ignore_schedule": True}, "pending"),
         (FRESH, {"host_available": False}, "host_backoff"),
         (RECENT, {"host_available": False}, "not_due"),
