@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -500,7 +500,14 @@ class FetchCycle:
             if last is not None and window.end is not None and window.start is not None:
                 if window.end < last:
                     result.new_holes.append(
-                        holes.new_hole(window.start, window.end, self.now, error.kind, str(error))
+                        holes.new_hole(
+                            window.start,
+                            window.end,
+                            self.now,
+                            error.kind,
+                            str(error),
+                            after=result.watermark,
+                        )
                     )
         refill = self._retried(result, fresh, before)
         if not cleaned.points and not failed and fresh:
@@ -526,8 +533,10 @@ class FetchCycle:
         if not outcome and not result.new_holes:
             return ()
         kept = [h for h in result.holes_before if h not in outcome]
-        raw: list[tuple[object, object]] = []
+        step = result.entry.frequency if result.entry.remote_host_type == "prometheus" else 0
+        found: dict[int, Point] = {}
         for hole, answers in outcome.items():
+            raw: list[tuple[object, object]] = []
             for window, answer in answers:
                 if not isinstance(answer, SourceError):
                     raw += answer
@@ -535,19 +544,16 @@ class FetchCycle:
                 if result.error is None:
                     result.error = answer
                 assert window.start is not None and window.end is not None
-                part = holes.Hole(
-                    window.start, window.end, hole.attempts, hole.next_try, hole.since, "", ""
-                )
-                step = (
-                    result.entry.frequency if result.entry.remote_host_type == "prometheus" else 0
-                )
+                part = replace(hole, start=window.start, end=window.end)
                 for again in holes.failed_again(part, self.now, answer.kind, str(answer), step):
                     if holes.given_up(again):
                         result.given_up.append(again)
                     else:
                         kept.append(again)
+            for ts, value in clean(raw, after=hole.after, before=before).points:
+                found[ts] = (ts, value)
         result.holes = kept + result.new_holes
-        points = clean(raw, after=None, before=before).points
+        points = tuple(found[ts] for ts in sorted(found))
         result.refilled = len(points)
         return points
 

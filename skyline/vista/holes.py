@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 MAX_ATTEMPTS = 8
 """A hole is given up after this many failed attempts (the first failure included)."""
@@ -39,6 +39,9 @@ class Hole:
     since: float  # epoch of the first failure
     error: str  # the last error, one line (never a secret: SourceError texts are redacted)
     kind: str = ""
+    # Points at or below this were delivered before the hole was found (a gap window starts
+    # a little before the watermark): a refill never sends them again.
+    after: int | None = None
 
     def due(self, now: float) -> bool:
         return now >= self.next_try
@@ -48,8 +51,10 @@ def retry_delay(attempts: int) -> float:
     return float(min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1)))
 
 
-def new_hole(start: int, end: int, now: float, kind: str, error: str) -> Hole:
-    return Hole(start, end, 1, now + retry_delay(1), now, error, kind)
+def new_hole(
+    start: int, end: int, now: float, kind: str, error: str, after: int | None = None
+) -> Hole:
+    return Hole(start, end, 1, now + retry_delay(1), now, error, kind, after)
 
 
 def failed_again(hole: Hole, now: float, kind: str, error: str, step: int = 0) -> list[Hole]:
@@ -61,15 +66,12 @@ def failed_again(hole: Hole, now: float, kind: str, error: str, step: int = 0) -
     """
     attempts = hole.attempts + 1
     retry_at = now + retry_delay(attempts)
-    after = Hole(hole.start, hole.end, attempts, retry_at, hole.since, error, kind)
+    again = replace(hole, attempts=attempts, next_try=retry_at, error=error, kind=kind)
     if kind in SPLIT_KINDS and hole.end - hole.start >= 2 * MIN_SPLIT:
         unit = max(step, 1)
         middle = hole.start + (hole.end - hole.start) // 2 // unit * unit
-        return [
-            Hole(hole.start, middle, attempts, retry_at, hole.since, error, kind),
-            Hole(middle + step, hole.end, attempts, retry_at, hole.since, error, kind),
-        ]
-    return [after]
+        return [replace(again, end=middle), replace(again, start=middle + step)]
+    return [again]
 
 
 def given_up(hole: Hole) -> bool:
@@ -95,6 +97,7 @@ def decode(raw: bytes | str | None) -> list[Hole]:
                 float(r["since"]),
                 str(r.get("error", "")),
                 str(r.get("kind", "")),
+                None if r.get("after") is None else int(r["after"]),
             )
             for r in records
         ]

@@ -34,7 +34,14 @@ from skyline.vista.model import Point, QueueItem
 from skyline.vista.report import redis_report
 from skyline.vista.schedule import EMPTY_RESCAN, MetricState
 from skyline.vista.telemetry import QueueCollector
-from skyline.vista.testing.servers import PrometheusServer, RedisServer, free_port
+from skyline.vista.testing.servers import (
+    CarbonServer,
+    GraphiteWebServer,
+    PrometheusServer,
+    RedisServer,
+    free_port,
+    poll_until,
+)
 from tests.support.settings import make_config
 from tests.support.web import serving
 
@@ -84,6 +91,17 @@ class FailingProxy:
 
     async def query_range(self, request: web.Request) -> web.StreamResponse:
         start, end = int(request.query["start"]), int(request.query["end"])
+        return await self._answer(request, "/api/v1/query_range", start, end)
+
+    async def render(self, request: web.Request) -> web.StreamResponse:
+        frm, until = request.query.get("from", ""), request.query.get("until", "")
+        start = int(frm) if frm.lstrip("-").isdigit() and not frm.startswith("-") else 1 << 62
+        end = int(until) if until.isdigit() else 0
+        return await self._answer(request, "/render/", start, end)
+
+    async def _answer(
+        self, request: web.Request, path: str, start: int, end: int
+    ) -> web.StreamResponse:
         failing = start < self.fail_before
         self.asked.append((start, end, failing))
         if failing and self.mode == "timeout":
@@ -91,9 +109,7 @@ class FailingProxy:
         if failing:
             return web.Response(status=500, text="upstream exploded")
         async with aiohttp.ClientSession() as session:
-            async with session.get(
-                self.upstream + "/api/v1/query_range", params=request.query
-            ) as answer:
+            async with session.get(self.upstream + path, params=request.query) as answer:
                 body = await answer.read()
                 return web.Response(
                     body=body, status=answer.status, content_type="application/json"
@@ -104,6 +120,7 @@ class FailingProxy:
 async def serve(proxy: FailingProxy) -> AsyncIterator[FailingProxy]:
     app = web.Application()
     app.router.add_get("/api/v1/query_range", proxy.query_range)
+    app.router.add_get("/render/", proxy.render)
     async with serving(app, proxy.port, handler_cancellation=True):
         yield proxy
 
@@ -365,3 +382,66 @@ async def test_failing_windows_are_listed_by_status_and_counted_in_metrics(
         assert gauges["vista_fetch_windows_failing"] == 1
     finally:
         agent.client.close()
+
+
+async def test_graphite_a_failed_gap_chunk_does_not_hold_back_the_newer_ones(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    carbon_server: CarbonServer,
+    graphite_web: GraphiteWebServer,
+    metric_prefix: str,
+) -> None:
+    """A real graphite-web behind the proxy: a gap of 2 h in chunks of 50 min, the oldest
+    failing. The newer chunks' points are queued at once; the failed one is refilled later
+    with exactly its points after the watermark (none delivered twice)."""
+    step = 10
+    now = time.time()
+    m = int(now) // 60 * 60
+    target = f"{metric_prefix}.gap"
+    sent = [(ts, float(ts % 7919) + 0.25) for ts in range(m - 7500, m - step + 1, step)]
+    carbon_server.send_plaintext(f"{target} {v} {ts}" for ts, v in sent)
+
+    def rendered() -> bool | None:
+        body = graphite_web.render([target], m - 7600, m)
+        found = sum(1 for v, _ in body[0]["datapoints"] if v is not None) if body else 0
+        return True if found >= len(sent) else None
+
+    poll_until(rendered, 30, what="graphite-web to render the gap")
+    mark = m - 7200 + 130  # the gap starts at a 300 s quantum before it
+    redis_client.hset(
+        constants.VISTA_WATERMARK_HASH, "w.gap", f"{{'timestamp': {mark}, 'value': 1.0}}"
+    )
+    first = (mark // 300) * 300
+    async with serve(FailingProxy(graphite_web.url, fail_before=first + 1)) as px:
+        cfg = make_config(
+            tmp_path,
+            redis_server,
+            [
+                {
+                    "remote_host": px.url,
+                    "remote_host_type": "graphite",
+                    "frequency": step,
+                    "remote_target": target,
+                    "graphite_target": "gap",
+                    "uri": "/render/?from=-10minutes&format=json&target=",
+                    "namespace_prefix": "w",
+                }
+            ],
+            VISTA_QUEUE_ITEM_MAX_POINTS=300,
+        )
+        report = await cycle(cfg, now, redis_client)
+        result = report.results[0]
+        assert len(result.windows) == 3 and result.windows[0].start == first
+        failed = result.windows[0]
+        assert result.error is not None and result.error.kind == "http_500"
+        items = take_items(redis_client, "w.gap")
+        assert points_of(items, replay=False) == [p for p in sent if p[0] > (failed.end or 0)]
+        [hole] = stored_holes(redis_client, "w.gap")
+        assert (hole.start, hole.end, hole.after) == (failed.start, failed.end, mark)
+
+        px.fail_before = 0
+        report = await cycle(cfg, now + holes.retry_delay(1) + 1, redis_client)
+        refill = points_of(take_items(redis_client, "w.gap"), replay=True)
+        assert refill == [p for p in sent if mark < p[0] <= (failed.end or 0)]
+        assert redis_client.hget(constants.HOLES_KEY, "w.gap") is None

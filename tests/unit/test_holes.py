@@ -50,7 +50,7 @@ def test_given_up_after_max_attempts() -> None:
 
 
 def test_encode_decode_round_trip_and_garbage_reads_as_none() -> None:
-    found = [Hole(1, 2, 3, 4.5, 5.5, "err", "timeout"), Hole(10, 20, 1, 0.0, 0.0, "", "")]
+    found = [Hole(1, 2, 3, 4.5, 5.5, "err", "timeout", 0), Hole(10, 20, 1, 0.0, 0.0, "", "")]
     assert holes.decode(holes.encode(found)) == found
     assert holes.decode(None) == []
     assert holes.decode(b"not json") == []
