@@ -26,6 +26,7 @@ from types import FrameType
 from skyline.vista import config as config_module
 from skyline.vista import constants, logs, redisconn, telemetry
 from skyline.vista.backoff import compute_backoff
+from skyline.vista.bq_fetcher import BqScheduler
 from skyline.vista.config import VistaConfig
 from skyline.vista.create_budget import BudgetCollector
 from skyline.vista.errors import ConfigError
@@ -71,6 +72,7 @@ class Vista:
         self.pool = ProcessPool()
         self.client = redisconn.connect(config.redis)
         self.jobs = JobSupervisor(config, self.client, self.pool, log_spec)
+        self.bq_scheduler = BqScheduler(config, self.client) if config.bq_accounts else None
         self.queue = FetchQueue(self.client, watermark_keys(config.sink))
         self.hostname = socket.gethostname()
         self.started = time.time()
@@ -143,6 +145,8 @@ class Vista:
             self.reload()
         self.pool.poll()
         self.jobs.tick(self.state.stop_requested)
+        if self.bq_scheduler is not None and not self.state.stop_requested:
+            self.bq_scheduler.tick(time.time())
         self._check_fetcher()
         now = time.monotonic()
         if now >= self._next_heartbeat:
@@ -278,6 +282,10 @@ class Vista:
         self.jobs.config, self.jobs.log_spec = new, self.log_spec  # for jobs started from now
         if self.fetcher is not None:
             self.fetcher.update_config(new)
+        if self.bq_scheduler is not None:
+            self.bq_scheduler.update_config(new)
+        elif new.bq_accounts:
+            self.bq_scheduler = BqScheduler(new, self.client)
         self._resize_and_roll(new.worker_processes)
         logger.info(
             "reload: settings applied (%d metric(s), %d worker(s))",
