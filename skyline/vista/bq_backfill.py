@@ -108,7 +108,7 @@ class Backfill:
         if self.params.dry_run:
             shown = ", ".join(f"{e.metric} {e.value:g} {e.timestamp}" for e in self.sample)
             self.ctx.progress(
-                message=f"dry run: would send {totals.points} points; e.g. {shown or 'none'}"
+                message=f"dry run: would send {totals.points} points, e.g. {shown or 'none'}"
             )
 
 

@@ -88,6 +88,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from skyline.vista.report import config_summary
 
     print(config_summary(config))
+    if config.bq_accounts:
+        from skyline.vista.bq.cli import check_lines
+
+        lines, errors = check_lines(config.bq_accounts)
+        for line in lines:
+            print(line)
+        if errors:
+            return constants.EXIT_FAILURE
     return constants.EXIT_OK
 
 
@@ -265,6 +273,15 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return queue_command(config, args.action, args.ids)
 
 
+def cmd_bq(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
+    if isinstance(config, int):
+        return config
+    from skyline.vista.bq.cli import run
+
+    return run(config, args)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
     if isinstance(config, int):
@@ -323,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("action", nargs="?", default="list", choices=("list", "cancel", "wait"))
     jobs.add_argument("job", nargs="?", help="the job id (cancel, wait)")
     jobs.add_argument("--kind", help="only jobs of this kind (list)")
+    from skyline.vista.bq.cli import add_parser as add_bq_parser
+
+    add_bq_parser(sub, common)
     return parser
 
 
@@ -337,6 +357,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "fetch": cmd_fetch,
     "queue": cmd_queue,
     "jobs": cmd_jobs,
+    "bq": cmd_bq,
 }
 
 

@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
+import redis
+
 from skyline.vista import constants, create_budget, lag, procutil, prune, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
@@ -73,6 +75,30 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
+def job_lines(client: redis.Redis) -> list[str]:
+    """Running jobs with their progress and the number queued, per kind (none: no line)."""
+    from skyline.vista.jobs.commands import stores
+    from skyline.vista.jobs.display import describe
+    from skyline.vista.jobs.record import Status
+
+    lines: list[str] = []
+    for store in stores(client):
+        records = store.all()
+        running = [r for r in records if r.status is Status.RUNNING]
+        queued = [r for r in records if r.status is Status.PENDING]
+        if not running and not queued:
+            continue
+        lines.append(f"jobs {store.kind}: {len(running)} running, {len(queued)} queued")
+        for r in running + queued[:5]:
+            p = r.progress
+            done = f"{p.done}/{p.total} ({p.percent:.0f}%)" if p.total else "not started"
+            lines.append(
+                f"  {r.id} {r.status.value} {done}, {p.points:,} points, {p.errors} error(s)"
+                f" - {describe(r)}"
+            )
+    return lines
+
+
 def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     """Queue counts, heartbeats and the most lagging metrics; one line if Redis is down."""
     client = redisconn.connect(config.redis)
@@ -89,6 +115,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         lag_summary = lag.summarise(lag.read_counts(client, time.time()))
         failing = queue.failing_windows()
         configured = prune.parse_configured(client.hgetall(constants.CONFIGURED_KEY))
+        jobs = job_lines(client)
     except redisconn.REDIS_ERRORS as exc:
         return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
     finally:
@@ -117,6 +144,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         names = [e.metric for e in config.fetch_metrics]
         removals = prune.pending_removal(configured, names, now, config.prune_removed_after)
         lines += prune.removal_lines(removals, now)
+    lines += jobs
     lags = []
     for entry in config.fetch_metrics:
         mark = marks.get(entry.metric)

@@ -151,6 +151,15 @@ def run_intervals(
             message=message,
         )
     duration = time.time() - started
+    verb = "would send" if params.dry_run else "sent"
+    billed = f", {totals.bytes_billed:,} bytes billed" if totals.bytes_billed else ""
+    ctx.progress(
+        message=(
+            f"{kind} {params.account_name}: {totals.done} of {len(starts)} interval(s) done, "
+            f"{len(totals.failed)} failed; {totals.rows:,} rows, {verb} {totals.points:,} "
+            f"points, {totals.errors} bad row(s){billed}"
+        )
+    )
     metrics.JOB_SECONDS.labels(kind).observe(duration)
     metrics.send_self_metrics(ctx.config, params.account_name, kind, totals, duration)
     if totals.failed:

@@ -1,0 +1,164 @@
+"""``vista bq`` end to end: a real agent (``vista run``) runs the jobs the CLI adds, against the
+BigQuery fake and a real carbon-cache; ``vista status`` and ``vista check-config``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bq_helpers import (
+    COLUMNS,
+    DAY,
+    account,
+    business_rows,
+    day_start,
+    expected_points,
+    read_whisper_tree,
+    wait_whisper,
+)
+from tests.daemon_helpers import VistaHarness
+from tests.fakes.bigquery import FakeBigQuery
+from tests.servers import CarbonServer, RedisServer
+
+
+@pytest.fixture(scope="module")
+def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
+    server = CarbonServer(tmp_path_factory.mktemp("carbon-cli"), retentions="1d:400d")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBigQuery]:
+    with FakeBigQuery(page_size=25) as server:
+        yield server
+
+
+def settings(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fake: FakeBigQuery,
+    carbon: CarbonServer,
+    accounts: dict[str, Any],
+) -> dict[str, object]:
+    return {
+        "VISTA_ENABLED": True,
+        "REDIS_URL": redis_server.url,
+        "VISTA_SINK": "graphite",
+        "CARBON_HOST": "127.0.0.1",
+        "CARBON_PICKLE_PORT": carbon.pickle_port,
+        "CARBON_PORT": carbon.line_port,
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": 1e9,
+        "VISTA_BQ_ACCOUNTS": accounts,
+        "VISTA_BQ_API_ENDPOINT": fake.url,
+        "VISTA_BQ_ARCHIVE_DIR": str(tmp_path / "archives"),
+    }
+
+
+def day(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[list[VistaHarness]]:
+    made: list[VistaHarness] = []
+    yield made
+    for h in made:
+        h.cleanup()
+
+
+@pytest.mark.slow
+def test_backfill_and_update_through_the_cli(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+    harness: list[VistaHarness],
+) -> None:
+    first = day_start(5)
+    last = first + 4 * DAY
+    rows = business_rows(first, 5, 30)
+    fake.set_table(COLUMNS, rows, "day")
+    h = VistaHarness(
+        tmp_path / "vista",
+        settings(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)}),
+    )
+    harness.append(h)
+
+    # queued while no agent runs: vista status shows it
+    queued = h.cli(
+        "bq", "backfill", "shop", "--from", day(first), "--until", day(first), "--dry-run"
+    )
+    assert queued.returncode == 0, str(queued)
+    status = h.cli("status")
+    assert "jobs bq_backfill: 0 running, 1 queued" in status.stdout, str(status)
+
+    h.run_foreground(tmp_path / "agent.log")
+    backfill = h.cli("bq", "backfill", "shop", "--from", day(first), "--until", day(last), "--wait")
+    print(backfill.stdout)
+    assert backfill.returncode == 0, str(backfill)
+    assert re.search(
+        r"bq_backfill job \w+ added \(account shop, .*5 interval\(s\)\)", backfill.stdout
+    )
+    assert re.search(r"5/5 chunks \(100.0%\), 450 points", backfill.stdout), backfill.stdout
+    assert re.search(r"job \w+ done", backfill.stdout)
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, last + DAY, 450)
+    assert got == expected_points(metric_prefix, rows)
+
+    changed = [list(r) for r in rows]
+    changed[31][2] = 123456  # day 2, c001 signups
+    changed[95][3] = 0.5  # day 4, c005 revenue
+    fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+    update = h.cli("bq", "update", "shop", "--from", day(first), "--until", day(last), "--wait")
+    print(update.stdout)
+    assert update.returncode == 0, str(update)
+    assert re.search(r"5/5 chunks \(100.0%\), 2 points", update.stdout), update.stdout
+
+    listing = h.cli("bq", "jobs")
+    assert listing.returncode == 0
+    assert listing.stdout.count(" done ") >= 3, listing.stdout  # the dry run, backfill, update
+    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
+    for _ in range(50):
+        got = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, last + DAY)
+        if got == expected:
+            break
+    assert got == expected
+
+
+def test_check_config_loads_credentials_and_checks_the_query(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    harness: list[VistaHarness],
+) -> None:
+    good = account("biz", schedule={"minute": 5, "hour": 2})
+    bad = account(
+        "biz2",
+        query="SELECT * FROM t WHERE day = '2024-01-01'",
+        service_credentials={
+            "type": "service_account",
+            "private_key": "nope",
+            "client_email": "a@b",
+            "token_uri": "http://127.0.0.1:9/token",
+        },
+    )
+    h = VistaHarness(
+        tmp_path / "vista",
+        settings(tmp_path, redis_server, fake, daily_carbon, {"good": good, "bad": bad}),
+    )
+    harness.append(h)
+    result = h.cli("check-config")
+    assert result.returncode == 1, str(result)
+    assert "bigquery account good: ok; credentials oauth; schedule '5 2 * * *' UTC" in result.stdout
+    assert "bigquery account bad: 2 problem(s); credentials service_account" in result.stdout
+    assert "the query names no @date" in result.stdout
+    assert "the service account key cannot be loaded" in result.stdout
+    assert "nope" not in result.stdout and "client-secret-value" not in result.stdout
