@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from skyline.vista.testing.servers import CarbonServer, RedisServer
 from tests.bq_helpers import (
     COLUMNS,
     DAY,
@@ -21,9 +22,8 @@ from tests.bq_helpers import (
     read_whisper_tree,
     wait_whisper,
 )
-from tests.daemon_helpers import VistaHarness
 from tests.fakes.bigquery import FakeBigQuery
-from tests.servers import CarbonServer, RedisServer
+from tests.support.daemon import VistaHarness
 
 
 @pytest.fixture(scope="module")

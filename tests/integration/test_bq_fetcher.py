@@ -14,9 +14,9 @@ import redis
 
 from skyline.vista.bq import submit
 from skyline.vista.bq_fetcher import BqScheduler
+from skyline.vista.testing.servers import RedisServer
 from tests.bq_helpers import DAY, account, make_config
 from tests.fakes.bigquery import FakeBigQuery
-from tests.servers import RedisServer
 
 
 def utc(text: str) -> int:
