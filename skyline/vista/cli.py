@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 
+from skyline.vista import agent, constants, daemon, secret
 from skyline.vista import config as config_module
-from skyline.vista import constants, daemon, secret
 from skyline.vista.config import VistaConfig
 from skyline.vista.errors import ConfigError
-from skyline.vista.logs import LogSpec
 from skyline.vista.secret import RedactingStream
 
 
@@ -62,15 +59,6 @@ def _make_dirs(config: VistaConfig) -> str | None:
     return None
 
 
-def _prometheus_dir(config: VistaConfig) -> str | None:
-    """Multi-process /metrics needs a directory set before prometheus_client is imported."""
-    if not config.metrics_address:
-        return None
-    path = tempfile.mkdtemp(prefix="vista-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    return path
-
-
 # --- check-config --------------------------------------------------------------------------
 
 
@@ -102,33 +90,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # --- run / start / stop / restart / reload / status ----------------------------------------
 
 
-def _agent_main(
-    config: VistaConfig, log_file: str | None, notify: Callable[[str], None] | None
-) -> int:
-    metrics_dir = _prometheus_dir(config)
-    pidfile = daemon.PidFile(config.pidfile)
-    try:
-        try:
-            pidfile.acquire()
-        except daemon.AlreadyRunning as exc:
-            if notify is not None:
-                notify(f"error {exc}")
-            eprint(f"vista: {exc}")
-            return constants.EXIT_FAILURE
-        from skyline.vista import logs
-        from skyline.vista.agent import Vista
-
-        spec = LogSpec(log_file, config.verbose_logging, tuple(config.secrets()))
-        logs.configure(spec)
-        agent = Vista(config, spec, on_force_exit=pidfile.release)
-        ready = (lambda: notify(f"ok {os.getpid()}")) if notify is not None else None
-        return agent.run(ready=ready)
-    finally:
-        pidfile.release()
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
 def _runnable_config(args: argparse.Namespace) -> VistaConfig | int:
     """Valid, enabled settings whose LOG_PATH and PID_PATH exist (created if need be), or the
     exit code (6, not configured) after saying why."""
@@ -146,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _runnable_config(args)
     if isinstance(config, int):
         return config
-    return _agent_main(config, None, None)
+    return agent.serve(config)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -160,7 +121,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if current.state is daemon.State.DEAD and daemon.remove_stale(config.pidfile):
         print(f"removed a stale pidfile (pid {current.pid} is gone)")
     code, message = daemon.daemonize(
-        lambda notify: _agent_main(config, config.logfile, notify),
+        lambda notify: agent.serve(config, config.logfile, notify),
         preserve=[],
         stderr_path=config.logfile,
     )

@@ -1,4 +1,5 @@
-"""The agent: starts the Fetcher thread and the Worker processes and supervises them.
+"""The agent's supervisor: starts the Fetcher thread and the Worker processes and supervises
+them (``skyline.vista.agent.serve`` wires the process and runs it).
 
 * A worker that dies is restarted (with backoff when it keeps dying young) and the items it
   held are put back in the queue at once.
@@ -16,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from skyline.vista.logs import LogSpec
 from skyline.vista.pool import ChildExit, ProcessPool
 from skyline.vista.worker import Worker, worker_id
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("skyline.vista.agent")  # the name Vista has always logged as
 
 SUPERVISE_EVERY = 0.2
 HEARTBEAT_EVERY = 10.0
@@ -375,10 +375,3 @@ def _version() -> str:
     from skyline.vista import __version__
 
     return __version__
-
-
-def run() -> None:
-    """The original's entry point (``agent.py start|stop|run``): the CLI does the work."""
-    from skyline.vista.cli import main
-
-    sys.exit(main())
