@@ -51,8 +51,16 @@ VISTA_GRAPHITE_BATCH_SIZE = 20
 # remote_host_type  'graphite' or 'prometheus'
 # frequency         seconds between points at the source (10 s to a day), e.g. 60
 # remote_target     Graphite: a path or function, e.g. 'sumSeries(stats.*.cpu)';
-#                   Prometheus: a PromQL expression that returns ONE series
-# graphite_target   the local metric name (after the prefix)
+#                   Prometheus: a PromQL expression that returns ONE series (or many, with
+#                   a name template in graphite_target)
+# graphite_target   the local metric name (after the prefix); or (new) a NAME TEMPLATE: one
+#                   metric per series of the answer, named by {label} fields (Prometheus,
+#                   e.g. 'node.{instance}.{job}') or {node[N]} fields (Graphite: the N-th node
+#                   of the series name, from 0, negative from the end, e.g. '{node[1]}.load'
+#                   for 'servers.*.load'). Each filled-in value is sanitised by one rule:
+#                   every character but letters, digits, '-' and '_' becomes '_'. Two series
+#                   on one name are an error (neither delivered); a series that appears later
+#                   becomes a new metric (pre-populated when populate_at_resolutions is set).
 # uri               Graphite: render path ending in 'target=', with from=-N minutes|hours|days,
 #                   e.g. '/render/?from=-10minutes&format=json&target='.
 #                   Prometheus: 'default' (query_range with start/end/step = frequency), or an
@@ -82,6 +90,9 @@ VISTA_FETCH_METRICS = (
     #  'sumSeries(stats.web*.requests)', 'web.requests',
     #  '/render/?from=-10minutes&format=json&target=', 'vista.remote',
     #  None, None, 'reader', 'secret', ('7days', '24hours')),
+    # One query -> one metric per series: tmpl.<instance>.<job> (e.g. tmpl.127_0_0_1_9090.prometheus).
+    # {'remote_host': 'http://127.0.0.1:9090', 'remote_host_type': 'prometheus',
+    #  'remote_target': 'up', 'graphite_target': '{instance}.{job}', 'namespace_prefix': 'tmpl'},
     # The keyword form.
     # {'remote_host': 'https://prometheus.example.org', 'remote_host_type': 'prometheus',
     #  'remote_target': 'sum(rate(http_requests_total[5m]))', 'graphite_target': 'http.rps',

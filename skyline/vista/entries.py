@@ -13,12 +13,15 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from skyline.vista.constants import DEFAULT_FREQUENCY, PER_METRIC_KEY_PREFIXES, SHARED_KEYS
 from skyline.vista.problems import Problems, show
 from skyline.vista.secret import Secret
+
+if TYPE_CHECKING:
+    from skyline.vista.expand import NameTemplate
 
 FIELDS = (
     "remote_host",
@@ -84,6 +87,9 @@ class FetchEntry:
     uri_path: str = ""
     uri_params: tuple[tuple[str, str], ...] = ()
     window: int = 0  # seconds covered by the uri's own window (Graphite from=, Prometheus 300)
+    # A graphite_target with {fields}: each series of the answer is a metric of its own
+    # (skyline/vista/expand.py); ``metric`` is then the template, not a name.
+    name_template: NameTemplate | None = None
 
     @property
     def host(self) -> str:
@@ -462,7 +468,17 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
         )
         populate, populate_seconds = (), ()
     metric = f"{prefix}.{graphite_target}" if prefix else graphite_target
-    if graphite_target and (reason := metric_name_problem(metric)):
+    template = None
+    if graphite_target and kind in ("graphite", "prometheus") and _is_template(metric):
+        from skyline.vista import expand  # imports this module
+
+        try:
+            template = expand.parse_template(
+                metric, "graphite" if kind == "graphite" else "prometheus"
+            )
+        except ValueError as exc:
+            problems.error(check.where("graphite_target"), f"name template {show(metric)}: {exc}")
+    elif graphite_target and (reason := metric_name_problem(metric)):
         problems.error(check.label, f"metric name {show(metric)} {reason}")
     elif graphite_target and (reason := reserved_key_problem(metric)):
         problems.error(
@@ -491,7 +507,17 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
         uri_path=uri_path,
         uri_params=uri_params,
         window=window,
+        name_template=template,
     )
+
+
+_TEMPLATE_FIELD = re.compile(r"\{\s*(?:[A-Za-z_][A-Za-z0-9_]*|node\[-?\d+\])\s*\}")
+
+
+def _is_template(name: str) -> bool:
+    """A name with at least one {label} or {node[N]} field (a Graphite glob such as {a,b} is
+    not one, and is refused as a metric name)."""
+    return bool(_TEMPLATE_FIELD.search(name))
 
 
 def check_entries(raw: object, problems: Problems) -> tuple[FetchEntry, ...]:

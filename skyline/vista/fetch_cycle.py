@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
-from skyline.vista import codec, constants, holes, request_budget
+from skyline.vista import codec, constants, expand, holes, request_budget
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
@@ -55,7 +55,7 @@ class MetricResult:
     entry: FetchEntry
     watermark: int | None = None
     windows: list[Window] = field(default_factory=list)
-    raw: dict[int, list[tuple[object, object]] | SourceError] = field(default_factory=dict)
+    raw: dict[int, Outcome] = field(default_factory=dict)
     points: tuple[Point, ...] = ()
     dropped: DropCounts = field(default_factory=DropCounts)
     error: SourceError | None = None
@@ -70,11 +70,18 @@ class MetricResult:
     new_holes: list[Hole] = field(default_factory=list)  # failed this cycle, newer points went
     given_up: list[Hole] = field(default_factory=list)
     refilled: int = 0  # points fetched for failed windows (queued as replay items)
+    # A templated entry (expand.py): its answer's names and their items, one chain each.
+    seen: list[str] = field(default_factory=list)
+    chains: list[tuple[str, list[str]]] = field(default_factory=list)
+    held_new: list[str] = field(default_factory=list)  # new names kept for pre-populate
 
     @property
     def metric(self) -> str:
         return self.entry.metric
 
+
+Outcome = list[tuple[object, object]] | SourceError | expand.Expansion
+"""What one window's request gave: raw pairs, an error, or (templated entries) named series."""
 
 NO_STATE = MetricState()
 
@@ -156,6 +163,10 @@ class FetchCycle:
         self.on_error = on_error
         self.on_done = on_done
         self.in_flight: set[str] = set()  # metrics of this cycle not finished yet
+        # Templated entries (expand.py): the names each made before, and their watermarks.
+        self.expansion_known: dict[str, set[str]] = {}
+        self.name_watermarks: dict[str, int] = {}
+        self._owner: dict[str, str] = {}  # expanded name -> its entry's metric (in_flight)
         self._stopping = False
         self.limits = Limits(
             fetch_max_points=config.fetch_max_points,
@@ -361,7 +372,12 @@ class FetchCycle:
                     logger.warning(
                         "%s %s: Prometheus warning: %s", entry.host, entry.metric, redact(warning)
                     )
-            outcome: list[tuple[object, object]] | SourceError = prometheus.parse_result(body)
+            outcome: Outcome
+            if entry.name_template is not None:
+                series = prometheus.parse_series(body)
+                outcome = expand.expand_labelled(entry.name_template, series)
+            else:
+                outcome = prometheus.parse_result(body)
         except SourceError as exc:
             outcome = exc
         await self._settle(result, n, outcome)
@@ -381,6 +397,9 @@ class FetchCycle:
                     Credentials.of(entry),
                     window,
                 )
+                if entry.name_template is not None:  # alone: its series keep their names
+                    self._spawn(self._graphite_expanded(key, result, n), [(result, n)])
+                    continue
                 groups.setdefault(key, []).append((result, n))
         size = self.config.graphite_batch_size
         for key, members in groups.items():
@@ -427,17 +446,26 @@ class FetchCycle:
             else:
                 await self._settle(result, n, found.points)
 
+    async def _graphite_expanded(self, key: _GraphiteRequest, result: MetricResult, n: int) -> None:
+        """A templated Graphite entry: every series of the answer, by its name's nodes."""
+        entry = result.entry
+        assert entry.name_template is not None
+        outcome: Outcome
+        try:
+            body = await self._get(result, entry, key.url([entry.remote_target]))
+            series = [(s.name, s.points) for s in graphite.parse_render(body)]
+            outcome = expand.expand_named(entry.name_template, series)
+        except SourceError as exc:
+            outcome = exc
+        await self._settle(result, n, outcome)
+
     # --- finishing a metric ---------------------------------------------------------------
 
-    async def _settle(
-        self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
-    ) -> None:
+    async def _settle(self, result: MetricResult, n: int, outcome: Outcome) -> None:
         if self._settle_now(result, n, outcome):
             await self._flush(final=False)
 
-    def _settle_now(
-        self, result: MetricResult, n: int, outcome: list[tuple[object, object]] | SourceError
-    ) -> bool:
+    def _settle_now(self, result: MetricResult, n: int, outcome: Outcome) -> bool:
         """Record one window's outcome; True when enough finished metrics wait for a push."""
         if isinstance(outcome, SourceError):
             # Its text may quote the remote (a shape error, Prometheus' own error), and a
@@ -454,7 +482,10 @@ class FetchCycle:
             self._hole_updates[result.metric] = result.holes
         if not result.items and result.holes is None:
             return False
-        if result.items:
+        if result.items and result.entry.name_template is not None:
+            self._to_push += result.chains
+            self._owner.update((name, result.metric) for name, _ in result.chains)
+        elif result.items:
             self._to_push.append((result.metric, result.items))
         if len(self._to_push) >= 500:
             return True
@@ -476,6 +507,9 @@ class FetchCycle:
         A window that failed after the last point delivered needs nothing: the next fetch
         starts at the watermark, before it. Retried holes' points go as replay items.
         """
+        if result.entry.name_template is not None:
+            self._finish_expanded(result)
+            return
         plan = result.plan
         fresh = plan.fresh if plan.windows else len(result.windows)
         raw: list[tuple[object, object]] = []
@@ -485,6 +519,7 @@ class FetchCycle:
             if isinstance(outcome, SourceError):
                 failed.append((result.windows[n], outcome))
             else:
+                assert not isinstance(outcome, expand.Expansion)
                 raw += outcome
         before = (
             current_minute_start(self.now) if self.config.do_not_submit_current_minute else None
@@ -526,7 +561,7 @@ class FetchCycle:
         """Settle the holes retried this cycle; returns their points. Sets ``result.holes``
         when the metric's list of holes changes."""
         plan = result.plan
-        outcome: dict[Hole, list[tuple[Window, list[tuple[object, object]] | SourceError]]] = {}
+        outcome: dict[Hole, list[tuple[Window, Outcome]]] = {}
         for i, hole in enumerate(plan.retries):
             n = fresh + i
             outcome.setdefault(hole, []).append((result.windows[n], result.raw[n]))
@@ -539,6 +574,7 @@ class FetchCycle:
             raw: list[tuple[object, object]] = []
             for window, answer in answers:
                 if not isinstance(answer, SourceError):
+                    assert not isinstance(answer, expand.Expansion)
                     raw += answer
                     continue
                 if result.error is None:
@@ -557,6 +593,57 @@ class FetchCycle:
         result.refilled = len(points)
         return points
 
+    def _finish_expanded(self, result: MetricResult) -> None:
+        """A templated entry: merge each name's windows, clean each against its own watermark
+        and make one chain of items per name. A window that failed makes the entry's error and
+        ends the merge there (no holes are kept for templated entries: the next cycle starts
+        at the oldest watermark of its names, before the failed window). A name seen for the
+        first time while the entry asks for pre-populating (and this window was not already
+        the populate window) is held back: without a watermark, the next cycle fetches the
+        populate window for it."""
+        entry = result.entry
+        merged: dict[str, list[tuple[object, object]]] = {}
+        problems: list[str] = []
+        for n in range(len(result.windows)):
+            outcome = result.raw[n]
+            if isinstance(outcome, SourceError):
+                result.error = outcome
+                break
+            assert isinstance(outcome, expand.Expansion)
+            for name, pairs in outcome.series.items():
+                merged.setdefault(name, []).extend(pairs)
+            problems += [p for p in outcome.problems if p not in problems]
+        if problems and result.error is None:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            result.error = SourceError("expansion", "; ".join(problems[:3]) + more)
+        before = (
+            current_minute_start(self.now) if self.config.do_not_submit_current_minute else None
+        )
+        known = self.expansion_known.get(entry.metric, set())
+        populate_next = bool(entry.populate_seconds) and result.watermark is not None
+        everything: list[Point] = []
+        for name in sorted(merged):
+            if all(value is None for _, value in merged[name]):
+                continue  # Graphite lists a matching series even where it has no data yet
+            result.seen.append(name)
+            if populate_next and name not in known:
+                result.held_new.append(name)
+                continue
+            cleaned = clean(merged[name], after=self.name_watermarks.get(name), before=before)
+            result.dropped.add(cleaned.dropped)
+            if cleaned.points:
+                everything += cleaned.points
+                result.chains.append((name, self._items(result, cleaned.points, metric=name)))
+        result.points = tuple(everything)
+        result.items = [item for _, items in result.chains for item in items]
+        result.done = True
+        if result.error is not None and self.on_error is not None:
+            self.on_error(result)
+        if not result.items:
+            self.in_flight.discard(result.metric)
+        if self.on_done is not None:
+            self.on_done(result, self.now)
+
     def _items(
         self,
         result: MetricResult,
@@ -564,6 +651,7 @@ class FetchCycle:
         *,
         replay: bool = False,
         seq: int = 0,
+        metric: str | None = None,
     ) -> list[str]:
         if not points:
             return []
@@ -576,7 +664,7 @@ class FetchCycle:
             codec.encode_item(
                 QueueItem(
                     id=new_id(),
-                    metric=entry.metric,
+                    metric=metric or entry.metric,
                     source=entry.remote_host_type,
                     host=host,
                     target=entry.remote_target,
@@ -606,7 +694,7 @@ class FetchCycle:
             queued = await self.queue.push(chains, holes=updates)  # not `+=`: flushes overlap
             self._queued += queued
             pushed = True
-            self.in_flight.difference_update(metric for metric, _ in chains)
+            self.in_flight.difference_update(self._owner.get(m, m) for m, _ in chains)
             self.in_flight.difference_update(updates)
         except REDIS_ERRORS:
             if final:

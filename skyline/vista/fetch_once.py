@@ -30,6 +30,18 @@ def _when(ts: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
 
 
+def series_lines(result: MetricResult) -> list[str]:
+    """A templated entry's series (one metric each) and their queue items."""
+    if not result.seen:
+        return []
+    counts = {name: len(items) for name, items in result.chains}
+    lines = [f"    {len(result.seen)} series:"]
+    for name in result.seen:
+        note = " (new: pre-populated next cycle)" if name in result.held_new else ""
+        lines.append(f"      {name}: {counts.get(name, 0)} queue item(s){note}")
+    return lines
+
+
 def describe(result: MetricResult) -> str:
     entry = result.entry
     head = f"{entry.metric}  [{entry.remote_host_type} {entry.host}]"
@@ -42,7 +54,10 @@ def describe(result: MetricResult) -> str:
     lines = [head]
     if result.error is not None:
         lines.append(f"    ERROR ({result.error.kind}): {result.error}")
-    if result.points:
+    lines += series_lines(result)
+    if result.points and result.seen:
+        lines.append(f"    {len(result.points)} new point(s) in all")
+    elif result.points:
         first, last = result.points[0][0], result.points[-1][0]
         lines.append(
             f"    {len(result.points)} new point(s) {_when(first)} .. {_when(last)} "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import constants, prune, redisconn, telemetry
+from skyline.vista import constants, expand, prune, redisconn, telemetry
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
@@ -208,9 +208,10 @@ class Fetcher(threading.Thread):
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             entries = list(config.shard_metrics)
             names = [e.metric for e in entries]
-            marks = await queue.watermarks(names)
+            marks = dict(await queue.watermarks(names))
             pending = await queue.pending(names)
             holes = await queue.holes(names)
+            known, name_marks = await self._expansions(queue, entries, begin, marks, pending)
             self.outage.ok()
         except redisconn.REDIS_ERRORS as exc:
             delay = self.outage.failed(exc)
@@ -228,6 +229,8 @@ class Fetcher(threading.Thread):
             shared=self._shared_limit(),
             on_done=self._remember_metric,
         )
+        fetch.expansion_known = {m: set(found) for m, found in known.items()}
+        fetch.name_watermarks = name_marks
         # Marked in flight now, before the cycle task first runs (it narrows this to the
         # metrics it finds due as it starts).
         fetch.in_flight = {e.metric for e in entries if e.metric not in busy}
@@ -242,8 +245,55 @@ class Fetcher(threading.Thread):
             logger.warning("this cycle's items could not be queued; they are fetched again")
             return None
         self._remember(report)
+        await self._remember_names(fetch, report)
         await self._report(report, len(report.results))
         return report
+
+    async def _expansions(
+        self,
+        queue: AsyncFetchQueue,
+        entries: Sequence[FetchEntry],
+        now: float,
+        marks: dict[str, Watermark],
+        pending: set[str],
+    ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        """Templated entries (expand.py): the names each made, and their watermarks. The
+        entry's own watermark becomes the oldest of its recent names' (none while one of them
+        was never delivered: its window is then the populate/default one), and the entry is
+        pending while any of its names is."""
+        templated = [e.metric for e in entries if e.name_template is not None]
+        if not templated:
+            return {}, {}
+        known = await expand.known(queue.client, templated)
+        recent = {m: expand.recent(found, now) for m, found in known.items()}
+        names = sorted({n for found in recent.values() for n in found})
+        found_marks = await queue.watermarks(names)
+        busy = await queue.pending(names)
+        name_marks = {n: w.timestamp for n, w in found_marks.items()}
+        for metric, own in recent.items():
+            start, _new = expand.entry_watermark(own, name_marks)
+            marks.pop(metric, None)
+            if start is not None:
+                marks[metric] = Watermark(start)
+            if any(n in busy for n in own):
+                pending.add(metric)
+        return known, name_marks
+
+    async def _remember_names(self, fetch: FetchCycle, report: CycleReport) -> None:
+        seen = {r.metric: r.seen for r in report.results if r.seen}
+        if not seen or fetch.queue is None:
+            return
+        try:
+            await expand.remember(fetch.queue.client, seen, report.started)
+        except redisconn.REDIS_ERRORS as exc:
+            logger.warning("could not record the series of templated entries: %s", exc)
+        for r in report.results:
+            fresh = [n for n in r.seen if n not in fetch.expansion_known.get(r.metric, ())]
+            if fresh:
+                held = " (pre-populated next cycle)" if r.held_new else ""
+                logger.info(
+                    "%s: %d new series: %s%s", r.metric, len(fresh), ", ".join(fresh[:10]), held
+                )
 
     def _shared_limit(self) -> SharedLimit:
         shared = self.state.shared

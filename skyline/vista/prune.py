@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
-from skyline.vista import constants, queue_scripts
+from skyline.vista import constants, expand, queue_scripts
 from skyline.vista.config import VistaConfig
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,11 @@ async def maintain(client: redis.asyncio.Redis, config: VistaConfig, now: float)
     """Refresh this host's metrics, then prune what no host has had for the grace period.
     Returns the metrics pruned."""
     names = [e.metric for e in config.fetch_metrics]
+    # The metrics a name template made (expand.py) are in the settings through their entry.
+    templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
+    if templated:
+        made = await expand.known(client, templated)
+        names += sorted({n for found in made.values() for n in found})
     for start in range(0, len(names), 1000):
         chunk = names[start : start + 1000]
         await client.hset(constants.CONFIGURED_KEY, mapping={m: int(now) for m in chunk})

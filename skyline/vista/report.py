@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import redis
 
-from skyline.vista import constants, create_budget, lag, procutil, prune, redisconn
+from skyline.vista import constants, create_budget, expand, lag, procutil, prune, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.holes import Hole
@@ -108,7 +108,11 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         agent = client.get(f"{constants.AGENT_KEY_PREFIX}{socket.gethostname()}")
         fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
         worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
-        marks = queue.watermarks([e.metric for e in config.fetch_metrics])
+        templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
+        expansions = expand.known_sync(client, templated)
+        plain = [e.metric for e in config.fetch_metrics if e.name_template is None]
+        expanded = sorted({n for found in expansions.values() for n in found})
+        marks = queue.watermarks(plain + expanded)
         budget = create_budget.read_status(
             client, config.carbon_max_creates_per_minute, time.time()
         )
@@ -141,14 +145,15 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     lines.append(lag.status_line(lag_summary))
     lines += failing_window_lines(failing, now)
     if config.prune_removed_after > 0:
-        names = [e.metric for e in config.fetch_metrics]
+        names = [e.metric for e in config.fetch_metrics] + expanded
         removals = prune.pending_removal(configured, names, now, config.prune_removed_after)
         lines += prune.removal_lines(removals, now)
     lines += jobs
+    lines += expansion_lines(config, expansions, now)
     lags = []
-    for entry in config.fetch_metrics:
-        mark = marks.get(entry.metric)
-        lags.append((float("inf") if mark is None else now - mark.timestamp, entry.metric, mark))
+    for metric in plain + expanded:
+        mark = marks.get(metric)
+        lags.append((float("inf") if mark is None else now - mark.timestamp, metric, mark))
     lags.sort(key=lambda x: -x[0])
     if lags:
         lines.append(
@@ -177,6 +182,27 @@ def failing_window_lines(failing: Mapping[str, list[Hole]], now: float) -> list[
 
 def _utc(ts: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + "Z"
+
+
+def expansion_lines(
+    config: VistaConfig, expansions: dict[str, dict[str, float]], now: float, show: int = 20
+) -> list[str]:
+    """The metrics each templated entry (one query -> many metrics) has made."""
+    lines = []
+    for entry in config.fetch_metrics:
+        if entry.name_template is None:
+            continue
+        found = expansions.get(entry.metric, {})
+        stale = [n for n in found if now - found[n] > expand.STALE_AFTER]
+        head = f"{entry.describe()}: {len(found)} series"
+        if stale:
+            head += f" ({len(stale)} not seen for over {expand.STALE_AFTER // 60} min)"
+        lines.append(head + (":" if found else " yet"))
+        for name in sorted(found)[:show]:
+            lines.append(f"  {name}  (last seen {_age(max(0.0, now - found[name]))} ago)")
+        if len(found) > show:
+            lines.append(f"  ... and {len(found) - show} more")
+    return lines
 
 
 def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:

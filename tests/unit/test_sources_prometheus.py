@@ -123,7 +123,8 @@ def test_parse_result_recorded_multi_series_names_count_and_differing_labels() -
     assert caught.value.kind == "too_many_series"
     assert str(caught.value) == (
         "the query returned 2 series; it must return one. Labels that differ: "
-        "instance=[h:1, h:2]; job=[a, b]. Aggregate it (e.g. sum by ()) or add label matchers"
+        "instance=[h:1, h:2]; job=[a, b]. Aggregate it (e.g. sum by ()) or add label matchers, "
+        "or give the entry a name template (e.g. graphite_target='x.{instance}')"
     )
 
 

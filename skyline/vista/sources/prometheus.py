@@ -44,6 +44,48 @@ def parse_result(body: object) -> list[tuple[object, object]]:
     Raises SourceError for ``status: error`` (with Prometheus' own error text), a wrong shape,
     or more than one series (naming how many and which labels differ).
     """
+    kind, result = _data(body)
+    if kind == "scalar":
+        return [_pair(result)]
+    assert isinstance(result, list)
+    if not result:
+        return []
+    if len(result) > 1:
+        raise SourceError(
+            "too_many_series",
+            f"the query returned {len(result)} series; it must return one. Labels that differ: "
+            f"{_label_differences(result)}. Aggregate it (e.g. sum by ()) or add label matchers, "
+            "or give the entry a name template (e.g. graphite_target='x.{instance}')",
+        )
+    return _series_pairs(kind, result[0])
+
+
+def parse_series(body: object) -> list[tuple[dict[str, str], list[tuple[object, object]]]]:
+    """Every series of a matrix or vector answer as (labels, pairs), for name templates."""
+    kind, result = _data(body)
+    if kind == "scalar":
+        return [({}, [_pair(result)])]
+    assert isinstance(result, list)
+    out = []
+    for series in result:
+        labels = series.get("metric")
+        if not isinstance(labels, dict):
+            labels = {}
+        out.append(({str(k): str(v) for k, v in labels.items()}, _series_pairs(kind, series)))
+    return out
+
+
+def _series_pairs(kind: object, series: dict[str, object]) -> list[tuple[object, object]]:
+    if kind == "matrix":
+        values = series.get("values")
+        if not isinstance(values, list):
+            raise SourceError("shape", "matrix series without a 'values' list")
+        return [_pair(v) for v in values]
+    return [_pair(series.get("value"))]
+
+
+def _data(body: object) -> tuple[object, object]:
+    """(resultType, result) of a success answer; SourceError otherwise."""
     if not isinstance(body, dict):
         raise SourceError("shape", f"expected a JSON object, got {type(body).__name__}")
     status = body.get("status")
@@ -61,26 +103,12 @@ def parse_result(body: object) -> list[tuple[object, object]]:
     kind = data.get("resultType")
     result = data.get("result")
     if kind == "scalar":
-        return [_pair(result)]
+        return kind, result
     if kind not in ("matrix", "vector") or not isinstance(result, list):
         raise SourceError("shape", f"unsupported resultType {kind!r} (expected matrix or vector)")
-    if not result:
-        return []
     if not all(isinstance(s, dict) for s in result):
         raise SourceError("shape", "a result entry is not an object")
-    if len(result) > 1:
-        raise SourceError(
-            "too_many_series",
-            f"the query returned {len(result)} series; it must return one. Labels that differ: "
-            f"{_label_differences(result)}. Aggregate it (e.g. sum by ()) or add label matchers",
-        )
-    series = result[0]
-    if kind == "matrix":
-        values = series.get("values")
-        if not isinstance(values, list):
-            raise SourceError("shape", "matrix series without a 'values' list")
-        return [_pair(v) for v in values]
-    return [_pair(series.get("value"))]
+    return kind, result
 
 
 def _pair(raw: object) -> tuple[object, object]:

@@ -606,6 +606,14 @@ class PrometheusServer(Server):
             self._load_history(self.history)
             self._history_loaded = True
 
+    def add_history(self, history: str) -> None:
+        """Load more OpenMetrics history (series that 'appear later'): stop, write the blocks
+        with promtool next to the existing ones (Prometheus merges overlapping blocks), start
+        again on the same port."""
+        self.stop()
+        self._load_history(history)
+        self.start()
+
     def _load_history(self, history: str) -> None:
         text = history if history.endswith("\n") else history + "\n"
         if text.rstrip().splitlines()[-1:] != ["# EOF"]:

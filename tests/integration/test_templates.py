@@ -1,0 +1,197 @@
+"""One query → many metrics (skyline/vista/expand.py), against a real Prometheus (history loaded
+with promtool) and a real graphite-web (reading a real carbon-cache), through the real Fetcher
+cycle and a real worker into the Flux double: three series, one of which appears later and is
+pre-populated; every point delivered exactly once under its templated name, and ``vista
+status`` lists the three metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from skyline.vista import redisconn, report
+from skyline.vista.config import VistaConfig
+from skyline.vista.fetcher import Fetcher
+from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.model import Point
+from skyline.vista.sinks.flux import FluxSink
+from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, RedisServer
+from skyline.vista.worker import WorkerLoop
+from tests.conftest import PrometheusFactory
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.integration.test_worker import drained
+from tests.support.settings import make_config
+
+
+def CLOCKS(minute: int) -> list[float]:  # noqa: N802 - a constant of the module, per minute
+    """10 min ago (a and b), 2 min ago (c has appeared, with 20 min of history: held back),
+    1 min ago (c fetched over its populate window, older than the window of cycle 2)."""
+    return [minute - 600 + 1.0, minute - 120 + 1.0, minute - 60 + 1.0]
+
+
+def value(instance: str, ts: int) -> float:
+    return float(ts // 60 % 10_000) + {"a": 0.25, "b": 0.5, "c": 0.75}[instance]
+
+
+def deliver(cfg: VistaConfig, server: RedisServer, client: redis.Redis) -> None:
+    loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", server.client(), FluxSink(cfg.flux))
+    deadline = time.monotonic() + 20
+    while not drained(client) and time.monotonic() < deadline:
+        loop.run_once()
+    loop.shutdown()
+    assert drained(client)
+
+
+def by_metric(flux: FluxServer) -> dict[str, list[Point]]:
+    found: dict[str, list[Point]] = {}
+    for p in flux.accepted:
+        found.setdefault(p.metric, []).append((p.timestamp, p.value))
+    return found
+
+
+async def run_cycles(
+    cfg: VistaConfig,
+    server: RedisServer,
+    client: redis.Redis,
+    clocks: list[float],
+    between: Callable[[int], None] = lambda n: None,
+) -> list[list[str]]:
+    """One Fetcher cycle per clock value, each followed by a worker draining the queue;
+    returns the metrics each cycle queued."""
+    now = [clocks[0]]
+    fetcher = Fetcher(os.getpid(), cfg, clock=lambda: now[0])
+    queued: list[list[str]] = []
+    aclient = redisconn.connect_async(cfg.redis)
+    try:
+        async with aiohttp.ClientSession() as session:
+            queue = AsyncFetchQueue(aclient, watermark_keys(cfg.sink))
+            for n, clock in enumerate(clocks):
+                between(n)
+                now[0] = clock
+                cycle = await fetcher.cycle(session, queue)
+                assert cycle is not None
+                queued.append(sorted(name for r in cycle.results for name, _ in r.chains))
+                deliver(cfg, server, client)
+    finally:
+        await aclient.aclose()
+    return queued
+
+
+@pytest.mark.slow
+async def test_prometheus_three_series_one_added_later_and_pre_populated(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    tmp_prometheus: PrometheusFactory,
+) -> None:
+    minute = int(time.time()) // 60 * 60
+    starts = {"a": minute - 3000, "b": minute - 3000, "c": minute - 1200}
+
+    def history(instances: str) -> str:
+        lines = [
+            f'vista_tmpl{{instance="{i}:9100",job="node"}} {value(i, ts)} {ts}'
+            for i in instances
+            for ts in range(starts[i], minute, 60)
+        ]
+        return "\n".join(lines) + "\n# EOF\n"
+
+    prom = tmp_prometheus(history=history("ab"))
+    entry = {
+        "remote_host": prom.url,
+        "remote_host_type": "prometheus",
+        "remote_target": "vista_tmpl",
+        "graphite_target": "{instance}.{job}",
+        "namespace_prefix": "tmpl",
+        "populate_at_resolutions": ("1h",),
+    }
+    with FluxServer() as flux:
+        cfg = make_config(
+            tmp_path, redis_server, [entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY
+        )
+        queued = await run_cycles(
+            cfg,
+            redis_server,
+            redis_client,
+            CLOCKS(minute),
+            between=lambda n: prom.add_history(history("c")) if n == 1 else None,
+        )
+        stored = by_metric(flux)
+    names = {i: f"tmpl.{i}_9100.node" for i in "abc"}
+    assert queued == [
+        [names["a"], names["b"]],
+        [names["a"], names["b"]],  # c seen, held back
+        [names["a"], names["b"], names["c"]],
+    ]
+    last = minute - 120  # the open minute of the last cycle is minute - 60
+    for i, name in names.items():
+        want = [(ts, value(i, ts)) for ts in range(starts[i], last + 1, 60)]
+        assert stored[name] == want, (name, stored[name][:3], stored[name][-3:])
+    assert set(stored) == set(names.values())
+    lines = report.redis_report(cfg)
+    at = lines.index("VISTA_FETCH_METRICS[0] (tmpl.{instance}.{job}): 3 series:")
+    assert [line.split()[0] for line in lines[at + 1 : at + 4]] == sorted(names.values())
+
+
+@pytest.mark.slow
+async def test_graphite_wildcard_three_series_one_added_later(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    carbon_server: CarbonServer,
+    graphite_web: GraphiteWebServer,
+    metric_prefix: str,
+) -> None:
+    minute = int(time.time()) // 60 * 60
+    source = f"{metric_prefix}.src"
+    starts = {"a": minute - 3000, "b": minute - 3000, "c": minute - 1200}
+
+    def write(instances: str) -> None:
+        points = [
+            (f"{source}.{i}.load", (float(ts), value(i, ts)))
+            for i in instances
+            for ts in range(starts[i], minute, 60)
+        ]
+        carbon_server.send_pickle(points)
+        for i in instances:  # all of them: carbon writes a metric's points in several goes
+            count = len(range(starts[i], minute, 60))
+            carbon_server.wait_for_points(f"{source}.{i}.load", count, timeout=15)
+        graphite_web.wait_visible(f"{source}.{instances[-1]}.load")
+
+    write("ab")
+    entry = {
+        "remote_host": graphite_web.url,
+        "remote_host_type": "graphite",
+        "remote_target": f"{source}.*.load",
+        "graphite_target": "{node[-2]}.load",
+        "namespace_prefix": "gtmpl",
+        "populate_at_resolutions": ("1hours",),
+    }
+    with FluxServer() as flux:
+        cfg = make_config(
+            tmp_path, redis_server, [entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY
+        )
+        queued = await run_cycles(
+            cfg,
+            redis_server,
+            redis_client,
+            CLOCKS(minute),
+            between=lambda n: write("c") if n == 1 else None,
+        )
+        stored = by_metric(flux)
+    names = {i: f"gtmpl.{i}.load" for i in "abc"}
+    assert queued == [
+        [names["a"], names["b"]],
+        [names["a"], names["b"]],
+        [names["a"], names["b"], names["c"]],
+    ]
+    last = minute - 120
+    for i, name in names.items():
+        want = [(ts, value(i, ts)) for ts in range(starts[i], last + 1, 60)]
+        assert stored[name] == want, (name, stored[name][:3], stored[name][-3:])
