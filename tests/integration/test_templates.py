@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import redis
 
-from skyline.vista import redisconn, report
+from skyline.vista import constants, expand, prune, redisconn, report
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
@@ -195,3 +195,33 @@ async def test_graphite_wildcard_three_series_one_added_later(
     for i, name in names.items():
         want = [(ts, value(i, ts)) for ts in range(starts[i], last + 1, 60)]
         assert stored[name] == want, (name, stored[name][:3], stored[name][-3:])
+
+
+async def test_metrics_made_by_a_template_are_not_pruned_as_removed(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """prune.py removes the state of metrics in no Vista host's settings; a templated entry's
+    metrics are in the settings through their entry."""
+    entry = {
+        "remote_host": "http://127.0.0.1:1",
+        "remote_host_type": "prometheus",
+        "remote_target": "up",
+        "graphite_target": "{job}",
+        "namespace_prefix": "tmpl",
+    }
+    cfg = make_config(tmp_path, redis_server, [entry], VISTA_PRUNE_REMOVED_AFTER=60)
+    now = time.time()
+    redis_client.hset(expand.key("tmpl.{job}"), "tmpl.node", repr(now - 7200))
+    redis_client.sadd(constants.VISTA_METRICS_KEY, "tmpl.node", "gone.metric")
+    redis_client.hset(
+        constants.VISTA_WATERMARK_HASH, "tmpl.node", "{'timestamp': 60, 'value': 1.0}"
+    )
+    redis_client.hset(constants.CONFIGURED_KEY, mapping={"tmpl.node": 1, "gone.metric": 1})
+    aclient = redisconn.connect_async(cfg.redis)
+    try:
+        pruned = await prune.maintain(aclient, cfg, now)
+    finally:
+        await aclient.aclose()
+    assert pruned == ["gone.metric"]
+    assert redis_client.sismember(constants.VISTA_METRICS_KEY, "tmpl.node")
+    assert redis_client.hexists(constants.VISTA_WATERMARK_HASH, "tmpl.node")
