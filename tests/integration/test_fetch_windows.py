@@ -26,7 +26,7 @@ from skyline.vista import codec, constants, holes, redisconn
 from skyline.vista.agent import Vista
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle
-from skyline.vista.fetcher import log_holes
+from skyline.vista.fetcher import Fetcher, log_holes
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.holes import Hole
 from skyline.vista.logs import LogSpec
@@ -300,41 +300,35 @@ async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
     assert "its points are not fetched" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("populate", "watermark_age", "first_span"),
+    [(("15d",), None, 15 * DAY), ((), 2 * DAY, 2 * DAY)],
+    ids=["populate-15d", "watermark-2-days-old"],
+)
 async def test_a_series_with_no_data_costs_the_same_every_cycle(
     tmp_path: Path,
     redis_server: RedisServer,
     redis_client: redis.Redis,
     prom: PrometheusServer,
     history: History,
+    populate: tuple[str, ...],
+    watermark_age: int | None,
+    first_span: int,
 ) -> None:
-    """A 15-day pre-populate of a series that has no data: the first cycle asks for 15 days,
-    the next ones only for the last hour (data may arrive late), not 15 days every minute."""
-    async with serve(FailingProxy(prom.url)) as px:
-        host = px.url
-        cfg = make_config(
-            tmp_path,
-            redis_server,
-            [
-                (
-                    host,
-                    "prometheus",
-                    60,
-                    "vista_nothing",
-                    "none",
-                    "default",
-                    "w",
-                    None,
-                    None,
-                    None,
-                    None,
-                    ("15d",),
-                )
-            ],  # fmt: skip
+    """A series that has no data, to pre-populate over 15 days or with a watermark 2 days old:
+    the first cycle asks for the whole span, the next ones only for the last hour (data may
+    arrive late), not a span that grows every cycle."""
+    if watermark_age is not None:
+        mark = history.minute - watermark_age
+        redis_client.hset(
+            constants.VISTA_WATERMARK_HASH, "w.none", f"{{'timestamp': {mark}, 'value': 1.0}}"
         )
-        from skyline.vista.fetcher import Fetcher
-
-        fetcher = Fetcher(0, cfg, clock=lambda: clock[0])
+    async with serve(FailingProxy(prom.url)) as px:
+        entry = (px.url, "prometheus", 60, "vista_nothing", "none", "default", "w", None, None,
+                 None, None, populate)  # fmt: skip
+        cfg = make_config(tmp_path, redis_server, [entry])
         clock = [history.now]
+        fetcher = Fetcher(0, cfg, clock=lambda: clock[0])
         rclient = redisconn.connect_async(cfg.redis)
         queue = AsyncFetchQueue(rclient, watermark_keys(cfg.sink))
         spans = []
@@ -347,7 +341,7 @@ async def test_a_series_with_no_data_costs_the_same_every_cycle(
                     spans.append(sum(e - s for s, e, _ in px.asked[before:]))
         finally:
             await rclient.aclose()
-    assert spans[0] >= 15 * DAY - 600
+    assert spans[0] >= first_span - 600, spans
     for span in spans[1:]:
         assert span <= EMPTY_RESCAN + 2 * 300, spans
     assert redis_client.scard(constants.QUEUE_KEY) == 0
