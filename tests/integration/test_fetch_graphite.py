@@ -507,3 +507,48 @@ async def test_gap_longer_than_one_chunk(
     assert all(len(i.points) <= 200 for i in items)
     assert [len(i.points) for i in items[:-1]] == [200] * (len(items) - 1)
     assert [p for i in items for p in i.points] == list(result.points)
+
+
+async def test_pre_populate_honours_max_backfill_and_fetch_max_points(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    carbon_server: CarbonServer,
+    graphite_web: GraphiteWebServer,
+    metric_prefix: str,
+) -> None:
+    """('365days', '7days') with a 1-hour VISTA_MAX_BACKFILL and 100 points per cycle: no
+    request reaches back a year or asks for more than 100 points; the points queued are
+    graphite-web's own for the first 100 steps of the last hour, and the next cycle goes on
+    from the watermark."""
+    c = clock()
+    m = c.minute
+    metric = f"{metric_prefix}.populate"
+    stamps = list(range(m - 3600 - 600, m - STEP + 1, STEP))
+    carbon_server.send_plaintext(f"{metric} {value_of(4, ts)} {ts}" for ts in stamps)
+    wait_rendered(graphite_web, [metric], m - 3600 - 700, m, len(stamps))
+    entry = {**graphite_entry(graphite_web.url, metric, "populate")}
+    entry["populate_at_resolutions"] = ("365days", "7days")
+    cfg = make_config(
+        tmp_path,
+        redis_server,
+        [entry],
+        VISTA_MAX_BACKFILL=3600,
+        VISTA_FETCH_MAX_POINTS=100,
+        VISTA_QUEUE_ITEM_MAX_POINTS=40,
+    )
+    seen = Requests()
+    report = await run_cycle(cfg, c.now, seen=seen)
+    result = by_metric(report)["gw.populate"]
+    assert result.error is None
+    t = int(c.now)
+    asked = [
+        (int(seen.params(n)["from"][0]), int(seen.params(n)["until"][0]))
+        for n in range(len(seen.urls))
+    ]
+    assert min(a for a, _ in asked) == t - 3600  # VISTA_MAX_BACKFILL, not 365 days
+    assert max(b for _, b in asked) == t - 3600 + 100 * STEP  # VISTA_FETCH_MAX_POINTS
+    assert all(b - a <= 40 * STEP for a, b in asked)  # chunked as gaps are
+    assert list(result.points) == [
+        (ts, value_of(4, ts)) for ts in stamps if t - 3600 < ts <= t - 3600 + 100 * STEP
+    ]
