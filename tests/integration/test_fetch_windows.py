@@ -105,7 +105,7 @@ class FailingProxy:
         failing = start < self.fail_before
         self.asked.append((start, end, failing))
         if failing and self.mode == "timeout":
-            await asyncio.sleep(5)
+            await asyncio.sleep(20)
         if failing:
             return web.Response(status=500, text="upstream exploded")
         async with aiohttp.ClientSession() as session:
@@ -135,7 +135,7 @@ def config(tmp_path: Path, redis_server: RedisServer, host: str, **extra: Any) -
         tmp_path,
         redis_server,
         [entry(host)],
-        VISTA_REMOTE_HOSTS={host: {"timeout": 1.0}},
+        VISTA_REMOTE_HOSTS={host: {"timeout": 3.0}},
         VISTA_MAX_BACKFILL=2 * DAY,
         **extra,
     )
@@ -213,7 +213,7 @@ async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_re
         FailingProxy(prom.url, fail_before=int(now) - 20 * 3600, mode="timeout")
     ) as px:
         cfg = config(tmp_path, redis_server, px.url)
-        # Cycle 1: the day is two windows; the older one stalls past the 1 s timeout.
+        # Cycle 1: the day is two windows; the older one stalls past the 3 s timeout.
         report = await cycle(cfg, now, redis_client)
         result = report.results[0]
         assert tuple(result.windows) == result.plan.windows and len(result.windows) == 2
@@ -234,7 +234,7 @@ async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_re
         )
         with caplog.at_level(logging.WARNING, logger="skyline.vista.fetcher"):
             log_holes(result)
-        assert "failed (no answer within 1s); newer points are delivered" in caplog.text
+        assert "failed (no answer within 3s); newer points are delivered" in caplog.text
 
         # Cycle 2, after the retry delay: still stalling; the hole is split in two.
         now2 = now + holes.retry_delay(1) + 1
