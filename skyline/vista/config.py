@@ -19,7 +19,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from skyline.vista import bigquery_settings
-from skyline.vista.constants import DEFAULT_SETTINGS_PATH, FLUX_BATCH_SIZE, SETTINGS_ENV
+from skyline.vista.constants import (
+    DEFAULT_MEMBER_TTL,
+    DEFAULT_SETTINGS_PATH,
+    FLUX_BATCH_SIZE,
+    SETTINGS_ENV,
+)
 from skyline.vista.entries import FetchEntry, check_entries
 from skyline.vista.errors import ConfigError
 from skyline.vista.problems import Problems, show
@@ -136,7 +141,8 @@ class VistaConfig:
     )
     carbon_max_creates_per_minute: float = 50.0  # inf: no pacing of new metric names
     shards: tuple[str, ...] = ()  # VISTA_SHARDS: the hosts that split the fetch list
-    hostname: str = ""  # this host's name in VISTA_SHARDS
+    hostname: str = ""  # this host's name among the Vista hosts (VISTA_HOSTNAME)
+    member_ttl: float = DEFAULT_MEMBER_TTL  # VISTA_MEMBER_TTL: a silent host is gone after this
     job_processes: Mapping[str, int] = field(default_factory=dict)  # VISTA_JOB_PROCESSES
     warnings: tuple[str, ...] = ()
 
@@ -183,6 +189,8 @@ def shard_of(metric: str, count: int) -> int:
 def _shards(r: _Reader) -> tuple[tuple[str, ...], str]:
     raw = r.values.get("VISTA_SHARDS", ())
     hostname = r.text("VISTA_HOSTNAME", None) or socket.gethostname()
+    if any(c.isspace() for c in hostname):
+        r.problems.bad("VISTA_HOSTNAME", hostname, "a host name without spaces")
     if raw in (None, (), []):
         return (), hostname
     if not isinstance(raw, (tuple, list)) or not all(isinstance(h, str) and h for h in raw):
@@ -259,6 +267,10 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_HOSTNAME",
         "VISTA_JOB_PROCESSES",
         "VISTA_CARBON_MAX_CREATES_PER_MINUTE",
+        "VISTA_MEMBER_TTL",
+        "VISTA_REDIS_SENTINELS",
+        "VISTA_REDIS_SENTINEL_SERVICE",
+        "VISTA_REDIS_SENTINEL_PASSWORD",
     }
 )
 
@@ -639,6 +651,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         shards=shards,
         hostname=hostname,
         job_processes=_job_processes(r),
+        member_ttl=r.number("VISTA_MEMBER_TTL", DEFAULT_MEMBER_TTL, minimum=3),
         warnings=(),
     )
     if problems.errors:

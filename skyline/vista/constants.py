@@ -72,6 +72,16 @@ HEARTBEAT_TTL = 120
 AGENT_KEY_PREFIX = "vista.agent."
 """Per-host agent record: vista.agent.<hostname>, JSON with pid and children (SETEX 120)."""
 
+MEMBERS_KEY = "vista.members"
+"""Set of the names (VISTA_HOSTNAME) of the Vista hosts that have joined; the live ones are those
+whose member key exists (see membership.py)."""
+
+MEMBER_KEY_PREFIX = "vista.member."
+"""Per-host member key vista.member.<hostname>, SET with a TTL of VISTA_MEMBER_TTL and renewed
+every third of it by the agent while its fetcher runs; deleted on a clean stop."""
+
+DEFAULT_MEMBER_TTL = 30.0
+
 LOG_ERRORS_KEY = "vista.log.errors.per_minute"
 """*Skyline*: INCRBY on every ERROR record, EXPIRE 119; thunder turns it into logged_errors."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from skyline.vista import constants, expand, prune, redisconn, telemetry
+from skyline.vista import constants, expand, membership, prune, redisconn, telemetry
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
@@ -46,6 +46,16 @@ class FetcherState:
     shared: SharedLimit | None = None
     cycles: int = 0
     last_report: CycleReport | None = None
+    members: tuple[str, ...] = ()  # the live Vista hosts seen at the last cycle
+    owned: tuple[FetchEntry, ...] = ()  # what this host fetched at the last cycle
+
+    def forget(self, metrics: set[str]) -> None:
+        """Drop what is remembered of metrics this host no longer fetches: if one comes back,
+        its window starts again at its watermark (whoever delivered up to it)."""
+        for table in (self.last_attempt, self.scan_from, self.last_error):
+            for metric in metrics & table.keys():
+                del table[metric]
+        self.carried -= metrics
 
 
 @dataclass(frozen=True)
@@ -127,20 +137,24 @@ class Fetcher(threading.Thread):
         connector = new_connector()
         client = redisconn.connect_async(config.redis)
         queue = AsyncFetchQueue(client, watermark_keys(config.sink))
-        shard = f" (shard {config.hostname} of {len(config.shards)})" if config.shards else ""
-        logger.info("fetcher started: %d metric(s)%s", len(config.shard_metrics), shard)
+        members = membership.AsyncMembers(client)
+        if config.shards:
+            shard = f"shard {config.hostname} of {len(config.shards)} (VISTA_SHARDS)"
+        else:
+            shard = f"host {config.hostname}; shared with the live Vista hosts"
+        logger.info("fetcher started: %d metric(s), %s", len(config.fetch_metrics), shard)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
                 while not self.stopping():
                     started = self.clock()
-                    planned = await self._begin(session, queue)
+                    planned = await self._begin(session, queue, members)
                     if planned is not None:
                         # Not awaited: the next tick starts the next cycle even if this one
                         # still waits for a slow host (whose metrics are not due meanwhile).
                         task = asyncio.ensure_future(self._complete(planned))
                         self._cycles[task] = planned.fetch
                         task.add_done_callback(self._cycle_done)
-                    tick = cycle_tick([e.frequency for e in self.config.shard_metrics])
+                    tick = cycle_tick([e.frequency for e in self.config.fetch_metrics])
                     await self._sleep(next_tick(max(started, self.clock()), tick) - self.clock())
                     if self._crash is not None:
                         raise self._crash
@@ -174,10 +188,13 @@ class Fetcher(threading.Thread):
     # --- one cycle ------------------------------------------------------------------------
 
     async def cycle(
-        self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
+        self,
+        session: aiohttp.ClientSession,
+        queue: AsyncFetchQueue,
+        members: membership.AsyncMembers | None = None,
     ) -> CycleReport | None:
         """One whole cycle, awaited to its end (the thread starts each and does not wait)."""
-        planned = await self._begin(session, queue)
+        planned = await self._begin(session, queue, members)
         return None if planned is None else await self._complete(planned)
 
     def in_flight(self) -> set[str]:
@@ -185,10 +202,14 @@ class Fetcher(threading.Thread):
         return set().union(*(fetch.in_flight for fetch in self._cycles.values()))
 
     async def _begin(
-        self, session: aiohttp.ClientSession, queue: AsyncFetchQueue
+        self,
+        session: aiohttp.ClientSession,
+        queue: AsyncFetchQueue,
+        members: membership.AsyncMembers | None = None,
     ) -> _Planned | None:
-        """Heartbeat, then read what the cycle needs to pick the due metrics (among those a
-        running cycle is not still fetching; schedule.plan_metric decides)."""
+        """Heartbeat, then read what the cycle needs to pick the due metrics (among those this
+        host owns now and a running cycle is not still fetching; schedule.plan_metric
+        decides)."""
         config = self.config
         begin = self.clock()
         busy = self.in_flight()
@@ -206,7 +227,8 @@ class Fetcher(threading.Thread):
                 # after VISTA_PRUNE_REMOVED_AFTER (prune.py).
                 await prune.maintain(queue.client, config, begin)
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
-            entries = list(config.shard_metrics)
+            live = await members.live() if members is not None and not config.shards else ()
+            entries = list(self._ownership(config, live))
             names = [e.metric for e in entries]
             marks = dict(await queue.watermarks(names))
             pending = await queue.pending(names)
@@ -294,6 +316,31 @@ class Fetcher(threading.Thread):
                 logger.info(
                     "%s: %d new series: %s%s", r.metric, len(fresh), ", ".join(fresh[:10]), held
                 )
+
+    def _ownership(self, config: VistaConfig, live: tuple[str, ...]) -> tuple[FetchEntry, ...]:
+        """This cycle's fetch list; a change of the live hosts or of the share is logged."""
+        entries = membership.fetch_list(config, live)
+        state = self.state
+        if config.shards:
+            state.owned = entries
+            return entries
+        everyone = tuple(sorted({*live, config.hostname}))
+        before = {e.metric for e in state.owned}
+        after = {e.metric for e in entries}
+        if everyone != state.members or before != after:
+            logger.info(
+                "live Vista hosts: %s; this host (%s) fetches %d of %d metric(s) "
+                "(%d taken over, %d handed over)",
+                ", ".join(everyone),
+                config.hostname,
+                len(entries),
+                len(config.fetch_metrics),
+                len(after - before) if state.members else 0,
+                len(before - after),
+            )
+        state.forget(before - after)
+        state.members, state.owned = everyone, entries
+        return entries
 
     def _shared_limit(self) -> SharedLimit:
         shared = self.state.shared
@@ -401,7 +448,7 @@ class Fetcher(threading.Thread):
         errors_by_host: dict[str, int] = {}
         for r in report.errors:
             errors_by_host[r.entry.host] = errors_by_host.get(r.entry.host, 0) + 1
-        for host in {e.host for e in self.config.shard_metrics}:
+        for host in {e.host for e in self.state.owned}:
             values[f"fetcher.errors.{telemetry.graphite_safe(host)}"] = errors_by_host.get(host, 0)
         await asyncio.to_thread(self.self_metrics.send, values, report.started)
 

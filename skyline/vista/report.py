@@ -11,7 +11,16 @@ from collections.abc import Mapping
 
 import redis
 
-from skyline.vista import constants, create_budget, expand, lag, procutil, prune, redisconn
+from skyline.vista import (
+    constants,
+    create_budget,
+    expand,
+    lag,
+    membership,
+    procutil,
+    prune,
+    redisconn,
+)
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.holes import Hole
@@ -105,7 +114,8 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     try:
         queue = FetchQueue(client, watermark_keys(config.sink))
         counts = queue.counts()
-        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{socket.gethostname()}")
+        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname or socket.gethostname()}")
+        members = membership.live_members(client)
         fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
         worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
         templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
@@ -126,6 +136,14 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         client.close()
     now = time.time()
     lines = []
+    if config.shards:
+        lines.append(f"fetch list: VISTA_SHARDS, this host {config.hostname}")
+    else:
+        mine = len(membership.owned(config.fetch_metrics, members, config.hostname))
+        lines.append(
+            f"live Vista hosts: {', '.join(members) or 'none'}; this host ({config.hostname}) "
+            f"fetches {mine} of {len(config.fetch_metrics)} metric(s)"
+        )
     if agent:
         record = json.loads(agent)
         alive = "alive" if record.get("fetcher") else "NOT RUNNING"

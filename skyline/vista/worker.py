@@ -92,7 +92,9 @@ class WorkerLoop:
         self._last_auth_log = 0.0
         self._next_heartbeat = 0.0
         self._next_recover = 0.0
-        self.host_stats_key = f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}"
+        self.host_stats_key = (
+            f"{constants.HOST_STATS_KEY_PREFIX}{config.hostname or socket.gethostname()}"
+        )
         self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
         self.create_budget = CreateBudget(client, config.carbon_max_creates_per_minute)
 

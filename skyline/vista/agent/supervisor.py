@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from skyline.vista import config as config_module
-from skyline.vista import constants, logs, redisconn, telemetry
+from skyline.vista import constants, logs, membership, redisconn, telemetry
 from skyline.vista.backoff import compute_backoff
 from skyline.vista.bq_fetcher import BqScheduler
 from skyline.vista.config import VistaConfig
@@ -74,9 +74,10 @@ class Vista:
         self.jobs = JobSupervisor(config, self.client, self.pool, log_spec)
         self.bq_scheduler = BqScheduler(config, self.client) if config.bq_accounts else None
         self.queue = FetchQueue(self.client, watermark_keys(config.sink))
-        self.hostname = socket.gethostname()
+        self.hostname = config.hostname or socket.gethostname()
         self.started = time.time()
         self._next_heartbeat = 0.0
+        self._next_member_beat = 0.0
         self._next_self_metrics = time.monotonic() + SELF_METRICS_EVERY
         self.self_metrics = telemetry.SelfMetrics(
             config.self_metrics.host, config.self_metrics.port, config.self_metrics.prefix
@@ -110,6 +111,7 @@ class Vista:
         self.state.workers = self.config.worker_processes
         for index in range(self.state.workers):
             self._start_worker(index)
+        self._member_heartbeat(force=True)  # join before the first cycle, so others see us
         self._start_fetcher()
         if self.config.metrics_address:
             telemetry.start_metrics_server(
@@ -148,6 +150,7 @@ class Vista:
         if self.bq_scheduler is not None and not self.state.stop_requested:
             self.bq_scheduler.tick(time.time())
         self._check_fetcher()
+        self._member_heartbeat()
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._heartbeat()
@@ -162,6 +165,7 @@ class Vista:
         logger.info("stopping: draining within %gs", self.config.shutdown_timeout)
         if self.fetcher is not None:
             self.fetcher.stop()
+        self._leave()
         exits = self.pool.stop_all(self.config.shutdown_timeout)
         forced = sum(1 for e in exits if e.killed)
         if self.fetcher is not None:
@@ -300,6 +304,34 @@ class Vista:
             if index < count:
                 self._start_worker(index)
         self.state.workers = count
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _member_heartbeat(self, *, force: bool = False) -> None:
+        """Keep this host among the live Vista hosts while its fetcher runs (every third of
+        VISTA_MEMBER_TTL): the others take its metrics over when the key expires."""
+        if self.config.shards:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_member_beat:
+            return
+        if not force and not (self.fetcher is not None and self.fetcher.is_alive()):
+            return  # the fetcher is down (restarting): let the others fetch meanwhile
+        ttl = self.config.member_ttl
+        self._next_member_beat = now + ttl / 3
+        try:
+            membership.heartbeat(self.client, self.hostname, ttl, str(self.pid))
+        except redisconn.REDIS_ERRORS:
+            self._next_member_beat = now + min(1.0, ttl / 3)
+            logger.debug("member heartbeat not written (Redis unavailable)")
+
+    def _leave(self) -> None:
+        if self.config.shards:
+            return
+        try:
+            membership.leave(self.client, self.hostname)
+        except redisconn.REDIS_ERRORS:
+            pass  # the member key expires by itself
 
     # --- reporting ------------------------------------------------------------------------
 

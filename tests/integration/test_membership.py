@@ -1,0 +1,234 @@
+"""Several Vista hosts on one Redis share the fetch list by live membership.
+
+Three ``vista run`` daemons (VISTA_HOSTNAME vista-a, vista-b, vista-c) on one real redis-server
+fetch 12 series from a real Prometheus into a real carbon-cache, through a recording proxy in
+front of carbon's pickle port (tests/carbon_proxy.py), so a point sent twice is seen on the wire
+even though whisper keeps one value per slot. Mid-run vista-b is SIGKILLed (agent and workers,
+as when its machine dies): the others take its metrics over within VISTA_MEMBER_TTL + one fetch
+cycle. Later it starts again and takes its share back. Every 10 s slot of every metric, from
+its first point to the end, must be in whisper with its exact value, and sent exactly once.
+
+The series are ``vector(time() + i)``: Prometheus evaluates them for any past time, so the value
+of every slot is known (``ts + i``) and a gap could only be Vista's.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from skyline.vista import constants, membership
+from skyline.vista.testing.servers import LOOPBACK, CarbonServer, poll_until
+from tests.conftest import PrometheusFactory, RedisFactory
+from tests.support.carbon_proxy import PickleRecorder
+from tests.support.daemon import VistaHarness, wait_for
+
+STEP = 10
+COUNT = 12
+HOSTS = ("vista-a", "vista-b", "vista-c")
+TTL = 3
+TICK = 10  # the fetcher's cycle: the smallest frequency (10 s)
+VICTIM = "vista-b"
+NEW_POINTS = re.compile(r"cycle: \d+ due, [1-9]\d* with new points")
+
+
+@pytest.fixture
+def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
+    proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
+    yield proxy
+    proxy.close()
+
+
+def closed_slot(now: float) -> int:
+    """The last 10 s slot Vista may have sent: the one before the open minute."""
+    return int(now) // 60 * 60 - STEP
+
+
+MEMBERS_LINE = re.compile(r"live Vista hosts: ([^;]+); this host \((\S+)\) fetches (\d+)")
+
+
+def last_view(log: str) -> tuple[str, str, int] | None:
+    """(live hosts, this host, metrics it fetches) as the host last logged them."""
+    found = MEMBERS_LINE.findall(log)
+    return None if not found else (found[-1][0], found[-1][1], int(found[-1][2]))
+
+
+def views_are(
+    harnesses: dict[str, VistaHarness], logs: dict[str, Path], want: dict[str, tuple[str, int]]
+) -> bool | None:
+    """Each host in ``want`` last logged (live hosts, its share) as given."""
+    for host, (live, share) in want.items():
+        if last_view(harnesses[host].log(logs[host])) != (live, host, share):
+            return None
+    return True
+
+
+@pytest.mark.slow
+def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
+    tmp_path: Path,
+    tmp_prometheus: PrometheusFactory,
+    tmp_redis: RedisFactory,
+    carbon_server: CarbonServer,
+    recorder: PickleRecorder,
+    metric_prefix: str,
+) -> None:
+    prom = tmp_prometheus()
+    redis_server = tmp_redis()
+    names = {f"{metric_prefix}.m{i:02d}": i for i in range(COUNT)}
+    entries = tuple(
+        (
+            prom.url,
+            "prometheus",
+            STEP,
+            f"vector(time() + {i})",
+            f"m{i:02d}",
+            "default",
+            metric_prefix,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )  # fmt: skip
+        for i in range(COUNT)
+    )
+    owner = {m: membership.owner(m, HOSTS) for m in names}
+    victims = {m for m, host in owner.items() if host == VICTIM}
+    assert 0 < len(victims) < COUNT and set(owner.values()) == set(HOSTS)
+    harnesses = {
+        host: VistaHarness(
+            tmp_path / host,
+            {
+                "VISTA_ENABLED": True,
+                "VISTA_VERBOSE_LOGGING": True,
+                "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+                "VISTA_SINK": "graphite",
+                "CARBON_HOST": LOOPBACK,
+                "CARBON_PORT": carbon_server.line_port,
+                "CARBON_PICKLE_PORT": recorder.port,
+                "VISTA_WORKER_PROCESSES": 1,
+                "VISTA_WORKER_LEASE": 5,
+                "VISTA_HOSTNAME": host,
+                "VISTA_MEMBER_TTL": TTL,
+                "VISTA_FETCH_METRICS": entries,
+            },
+        )
+        for host in HOSTS
+    }
+    client = redis_server.client()
+    logs = {host: tmp_path / f"{host}.stderr" for host in HOSTS}
+    try:
+        agents = {host: h.run_foreground(logs[host])[1] for host, h in harnesses.items()}
+        for host, h in harnesses.items():
+            h.wait_workers(agents[host], 1)
+
+        shares = {h: (", ".join(HOSTS), sum(1 for m in names if owner[m] == h)) for h in HOSTS}
+        shared = functools.partial(views_are, harnesses, logs, shares)
+        wait_for(shared, 40, "the three hosts to share the fetch list")
+        wait_for(lambda: caught_up(recorder, names, time.time()), 90, "every metric delivered")
+
+        # --- vista-b dies with everything it runs, between two deliveries.
+        victim = harnesses[VICTIM]
+        tree = victim.tree(agents[VICTIM])
+        assert len(tree) >= 2
+        wait_for(lambda: quiet(client), 30, "no item in flight")
+        for proc in tree:
+            proc.kill()
+        killed = time.time()
+        survivors = [h for host, h in harnesses.items() if host != VICTIM]
+
+        left = {h: sum(1 for m in names if membership.owner(m, ("vista-a", "vista-c")) == h)
+                for h in ("vista-a", "vista-c")}  # fmt: skip
+        taken_over = functools.partial(
+            views_are, harnesses, logs, {h: ("vista-a, vista-c", n) for h, n in left.items()}
+        )
+        wait_for(taken_over, TTL + TICK + 20, "the survivors to take vista-b's metrics")
+        took = time.time()
+        # Bounded: the member key expires TTL s after the last heartbeat (at most TTL/3 before
+        # the kill), then the next cycle (at most one TICK later) fetches them.
+        print(f"vista-b killed; the survivors fetch its metrics {took - killed:.1f} s later")
+        assert took - killed <= TTL + TICK + 3, took - killed
+        # ... and they really deliver them: a slot that closed after the kill, for each.
+        after_kill = closed_slot(killed) + 60
+        wait_for(
+            lambda: (
+                all(any(s.timestamp >= after_kill for s in recorder.sent(m)) for m in victims)
+                or None
+            ),
+            150,
+            "vista-b's metrics delivered by the survivors",
+        )
+        assert all(p.alive() for h in survivors for p in h.seen if "spawn_main" not in p.cmdline)
+
+        # --- vista-b comes back and takes its share again.
+        back = victim.run_foreground(logs[VICTIM])[1]
+        victim.wait_workers(back, 1)
+        wait_for(shared, TTL + TICK + 30, "vista-b to take its share back")
+        rejoined = time.time()
+        victim_log = victim.log(logs[VICTIM])
+        assert "handed over" in "".join(h.log(logs[k]) for k, h in harnesses.items())
+        wait_for(
+            lambda: NEW_POINTS.search(victim.log(logs[VICTIM])[len(victim_log) :]) and True,
+            TICK * 2 + 60,
+            "vista-b to fetch its metrics again",
+        )
+        end = wait_for(
+            lambda: caught_up(recorder, names, max(time.time(), rejoined + 61)),
+            150,
+            "every metric caught up after the rejoin",
+        )
+        for h in harnesses.values():
+            h.popens[-1].send_signal(signal.SIGTERM)
+        for host, h in harnesses.items():
+            assert h.popens[-1].wait(30) == 0, h.log_tail(path=logs[host])
+    finally:
+        for h in harnesses.values():
+            h.cleanup()
+        client.close()
+
+    for host, h in harnesses.items():
+        log = h.log(logs[host])
+        assert "Traceback" not in log, log[-3000:]
+    check_exactly_once(recorder, carbon_server, names, end)
+
+
+def drained(carbon: CarbonServer, metric: str) -> bool | None:
+    return True if not carbon.cache_query(metric) else None
+
+
+def quiet(client: redis.Redis) -> bool | None:
+    return True if client.hlen(constants.INFLIGHT_KEY) == 0 else None
+
+
+def caught_up(recorder: PickleRecorder, names: dict[str, int], now: float) -> int | None:
+    """The last closed slot as of ``now`` once every metric has been sent up to it."""
+    last = closed_slot(now)
+    sent = recorder.by_metric()
+    ok = all(any(s.timestamp == last for s in sent.get(m, [])) for m in names)
+    return last if ok else None
+
+
+def check_exactly_once(
+    recorder: PickleRecorder, carbon: CarbonServer, names: dict[str, int], end: int
+) -> None:
+    """Every 10 s slot of every metric from its first point to ``end``: sent once, exact, and
+    in whisper."""
+    assert recorder.errors == []
+    sent = recorder.by_metric()
+    for metric, i in names.items():
+        stamps = [s.timestamp for s in sent[metric]]
+        assert len(stamps) == len(set(stamps)), (metric, sorted(stamps))  # none twice
+        first = min(stamps)
+        want = {ts: float(ts + i) for ts in range(first, end + 1, STEP)}
+        got = {s.timestamp: s.value for s in sent[metric] if s.timestamp <= end}
+        assert got == want, (metric, sorted(set(want) ^ set(got)))  # every slot, exact
+        poll_until(functools.partial(drained, carbon, metric), 30, what="carbon to write")
+        stored = carbon.fetch(metric, first - STEP, end)
+        assert {ts: v for ts, v in stored if v is not None} == want, metric

@@ -1,0 +1,86 @@
+"""Live membership: rendezvous ownership of the fetch list over the live Vista hosts."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from skyline.vista import config, membership
+from tests.unit.test_config import problems_of, prom, settings
+
+METRICS = [f"vista.m{i:04d}" for i in range(3000)]
+HOSTS = ("vista-a", "vista-b", "vista-c")
+
+
+def owners(members: tuple[str, ...]) -> dict[str, str | None]:
+    return {m: membership.owner(m, members) for m in METRICS}
+
+
+def test_every_metric_has_exactly_one_owner_and_the_shares_are_even() -> None:
+    shares = Counter(owners(HOSTS).values())
+    assert set(shares) == set(HOSTS)
+    assert sum(shares.values()) == len(METRICS)
+    assert all(900 <= n <= 1100 for n in shares.values()), shares
+
+
+def test_owner_depends_on_names_only_not_order_or_run() -> None:
+    assert owners(HOSTS) == owners(HOSTS[::-1])
+    # Fixed values: a hash that changed between Python runs or versions would split the fetch
+    # list differently on two hosts (PYTHONHASHSEED must not matter).
+    assert membership.weight("vista-a", "vista.m0000") == 0xA9FEF361E7367F74
+    assert membership.owner("", []) is None
+
+
+def test_a_dead_host_s_metrics_move_and_no_other_metric_does() -> None:
+    before = owners(HOSTS)
+    after = owners(("vista-a", "vista-c"))
+    moved = {m for m in METRICS if before[m] != after[m]}
+    assert moved == {m for m in METRICS if before[m] == "vista-b"}
+    # ... spread over both survivors, not piled onto one.
+    assert all(n > 300 for n in Counter(after[m] for m in moved).values())
+
+
+def test_a_host_that_joins_takes_its_share_from_every_host_and_nothing_else_moves() -> None:
+    before = owners(HOSTS)
+    after = owners((*HOSTS, "vista-d"))
+    moved = {m for m in METRICS if before[m] != after[m]}
+    assert all(after[m] == "vista-d" for m in moved)
+    assert 600 <= len(moved) <= 900
+    assert set(Counter(before[m] for m in moved)) == set(HOSTS)
+
+
+def test_owned_counts_this_host_alive_and_shards_override_membership() -> None:
+    entries = tuple(prom(f"m{i:03d}") for i in range(60))
+    alone = config.validate(settings(VISTA_FETCH_METRICS=entries, VISTA_HOSTNAME="vista-a"))
+    # Not yet in the live list (its first heartbeat is not visible): still fetches, alone.
+    assert membership.fetch_list(alone, ()) == alone.fetch_metrics
+    parts = [
+        {e.metric for e in membership.owned(alone.fetch_metrics, HOSTS, host)} for host in HOSTS
+    ]
+    assert sorted(m for part in parts for m in part) == sorted(
+        e.metric for e in alone.fetch_metrics
+    )
+    pinned = config.validate(
+        settings(VISTA_FETCH_METRICS=entries, VISTA_SHARDS=HOSTS, VISTA_HOSTNAME="vista-a")
+    )
+    assert membership.fetch_list(pinned, ("vista-a",)) == pinned.shard_metrics
+    assert pinned.shard_metrics != pinned.fetch_metrics
+
+
+def test_member_ttl_setting() -> None:
+    assert config.validate(settings()).member_ttl == 30.0
+    assert config.validate(settings(VISTA_MEMBER_TTL=6)).member_ttl == 6.0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"VISTA_MEMBER_TTL": 1}, "VISTA_MEMBER_TTL: got 1, expected a number >= 3"),
+        ({"VISTA_MEMBER_TTL": "30"}, "VISTA_MEMBER_TTL: got '30', expected a number >= 3"),
+        ({"VISTA_HOSTNAME": "vista a"}, "VISTA_HOSTNAME: got 'vista a', expected a host name"),
+    ],
+)
+def test_bad_membership_settings_are_reported(values: dict[str, object], message: str) -> None:
+    caught = problems_of(settings(**values))
+    assert any(p.startswith(message) for p in caught.problems), caught.problems
