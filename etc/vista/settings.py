@@ -141,11 +141,17 @@ VISTA_SHUTDOWN_TIMEOUT = 10  # (new) SIGTERM drain limit, seconds
 # None: off. Keep it on loopback unless you put it behind something.
 VISTA_METRICS_ADDRESS = None  # e.g. '127.0.0.1:9313'
 
-# (new) Several Vista hosts sharing one Redis: the same tuple of host names on every host. Each
-# host fetches the metrics whose name hashes (crc32) to it; every host's workers deliver any
-# queued item, and a host that dies has its workers' items recovered by the others.
+# (new) Several Vista hosts on one Redis, each with the same VISTA_FETCH_METRICS, share the
+# fetch list by live membership: every agent keeps a member key alive in Redis, and each
+# metric is fetched by one live host (rendezvous hashing of its name). A host that stops is
+# replaced within VISTA_MEMBER_TTL + one fetch cycle (at once on a clean stop); a host that
+# joins takes its share. Every host's workers deliver any queued item. Nothing to configure
+# but a distinct VISTA_HOSTNAME per host (the default, the machine's host name, usually is).
+VISTA_HOSTNAME = None  # this host's name among the Vista hosts (default: socket.gethostname())
+VISTA_MEMBER_TTL = 30  # seconds without a heartbeat after which a host counts as gone (>= 3)
+# A fixed split instead of live membership: the same tuple of host names on every host; each
+# fetches the metrics whose name hashes (crc32) to it, whether the others are alive or not.
 VISTA_SHARDS = ()  # e.g. ('vista-1', 'vista-2')
-VISTA_HOSTNAME = None  # this host's name in VISTA_SHARDS (default: socket.gethostname())
 
 # On-demand jobs (`vista backfill`, BigQuery) run by the agent, each in its own process: how
 # many of each kind run at once on this host (default 1 per kind; 0 = none here).
