@@ -6,7 +6,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-APT_PACKAGES := redis-server prometheus prometheus-node-exporter graphite-carbon graphite-web \
+APT_PACKAGES := redis-server redis-sentinel prometheus prometheus-node-exporter graphite-carbon graphite-web \
 	python3-whisper python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -6,7 +6,8 @@ Session-scoped, started the first time a test asks for them and stopped at the e
 
 Function-scoped: ``redis_client`` (FLUSHALL before each test), the factories ``tmp_redis`` and
 ``tmp_prometheus`` for tests that need a server of their own (stop/restart/kill it, history,
-basic auth), and ``metric_prefix`` for unique Graphite metric names on the shared carbon.
+basic auth), ``sentinel_set`` (a primary, a replica and three sentinels, for failover), and
+``metric_prefix`` for unique Graphite metric names on the shared carbon.
 
 A missing binary fails the test loudly ("run `make install`"); nothing is skipped.
 """
@@ -27,6 +28,7 @@ from skyline.vista.testing.servers import (
     MissingBinaryError,
     PrometheusServer,
     RedisServer,
+    SentinelSet,
     Server,
 )
 
@@ -97,6 +99,19 @@ def tmp_redis(tmp_path: Path) -> Iterator[RedisFactory]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A private primary + replica + three redis-sentinel processes (tests/servers.py)."""
+    servers = SentinelSet(tmp_path / "sentinel-set")
+    try:
+        servers.start()
+    except MissingBinaryError as exc:
+        servers.stop()
+        pytest.fail(f"SentinelSet: {exc}", pytrace=False)
+    yield servers
+    servers.stop()
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,15 @@ REDIS_SOCKET_PATH = '/var/run/redis/redis.sock'
 REDIS_PASSWORD = None
 REDIS_URL = None
 
+# (new) Redis Sentinel: when VISTA_REDIS_SENTINELS is set, Vista asks these sentinels where the
+# primary of VISTA_REDIS_SENTINEL_SERVICE is (REDIS_URL and REDIS_SOCKET_PATH are then not
+# used), and asks again by itself after a failover. REDIS_PASSWORD is the password of the
+# primary and replicas; VISTA_REDIS_SENTINEL_PASSWORD the sentinels' own (requirepass in
+# sentinel.conf), None if they have none.
+VISTA_REDIS_SENTINELS = ()  # e.g. ('10.0.0.1:26379', '10.0.0.2:26379', '10.0.0.3:26379')
+VISTA_REDIS_SENTINEL_SERVICE = 'mymaster'
+VISTA_REDIS_SENTINEL_PASSWORD = None
+
 # --- Skyline Flux (VISTA_SINK = 'flux') ----------------------------------------------------
 
 FLUX_IP = '127.0.0.1'

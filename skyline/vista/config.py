@@ -36,10 +36,18 @@ SinkType = Literal["flux", "graphite"]
 @dataclass(frozen=True)
 class RedisConfig:
     url: str  # redis://, rediss:// or unix:// ; never carries the password
-    password: Secret | None = None
+    password: Secret | None = None  # of the Redis server(s), primary and replicas
     socket_timeout: float = 10.0
+    # Redis Sentinel (VISTA_REDIS_SENTINELS): when set, the primary of ``service`` is asked of
+    # these sentinels, and asked again after a failover; ``url`` is then not used.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = "mymaster"
+    sentinel_password: Secret | None = None
 
     def describe(self) -> str:
+        if self.sentinels:
+            where = ", ".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"sentinel service {self.service!r} via {where}"
         return self.url
 
 
@@ -160,7 +168,7 @@ class VistaConfig:
 
     def secrets(self) -> list[str]:
         """Every secret value in the settings, for the log redaction filter."""
-        found = [self.redis.password, self.flux.key]
+        found = [self.redis.password, self.redis.sentinel_password, self.flux.key]
         for entry in self.fetch_metrics:
             found += [entry.api_key, entry.token, entry.password]
             if entry.user is not None and entry.password:
@@ -373,6 +381,15 @@ def _redis(r: _Reader) -> RedisConfig:
             password = Secret(password_text)
         else:
             r.problems.bad("REDIS_PASSWORD", "<hidden>", "a string or None")
+    sentinels, service = _sentinels(r)
+    if sentinels:
+        return RedisConfig(
+            url="",
+            password=password,
+            sentinels=sentinels,
+            service=service,
+            sentinel_password=_password(r, "VISTA_REDIS_SENTINEL_PASSWORD"),
+        )
     if url:
         try:
             parts = urlsplit(url)
@@ -389,6 +406,71 @@ def _redis(r: _Reader) -> RedisConfig:
         return RedisConfig(url=f"unix://{socket_path}", password=password)
     r.problems.error("REDIS_SOCKET_PATH", "neither REDIS_SOCKET_PATH nor REDIS_URL is set")
     return RedisConfig(url="unix:///tmp/redis.sock", password=password)
+
+
+def _password(r: _Reader, name: str) -> Secret | None:
+    value = r.values.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        r.problems.bad(name, "<hidden>", "a string or None")
+        return None
+    return Secret(value)
+
+
+_SENTINELS_EXPECTED = (
+    "a tuple of 'host:port' strings or (host, port) pairs, e.g. ('10.0.0.1:26379',)"
+)
+
+
+def _sentinel_address(raw: object) -> tuple[str, int] | None:
+    """('host', port) from 'host:port', '[v6]:port' or a (host, port) pair; None if invalid."""
+    if isinstance(raw, str):
+        host, sep, port_text = raw.rpartition(":")
+        if not sep or not port_text.isdigit():
+            return None
+        port: object = int(port_text)
+        host = host.strip("[]")
+    elif isinstance(raw, (tuple, list)) and len(raw) == 2:
+        host, port = raw[0], raw[1]
+    else:
+        return None
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    return (host, port)
+
+
+def _sentinels(r: _Reader) -> tuple[tuple[tuple[str, int], ...], str]:
+    """The sentinels' addresses and the service name (VISTA_REDIS_SENTINEL_*)."""
+    raw = r.values.get("VISTA_REDIS_SENTINELS", ())
+    if raw in (None, (), []):
+        for name in ("VISTA_REDIS_SENTINEL_SERVICE", "VISTA_REDIS_SENTINEL_PASSWORD"):
+            if r.values.get(name) not in (None, "", "mymaster"):  # the default is no news
+                r.problems.warn(name, "ignored: VISTA_REDIS_SENTINELS is not set")
+        return (), ""
+    if not isinstance(raw, (tuple, list)):
+        r.problems.bad("VISTA_REDIS_SENTINELS", raw, _SENTINELS_EXPECTED)
+        return (), ""
+    found = []
+    for index, item in enumerate(raw):
+        address = _sentinel_address(item)
+        if address is None:
+            r.problems.bad(f"VISTA_REDIS_SENTINELS[{index}]", item, "'host:port' or (host, port)")
+        else:
+            found.append(address)
+    if len(set(found)) != len(found):
+        r.problems.bad("VISTA_REDIS_SENTINELS", raw, "each sentinel once")
+    service = r.values.get("VISTA_REDIS_SENTINEL_SERVICE", "mymaster")
+    if not isinstance(service, str) or not service or any(c.isspace() for c in service):
+        r.problems.bad(
+            "VISTA_REDIS_SENTINEL_SERVICE",
+            service,
+            "the name the sentinels monitor, e.g. 'mymaster'",
+        )
+        service = "mymaster"
+    return tuple(found), service
 
 
 def _flux(r: _Reader, required: bool) -> FluxConfig:

@@ -12,7 +12,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.exceptions
+import redis.sentinel
 
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import RedisConfig
@@ -35,12 +37,40 @@ def _options(config: RedisConfig) -> dict[str, Any]:
     }
 
 
+def _sentinel_options(config: RedisConfig) -> dict[str, Any]:
+    """How to talk to the sentinels themselves (their own password, same timeouts)."""
+    secret = config.sentinel_password
+    return {
+        "password": secret.reveal() if secret else None,
+        "socket_timeout": min(config.socket_timeout, 5.0),
+        "socket_connect_timeout": 2.0,
+    }
+
+
 def connect(config: RedisConfig) -> redis.Redis:
-    """A client with its own connection pool; create one per process and share it."""
+    """A client with its own connection pool; create one per process and share it.
+
+    With Redis Sentinel the client asks the sentinels for the current primary whenever it
+    (re)connects, so after a failover it finds the promoted replica by itself; a connection to
+    a demoted primary is dropped on its first READONLY answer (redis-py's
+    SentinelManagedConnection), and every error in between is one of :data:`REDIS_ERRORS`.
+    """
+    if config.sentinels:
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(config.sentinels), sentinel_kwargs=_sentinel_options(config), **_options(config)
+        )
+        client: redis.Redis = sentinel.master_for(config.service)  # type: ignore[no-untyped-call]
+        return client
     return redis.Redis.from_url(config.url, **_options(config))
 
 
 def connect_async(config: RedisConfig) -> redis.asyncio.Redis:
+    if config.sentinels:
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(config.sentinels), sentinel_kwargs=_sentinel_options(config), **_options(config)
+        )
+        aclient: redis.asyncio.Redis = sentinel.master_for(config.service)
+        return aclient
     return redis.asyncio.Redis.from_url(config.url, **_options(config))
 
 

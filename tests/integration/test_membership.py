@@ -8,8 +8,8 @@ as when its machine dies): the others take its metrics over within VISTA_MEMBER_
 cycle. Later it starts again and takes its share back. Every 10 s slot of every metric, from
 its first point to the end, must be in whisper with its exact value, and sent exactly once.
 
-The series are ``vector(time() + i)``: Prometheus evaluates them for any past time, so the value
-of every slot is known (``ts + i``) and a gap could only be Vista's.
+The series are ``vector(time() + i)`` (tests/ha_helpers.py): Prometheus evaluates them for any
+past time, so the value of every slot is known (``ts + i``) and a gap could only be Vista's.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import pytest
 import redis
 
 from skyline.vista import constants, membership
-from skyline.vista.testing.servers import LOOPBACK, CarbonServer, poll_until
+from skyline.vista.testing.servers import LOOPBACK, CarbonServer
 from tests.conftest import PrometheusFactory, RedisFactory
 from tests.support.carbon_proxy import PickleRecorder
 from tests.support.daemon import VistaHarness, wait_for
+from tests.support.ha import caught_up, check_delivered, closed_slot, vector_entries
 
 STEP = 10
 COUNT = 12
@@ -44,11 +45,6 @@ def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
     proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
     yield proxy
     proxy.close()
-
-
-def closed_slot(now: float) -> int:
-    """The last 10 s slot Vista may have sent: the one before the open minute."""
-    return int(now) // 60 * 60 - STEP
 
 
 MEMBERS_LINE = re.compile(r"live Vista hosts: ([^;]+); this host \((\S+)\) fetches (\d+)")
@@ -81,24 +77,7 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
 ) -> None:
     prom = tmp_prometheus()
     redis_server = tmp_redis()
-    names = {f"{metric_prefix}.m{i:02d}": i for i in range(COUNT)}
-    entries = tuple(
-        (
-            prom.url,
-            "prometheus",
-            STEP,
-            f"vector(time() + {i})",
-            f"m{i:02d}",
-            "default",
-            metric_prefix,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )  # fmt: skip
-        for i in range(COUNT)
-    )
+    names, entries = vector_entries(prom.url, metric_prefix, COUNT, STEP)
     owner = {m: membership.owner(m, HOSTS) for m in names}
     victims = {m for m, host in owner.items() if host == VICTIM}
     assert 0 < len(victims) < COUNT and set(owner.values()) == set(HOSTS)
@@ -132,7 +111,9 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
         shares = {h: (", ".join(HOSTS), sum(1 for m in names if owner[m] == h)) for h in HOSTS}
         shared = functools.partial(views_are, harnesses, logs, shares)
         wait_for(shared, 40, "the three hosts to share the fetch list")
-        wait_for(lambda: caught_up(recorder, names, time.time()), 90, "every metric delivered")
+        wait_for(
+            lambda: caught_up(recorder, names, time.time(), STEP), 90, "every metric delivered"
+        )
 
         # --- vista-b dies with everything it runs, between two deliveries.
         victim = harnesses[VICTIM]
@@ -156,7 +137,7 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
         print(f"vista-b killed; the survivors fetch its metrics {took - killed:.1f} s later")
         assert took - killed <= TTL + TICK + 3, took - killed
         # ... and they really deliver them: a slot that closed after the kill, for each.
-        after_kill = closed_slot(killed) + 60
+        after_kill = closed_slot(killed, STEP) + 60
         wait_for(
             lambda: (
                 all(any(s.timestamp >= after_kill for s in recorder.sent(m)) for m in victims)
@@ -180,7 +161,7 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
             "vista-b to fetch its metrics again",
         )
         end = wait_for(
-            lambda: caught_up(recorder, names, max(time.time(), rejoined + 61)),
+            lambda: caught_up(recorder, names, max(time.time(), rejoined + 61), STEP),
             150,
             "every metric caught up after the rejoin",
         )
@@ -196,39 +177,8 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
     for host, h in harnesses.items():
         log = h.log(logs[host])
         assert "Traceback" not in log, log[-3000:]
-    check_exactly_once(recorder, carbon_server, names, end)
-
-
-def drained(carbon: CarbonServer, metric: str) -> bool | None:
-    return True if not carbon.cache_query(metric) else None
+    assert check_delivered(recorder, carbon_server, names, end, STEP) == 0
 
 
 def quiet(client: redis.Redis) -> bool | None:
     return True if client.hlen(constants.INFLIGHT_KEY) == 0 else None
-
-
-def caught_up(recorder: PickleRecorder, names: dict[str, int], now: float) -> int | None:
-    """The last closed slot as of ``now`` once every metric has been sent up to it."""
-    last = closed_slot(now)
-    sent = recorder.by_metric()
-    ok = all(any(s.timestamp == last for s in sent.get(m, [])) for m in names)
-    return last if ok else None
-
-
-def check_exactly_once(
-    recorder: PickleRecorder, carbon: CarbonServer, names: dict[str, int], end: int
-) -> None:
-    """Every 10 s slot of every metric from its first point to ``end``: sent once, exact, and
-    in whisper."""
-    assert recorder.errors == []
-    sent = recorder.by_metric()
-    for metric, i in names.items():
-        stamps = [s.timestamp for s in sent[metric]]
-        assert len(stamps) == len(set(stamps)), (metric, sorted(stamps))  # none twice
-        first = min(stamps)
-        want = {ts: float(ts + i) for ts in range(first, end + 1, STEP)}
-        got = {s.timestamp: s.value for s in sent[metric] if s.timestamp <= end}
-        assert got == want, (metric, sorted(set(want) ^ set(got)))  # every slot, exact
-        poll_until(functools.partial(drained, carbon, metric), 30, what="carbon to write")
-        stored = carbon.fetch(metric, first - STEP, end)
-        assert {ts: v for ts, v in stored if v is not None} == want, metric
