@@ -114,7 +114,9 @@ VISTA_REMOTE_HOSTS = {
 }
 VISTA_REQUEST_TIMEOUT = 30  # (new) default per-request timeout, seconds
 VISTA_MAX_CONCURRENCY_PER_HOST = 10  # (new) default per-host concurrency
-VISTA_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # (new) larger answers are refused and counted
+# (new) Larger answers are refused and counted. Answers over 1 MiB are parsed as they arrive,
+# and points outside the window Vista asked for are dropped (and counted) before they are kept.
+VISTA_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 # (new) How far back a gap is filled after an outage, in seconds; 0 = as far back as the
 # source holds data. Long windows are split into requests of at most 11,000 points

@@ -33,6 +33,13 @@ from skyline.vista.secret import Secret, basic_pair, header_secrets
 SinkType = Literal["flux", "graphite"]
 
 
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""VISTA_MAX_RESPONSE_BYTES: about 20 times the largest answer Vista asks for (a Graphite batch
+of 20 targets x 10,000 points; a Prometheus series of 11,000 points is ~0.3 MB). Answers over
+1 MiB are parsed as they arrive and only the asked window's points are kept, so the fetcher
+stays near its usual size even at the cap (bench/big_answer.py)."""
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     url: str  # redis://, rediss:// or unix:// ; never carries the password
@@ -125,7 +132,7 @@ class VistaConfig:
     fetch_concurrency: int = 100
     default_host_options: HostOptions = field(default_factory=HostOptions)
     remote_hosts: Mapping[str, HostOptions] = field(default_factory=dict)
-    max_response_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     max_backfill: int = 0  # seconds; 0 = as far back as the source holds data
     prune_removed_after: int = 7 * 86400  # seconds; 0 = never prune removed metrics' state
     queue_item_max_points: int = 10_000
@@ -704,7 +711,9 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         fetch_concurrency=r.integer("VISTA_ASYNCIO_FETCHER_LIMIT", 100, maximum=10_000),
         default_host_options=default_host,
         remote_hosts=_remote_hosts(r, default_host),
-        max_response_bytes=r.integer("VISTA_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1024),
+        max_response_bytes=r.integer(
+            "VISTA_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES, minimum=1024
+        ),
         max_backfill=r.integer("VISTA_MAX_BACKFILL", 0, minimum=0),
         prune_removed_after=r.integer("VISTA_PRUNE_REMOVED_AFTER", 7 * 86400, minimum=0),
         queue_item_max_points=r.integer("VISTA_QUEUE_ITEM_MAX_POINTS", 10_000, minimum=10),

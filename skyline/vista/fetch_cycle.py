@@ -27,6 +27,7 @@ from skyline.vista.redisconn import REDIS_ERRORS
 from skyline.vista.schedule import Limits, MetricState, Plan, Window, plan_metric, scanned_to
 from skyline.vista.sources import HOST_LEVEL_ERRORS, graphite, prometheus
 from skyline.vista.sources.http import Credentials, HostState, SharedLimit, get_json, scrubbed
+from skyline.vista.sources.stream import Bounds, StreamParser
 from skyline.vista.validate import clean, current_minute_start
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class MetricResult:
     raw: dict[int, Outcome] = field(default_factory=dict)
     points: tuple[Point, ...] = ()
     dropped: DropCounts = field(default_factory=DropCounts)
+    outside_window: int = 0  # points the source sent outside the asked windows (dropped)
     error: SourceError | None = None
     items: list[str] = field(default_factory=list)
     requests: int = 0
@@ -326,7 +328,13 @@ class FetchCycle:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _get(self, result: MetricResult | None, entry: FetchEntry, url: str) -> object:
+    async def _get(
+        self,
+        result: MetricResult | None,
+        entry: FetchEntry,
+        url: str,
+        stream: StreamParser | None = None,
+    ) -> object:
         state = self.host_state(entry)
         if not state.available():
             raise state.not_now()
@@ -341,6 +349,7 @@ class FetchCycle:
                 max_bytes=self.config.max_response_bytes,
                 accept_error_json=entry.remote_host_type == "prometheus",
                 shared=self.shared,
+                stream=stream,
             )
         except SourceError as exc:
             state.record_error(exc.kind)
@@ -363,21 +372,28 @@ class FetchCycle:
             url = prometheus.query_range_url(
                 entry.remote_host, entry.remote_target, window.start, window.end, entry.frequency
             )
+        bounds = Bounds.of_window(window.start, window.end, entry.frequency)
+        outcome: Outcome
         try:
-            body = await self._get(result, entry, url)
-            warnings = prometheus.warnings_of(body)
-            if warnings:
+            if entry.name_template is not None:
+                # Every series of the answer, named by the template (decoded whole).
+                body = await self._get(result, entry, url)
+                series = prometheus.parse_series(body)
+                outcome = expand.expand_labelled(entry.name_template, series)
+                parsed = prometheus.Parsed([], 0, prometheus.warnings_of(body))
+            else:
+                body = await self._get(result, entry, url, prometheus.stream_parser(bounds))
+                parsed = (
+                    body if isinstance(body, prometheus.Parsed) else prometheus.parse(body, bounds)
+                )
+                result.outside_window += parsed.outside_window
+                outcome = parsed.points
+            if parsed.warnings:
                 redact = Credentials.of(entry).redactor(self.host_state(entry).options)
-                for warning in warnings:
+                for warning in parsed.warnings:
                     logger.warning(
                         "%s %s: Prometheus warning: %s", entry.host, entry.metric, redact(warning)
                     )
-            outcome: Outcome
-            if entry.name_template is not None:
-                series = prometheus.parse_series(body)
-                outcome = expand.expand_labelled(entry.name_template, series)
-            else:
-                outcome = prometheus.parse_result(body)
         except SourceError as exc:
             outcome = exc
         await self._settle(result, n, outcome)
@@ -418,9 +434,22 @@ class FetchCycle:
         url = key.url(targets)
         for result, _ in members:
             result.requests += 1
+        window = key.window
+        frequency = min(r.entry.frequency for r, _ in members)
+        bounds = Bounds.of_window(window.start, window.end, frequency)
         try:
-            body = await self._get(None, members[0][0].entry, url)
-            mapped = graphite.map_batch(graphite.parse_render(body), len(members), aliased=aliased)
+            body = await self._get(
+                None,
+                members[0][0].entry,
+                url,
+                graphite.stream_parser(bounds),
+            )
+            rendered = (
+                body
+                if isinstance(body, graphite.Rendered)
+                else graphite.Rendered(graphite.parse_render_within(body, bounds))
+            )
+            mapped = graphite.map_batch(rendered.series, len(members), aliased=aliased)
         except SourceError as exc:
             if aliased and exc.kind not in HOST_LEVEL_ERRORS:
                 # One bad target can fail a whole batch (an unknown function answers 400):
@@ -444,6 +473,7 @@ class FetchCycle:
             elif isinstance(found, SourceError):
                 await self._settle(result, n, found)
             else:
+                result.outside_window += found.outside_window
                 await self._settle(result, n, found.points)
 
     async def _graphite_expanded(self, key: _GraphiteRequest, result: MetricResult, n: int) -> None:
@@ -527,6 +557,7 @@ class FetchCycle:
         cleaned = clean(raw, after=result.watermark, before=before)
         result.points = cleaned.points
         result.dropped = cleaned.dropped
+        result.dropped.outside_window += result.outside_window
         result.done = True
         if failed:
             result.error = failed[0][1]

@@ -70,6 +70,7 @@ class DropCounts:
     duplicate_ts: int = 0
     at_or_below_watermark: int = 0
     current_minute: int = 0
+    outside_window: int = 0  # sent by the source outside the window Vista asked for
 
     def add(self, other: DropCounts) -> None:
         for name in self.__slots__:

@@ -316,7 +316,12 @@ def slow(remote_box: list[Remote]) -> Handler:
 def make_config(
     tmp_path: Path, entries: Iterable[Mapping[str, object]], **settings: object
 ) -> VistaConfig:
-    """The graphite sink; the queue is passed to the cycle directly (no Redis URL is used)."""
+    """The graphite sink; the queue is passed to the cycle directly (no Redis URL is used).
+
+    Cycles run at :func:`recorded_time`, when the recorded Prometheus answers were made, so
+    that the windows Vista asks for hold their points (points outside the asked window are
+    dropped). The Graphite entries' windows are the uri's own (``from=-10minutes``), so their
+    recorded points, from another day, are kept; the open-minute rule is off for them."""
     return settings_factory.make_config(
         tmp_path,
         UNUSED_REDIS,
@@ -324,8 +329,14 @@ def make_config(
         VISTA_SINK="graphite",
         CARBON_HOST="127.0.0.1",
         VISTA_MAX_RESPONSE_BYTES=MAX_BYTES,
+        VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE=False,
         **settings,
     )
+
+
+def recorded_time() -> float:
+    """A clock in the minutes after the recorded Prometheus answers' last point."""
+    return P_T0 + 600.0
 
 
 def prom_points(values: Iterable[str]) -> tuple[Point, ...]:
@@ -468,7 +479,12 @@ async def test_one_cycle_with_every_kind_of_bad_answer(
     hosts: dict[str, HostState] = {}
     failed: list[str] = []
     cycle = FetchCycle(
-        config, session, hosts, queue=queue, on_error=lambda r: failed.append(r.metric)
+        config,
+        session,
+        hosts,
+        queue=queue,
+        on_error=lambda r: failed.append(r.metric),
+        clock=recorded_time,
     )
     began = time.monotonic()
     try:
@@ -626,7 +642,9 @@ async def test_graphite_batch_broken_by_one_target_is_fetched_singly(
     entries.append(graphite_entry(other.url, "elsewhere", record.GRAPHITE_PLAIN))
     config = make_config(tmp_path, entries)
 
-    report = await FetchCycle(config, session, {}, queue=None).run(config.fetch_metrics, {}, set())
+    report = await FetchCycle(config, session, {}, queue=None, clock=recorded_time).run(
+        config.fetch_metrics, {}, set()
+    )
 
     assert_no_crash(report, caplog)
     results = by_metric(report)
@@ -669,7 +687,9 @@ async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
     entries = [graphite_entry(graph.url, f"g{n}", t) for n, t in enumerate(targets)]
     config = make_config(tmp_path, entries)
 
-    report = await FetchCycle(config, session, {}, queue=None).run(config.fetch_metrics, {}, set())
+    report = await FetchCycle(config, session, {}, queue=None, clock=recorded_time).run(
+        config.fetch_metrics, {}, set()
+    )
 
     assert_no_crash(report, caplog)
     r = [by_metric(report)[f"g{n}"] for n in range(len(targets))]
@@ -706,13 +726,17 @@ async def test_a_host_that_answered_429_is_left_alone_next_cycle(
     hosts: dict[str, HostState] = {}
 
     first = by_metric(
-        await FetchCycle(config, session, hosts, queue=None).run(config.fetch_metrics, {}, set())
+        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
+            config.fetch_metrics, {}, set()
+        )
     )
     assert [kind_of(first[m]) for m in ("t1", "t2", "good")] == ["http_429", "http_429", None]
     assert not hosts[throttled.url].available() and hosts[prom.url].available()
 
     second = by_metric(
-        await FetchCycle(config, session, hosts, queue=None).run(config.fetch_metrics, {}, set())
+        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
+            config.fetch_metrics, {}, set()
+        )
     )
     assert [(second[m].skipped, second[m].requests) for m in ("t1", "t2")] == [
         ("host_backoff", 0),
@@ -747,7 +771,9 @@ async def test_retry_after_holds_even_when_another_request_to_the_host_then_succ
     config = make_config(tmp_path, entries)
     hosts: dict[str, HostState] = {}
     results = by_metric(
-        await FetchCycle(config, session, hosts, queue=None).run(config.fetch_metrics, {}, set())
+        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
+            config.fetch_metrics, {}, set()
+        )
     )
     assert results["good"].points == GOOD_PROM
     assert results["throttled"].error is not None
@@ -827,6 +853,7 @@ async def test_credentials_are_sent_and_never_logged_or_queued(
         {},
         queue=queue,
         on_error=lambda r: logger.warning("%s %s: %s", r.entry.host, r.metric, r.error),
+        clock=recorded_time,
     )
     report = await cycle.run(config.fetch_metrics, {}, set())
 

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -317,3 +318,98 @@ async def test_a_hung_host_delays_only_its_own_metrics(
     assert len(hung.seen) == 2  # in flight all along: not asked again
     # Stopping the fetcher ended the hung host's cycle at once (not after its 30 s timeout).
     assert time.monotonic() - began < 30
+
+
+# ------------------------------------------------------------------------ big answers
+
+OLD_POINTS = 300_000  # minute points ending a day before the asked window: ~7 MB of JSON
+
+
+def big_matrix(now: int, *, old: int = OLD_POINTS) -> tuple[bytes, list[tuple[int, float]]]:
+    """A Prometheus matrix of ``old`` points years back, then the last 5 complete minutes."""
+    last = now // 60 * 60 - 60
+    recent = list(range(last - 240, last + 1, 60))
+    ancient = range(last - 86_400 - 60 * old, last - 86_400, 60)
+    values = ",".join(f'[{ts},"{ts % 1000}.5"]' for ts in [*ancient, *recent])
+    body = (
+        '{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":['
+        + values
+        + "]}]}}"
+    )
+    return body.encode(), [(ts, ts % 1000 + 0.5) for ts in recent]
+
+
+def big_render(now: int, *, old: int = OLD_POINTS) -> tuple[bytes, list[tuple[int, float]]]:
+    """graphite-web's render answer of the same shape of history."""
+    last = now // 60 * 60 - 60
+    recent = list(range(last - 240, last + 1, 60))
+    ancient = range(last - 86_400 - 60 * old, last - 86_400, 60)
+    points = ",".join(f"[{ts % 1000}.5,{ts}]" for ts in [*ancient, *recent])
+    body = '[{"target":"big","tags":{"name":"big"},"datapoints":[' + points + "]}]"
+    return body.encode(), [(ts, ts % 1000 + 0.5) for ts in recent]
+
+
+@pytest.mark.parametrize("source", ["prometheus", "graphite"])
+async def test_a_big_answer_keeps_only_the_asked_window_in_bounded_memory(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession, source: str
+) -> None:
+    """A 7 MB answer about years of history to a question about the last minutes: only the
+    asked window's points are kept, the rest counted, and the parse never holds it whole."""
+    now = int(time.time())
+    body, want = big_matrix(now) if source == "prometheus" else big_render(now)
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async with remotes() as start:
+        host = await start(big)
+        if source == "prometheus":
+            entry = prom_entry(host.url, "big")
+        else:  # a watermark gives Graphite a window of its own (from= the watermark)
+            entry = graphite_entry(host.url, "big", "big")
+        config = make_config(tmp_path, redis_server, [entry])
+        watermarks = {} if source == "prometheus" else {"remote.big": want[0][0] - 60}
+        tracemalloc.start()
+        try:
+            report = await FetchCycle(config, session, {}, queue=None, clock=lambda: now).run(
+                config.fetch_metrics, watermarks, set()
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    result = report.results[0]
+    assert result.error is None, result.error
+    assert list(result.points) == want
+    assert result.dropped.outside_window == OLD_POINTS
+    assert len(body) > 5_000_000
+    # Decoding it whole took ~20 times its size; streamed, about the part read before the
+    # parse starts (1 MiB) and the server's own copy of the body (this process serves it).
+    assert peak < 3 * len(body), (peak, len(body))
+
+
+async def test_more_points_in_the_window_than_the_frequency_allows_is_an_error(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession
+) -> None:
+    """60,000 samples all within a 5-minute window (big enough to be streamed): refused."""
+    now = int(time.time())
+    ts = now // 60 * 60 - 120
+    values = ",".join(f'[{ts},"{i}"]' for i in range(60_000))
+    body = (
+        '{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":['
+        + values
+        + "]}]}}"
+    ).encode()
+    assert len(body) > 1 << 20
+
+    async def crowded(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async with remotes() as start:
+        host = await start(crowded)
+        config = make_config(tmp_path, redis_server, [prom_entry(host.url, "crowded")])
+        report = await FetchCycle(config, session, {}, queue=None, clock=lambda: now).run(
+            config.fetch_metrics, {}, set()
+        )
+    error = report.results[0].error
+    assert error is not None and error.kind == "too_many_points", error
+    assert str(error).startswith("more than 1260 points of one series in the asked window [")

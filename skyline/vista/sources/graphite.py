@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from skyline.vista.errors import SourceError
+from skyline.vista.sources.stream import (
+    MAX_DEPTH,
+    Bounds,
+    Event,
+    StreamParser,
+    keep_within,
+    too_deep,
+)
+
+_SCALARS = frozenset({"number", "string", "null", "boolean"})
 
 ALIAS_PREFIX = "vista."
 
@@ -20,6 +30,7 @@ ALIAS_PREFIX = "vista."
 class RenderSeries:
     name: str  # the 'target' of the answer
     points: list[tuple[object, object]]  # (timestamp, value) as received: value may be null
+    outside_window: int = 0  # points dropped because they were outside the asked window
 
 
 def alias_name(n: int) -> str:
@@ -107,3 +118,135 @@ def map_batch(
                 "(wrap it in sumSeries() or make the path exact)",
             )
     return result
+
+
+# --- bounded parsing (sources/stream.py) ----------------------------------------------------
+
+
+def parse_render_within(body: object, bounds: Bounds) -> list[RenderSeries]:
+    """:func:`parse_render` of a decoded body, each series kept to ``bounds``."""
+    found = []
+    for s in parse_render(body):
+        points, outside = keep_within(s.points, bounds)
+        found.append(RenderSeries(s.name, points, outside))
+    return found
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What :func:`stream_parser` read from a body that was not decoded whole."""
+
+    series: list[RenderSeries]
+
+
+def stream_parser(bounds: Bounds) -> StreamParser:
+    """The event parser (sources/stream.py) of :func:`parse_render_within` for a body not
+    decoded whole: datapoints outside ``bounds`` are counted and dropped as they are read.
+    It returns a :class:`Rendered`."""
+    return lambda: _RenderReader(bounds)
+
+
+class _RenderReader:
+    """The state of :func:`stream_parser`: depth 1 the list, 2 a series object,
+    3 its datapoints, 4 one [value, ts]."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.series: list[RenderSeries] = []
+        self.depth = 0
+        self.skip = 0
+        self.key = ""
+        self.name: object = None
+        self.has_points = False
+        self.points: list[tuple[object, object]] = []
+        self.outside = 0
+        self.pair: list[object] = []
+
+    def feed(self, events: list[Event]) -> None:
+        for event, value in events:
+            if self.depth == 4 and event in _SCALARS:  # the hot path: a datapoint's value
+                self.pair.append(value)
+            elif self.skip:  # inside a value we do not read (tags, ...)
+                if event == "start_map" or event == "start_array":
+                    self.skip += 1
+                    if self.skip > MAX_DEPTH:
+                        raise too_deep()
+                elif event == "end_map" or event == "end_array":
+                    self.skip -= 1
+            elif self.depth == 0:
+                if event != "start_array":
+                    kind = _kind(event) if event.startswith("start") else type(value).__name__
+                    raise SourceError("shape", f"expected a JSON list of series, got {kind}")
+                self.depth = 1
+            elif self.depth == 1:
+                self.in_list(event, value)
+            elif self.depth == 2:
+                self.in_series(event, value)
+            elif self.depth == 3:
+                self.in_datapoints(event, value)
+            else:
+                self.in_pair(event, value)
+
+    def finish(self) -> Rendered:
+        return Rendered(self.series)
+
+    def in_list(self, event: str, value: object) -> None:
+        if event == "end_array":
+            self.depth = 0
+        elif event == "start_map":
+            self.depth, self.key, self.name, self.has_points = 2, "", None, False
+            self.points, self.outside = [], 0
+        else:
+            kind = _kind(event) if event.startswith("start") else type(value).__name__
+            raise SourceError("shape", f"series {len(self.series)} is a {kind}, not an object")
+
+    def in_series(self, event: str, value: object) -> None:
+        if event == "map_key":
+            self.key = str(value)
+        elif event == "end_map":
+            self.depth = 1
+            if not isinstance(self.name, str) or not self.has_points:
+                raise SourceError(
+                    "shape",
+                    f"series {len(self.series)} lacks 'target' (str) or 'datapoints' (list)",
+                )
+            self.series.append(RenderSeries(self.name, self.points, self.outside))
+        elif self.key == "datapoints" and event == "start_array":
+            self.depth, self.has_points = 3, True
+        elif event == "start_map" or event == "start_array":
+            self.skip = 1
+        elif self.key == "target":
+            self.name = value
+
+    def in_datapoints(self, event: str, value: object) -> None:
+        if event == "end_array":
+            self.depth = 2
+        elif event == "start_array":
+            self.depth, self.pair = 4, []
+        else:
+            raise SourceError(
+                "shape", f"series {self.name!r}: datapoint {value!r} is not [value, ts]"
+            )
+
+    def in_pair(self, event: str, value: object) -> None:
+        if event == "start_map" or event == "start_array":
+            raise SourceError("shape", f"series {self.name!r}: datapoint is not [value, ts]")
+        if event != "end_array":
+            self.pair.append(value)
+            return
+        self.depth = 3
+        pair = self.pair
+        if len(pair) != 2:
+            raise SourceError(
+                "shape", f"series {self.name!r}: datapoint {pair!r} is not [value, ts]"
+            )
+        if self.bounds.outside(pair[1]):
+            self.outside += 1
+            return
+        self.points.append((pair[1], pair[0]))
+        if len(self.points) > self.bounds.max_points:
+            raise self.bounds.too_many(len(self.points))
+
+
+def _kind(event: str) -> str:
+    return "dict" if event == "start_map" else "list"

@@ -30,6 +30,8 @@ from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.request_budget import Pacer
 from skyline.vista.secret import Redactor, basic_pair, header_secrets
+from skyline.vista.sources import stream
+from skyline.vista.sources.stream import StreamParser
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 
@@ -239,7 +241,11 @@ def error_from_body(status: int, body: bytes, redact: Redact = _as_is) -> str:
     return snippet(body, redact=redact)
 
 
-async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def _read_capped(
+    response: aiohttp.ClientResponse, max_bytes: int, stop_above: int | None = None
+) -> tuple[bytes, bool]:
+    """The body, and whether it is whole: with ``stop_above``, reading stops once more than
+    that many bytes were read (the rest is parsed as it arrives, sources/stream.py)."""
     length = response.content_length
     if length is not None and length > max_bytes:
         raise SourceError("too_large", f"body of {length} bytes exceeds the {max_bytes}-byte cap")
@@ -252,7 +258,9 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> byte
         if size > max_bytes:
             raise SourceError("too_large", f"body exceeds the {max_bytes}-byte cap")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if stop_above is not None and size > stop_above:
+            return b"".join(chunks), False
+    return b"".join(chunks), True
 
 
 def decode_json(body: bytes, content_type: str, redact: Redact = _as_is) -> Any:
@@ -304,6 +312,8 @@ class Answer:
     content_type: str
     location: str = ""
     retry_after: float | None = None
+    streamed: bool = False  # parsed as it arrived: ``value`` is what the parser returned
+    value: Any = None
 
 
 async def get_json(
@@ -315,16 +325,28 @@ async def get_json(
     max_bytes: int,
     accept_error_json: bool = False,
     shared: SharedLimit | None = None,
+    stream: StreamParser | None = None,
 ) -> Any:
     """GET url and return its decoded JSON body, or raise SourceError.
 
     ``accept_error_json``: a 4xx whose body is JSON is returned instead of raised (Prometheus
     answers bad queries with 400 + {"status": "error", ...}, which the caller reports itself).
     ``shared``: the limit over all hosts (see :class:`SharedLimit`).
+    ``stream``: a 200 body over ``stream.STREAM_ABOVE`` bytes is not decoded whole but given
+    to this parser as it arrives; what it returns is returned instead of the decoded JSON.
     """
     redact = credentials.redactor(state.options)
     try:
-        answer = await fetch(session, state, url, credentials, max_bytes=max_bytes, shared=shared)
+        answer = await fetch(
+            session,
+            state,
+            url,
+            credentials,
+            max_bytes=max_bytes,
+            shared=shared,
+            stream=stream,
+            redact=redact,
+        )
         return judge(answer, accept_error_json=accept_error_json, redact=redact)
     except SourceError as exc:
         raise scrubbed(exc, redact) from exc
@@ -347,6 +369,8 @@ async def fetch(
     *,
     max_bytes: int,
     shared: SharedLimit | None = None,
+    stream: StreamParser | None = None,
+    redact: Redact = _as_is,
 ) -> Answer:
     """GET url within the host's and the shared limits. Raises SourceError("host_backoff")
     without sending anything when the host asked us to wait (Retry-After) or is backing off,
@@ -358,23 +382,28 @@ async def fetch(
             raise state.not_now()
         state.in_flight += 1
         try:
+            request = _Request(url, credentials, max_bytes, stream, redact)
             if shared is None or state.in_flight == 1:
-                return await _send(session, state, url, credentials, max_bytes)
+                return await _send(session, state, request)
             async with shared.slot():
                 if not state.available():
                     raise state.not_now()
-                return await _send(session, state, url, credentials, max_bytes)
+                return await _send(session, state, request)
         finally:
             state.in_flight -= 1
 
 
-async def _send(
-    session: aiohttp.ClientSession,
-    state: HostState,
-    url: str,
-    credentials: Credentials,
-    max_bytes: int,
-) -> Answer:
+@dataclass(frozen=True)
+class _Request:
+    url: str
+    credentials: Credentials
+    max_bytes: int
+    stream: StreamParser | None
+    redact: Redact
+
+
+async def _send(session: aiohttp.ClientSession, state: HostState, request: _Request) -> Answer:
+    url, credentials, max_bytes = request.url, request.credentials, request.max_bytes
     options = state.options
     headers = dict(options.headers)
     headers.setdefault("Accept", "application/json")
@@ -392,13 +421,27 @@ async def _send(
             ssl=ssl_option(options),
             allow_redirects=False,
         ) as response:
-            body = await _read_capped(response, max_bytes)
+            status, content_type = response.status, response.content_type or ""
+            streams = request.stream is not None and status == 200 and "html" not in content_type
+            body, whole = await _read_capped(
+                response, max_bytes, stream.STREAM_ABOVE if streams else None
+            )
+            value: Any = None
+            if not whole:
+                assert request.stream is not None
+                reader = stream.BodyReader(response.content, body, max_bytes)
+                value = await stream.parse(
+                    request.stream, reader, lambda: snippet(body, redact=request.redact)
+                )
+                body = b""
             return Answer(
-                status=response.status,
+                status=status,
                 body=body,
-                content_type=response.content_type or "",
+                content_type=content_type,
                 location=response.headers.get("Location", ""),
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                streamed=not whole,
+                value=value,
             )
     except TimeoutError as exc:
         raise SourceError("timeout", f"no answer within {options.timeout:g}s") from exc
@@ -416,6 +459,8 @@ def judge(answer: Answer, *, accept_error_json: bool = False, redact: Redact = _
     """The decoded JSON of a 200 (or of a JSON 4xx with ``accept_error_json``); otherwise a
     SourceError naming the status and the remote's own error text."""
     status, body, content_type = answer.status, answer.body, answer.content_type
+    if answer.streamed:
+        return answer.value
     if status == 200:
         return decode_json(body, content_type, redact)
     if 300 <= status < 400:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from skyline.vista.errors import SourceError
+from skyline.vista.sources.stream import (
+    MAX_DEPTH,
+    Bounds,
+    Event,
+    StreamParser,
+    keep_within,
+    too_deep,
+)
 
 _ERROR_TYPE = re.compile(r"[a-z_]{1,32}")
 
@@ -121,3 +130,163 @@ def warnings_of(body: object) -> list[str]:
     if isinstance(body, dict) and isinstance(body.get("warnings"), list):
         return [str(w) for w in body["warnings"]]
     return []
+
+
+# --- bounded parsing (sources/stream.py) ----------------------------------------------------
+
+
+@dataclass
+class Parsed:
+    """One answer's points inside the asked window, how many were outside, its warnings."""
+
+    points: list[tuple[object, object]]
+    outside_window: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse(body: object, bounds: Bounds) -> Parsed:
+    """:func:`parse_result` of a decoded body, kept to ``bounds``."""
+    points, outside = keep_within(parse_result(body), bounds)
+    return Parsed(points, outside, warnings_of(body))
+
+
+_SCALARS = frozenset({"number", "string", "null", "boolean"})
+_ITEM = 0  # the path entry of an array element (map keys are strings)
+_LABELS_SHOWN = 50  # series whose labels are kept for the too_many_series message
+
+
+def stream_parser(bounds: Bounds) -> StreamParser:
+    """The event parser (sources/stream.py) of :func:`parse` for a body not decoded whole:
+    samples outside ``bounds`` are counted and dropped as they are read, and only the first
+    series' samples are kept (more than one series is an error anyway)."""
+    return lambda: _StreamReader(bounds)
+
+
+class _StreamReader:
+    """The state of :func:`stream_parser`: where in the document we are (``path``: map keys and
+    ``_ITEM`` for array elements) and what was kept."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.path: list[str | int] = []
+        self.top: dict[str, object] = {}  # status, errorType, error, resultType
+        self.warnings: list[str] = []
+        self.series: list[dict[str, object]] = []  # labels of the first _LABELS_SHOWN series
+        self.labels: dict[str, object] = {}
+        self.count = 0  # series seen
+        self.points: list[tuple[object, object]] = []
+        self.outside = 0
+        self.sample: list[object] | None = None  # the [ts, "value"] being read
+        self.result_is_list = False
+        self.scalar_values: list[object] = []  # data.result's own values (a scalar answer)
+
+    def feed(self, events: list[Event]) -> None:
+        path = self.path
+        for event, value in events:
+            sample = self.sample
+            if sample is not None and event in _SCALARS:  # the hot path: a sample's value
+                sample.append(value)
+            elif event == "map_key":
+                path[-1] = value
+            elif event == "start_map" or event == "start_array":
+                self.start(event == "start_array")
+            elif event == "end_map" or event == "end_array":
+                self.end()
+            else:
+                self.scalar(value)
+
+    def _at_result(self) -> bool:
+        path = self.path
+        return len(path) >= 2 and path[0] == "data" and path[1] == "result"
+
+    def _at_sample(self) -> bool:
+        """data.result[i].values[j] (a matrix sample) or data.result[i].value (a vector's)."""
+        path = self.path
+        if len(path) == 5:
+            return path[3] == "values" and self._at_result()
+        return len(path) == 4 and path[3] == "value" and self._at_result()
+
+    def start(self, array: bool) -> None:
+        depth = len(self.path)
+        if depth >= MAX_DEPTH:
+            raise too_deep()
+        if depth == 0 and array:
+            raise SourceError("shape", "expected a JSON object, got list")
+        if self.sample is not None:  # a container inside a sample
+            self.sample.append([] if array else {})
+        elif self._at_sample():
+            if not array:
+                raise SourceError("shape", 'sample {...} is not [timestamp, "value"]')
+            self.sample = []
+        elif depth == 2 and self._at_result():
+            self.result_is_list = array
+        elif depth == 3 and self._at_result():
+            if array:
+                raise SourceError("shape", "a result entry is not an object")
+            self.count += 1
+            self.labels = {}
+            if self.count <= _LABELS_SHOWN:
+                self.series.append({"metric": self.labels})
+        self.path.append(_ITEM if array else "")
+
+    def end(self) -> None:
+        self.path.pop()
+        if self.sample is None or not self._at_sample():
+            return
+        pair, self.sample = self.sample, None
+        if len(pair) != 2:
+            raise SourceError("shape", f'sample {pair!r} is not [timestamp, "value"]')
+        if self.count > 1:
+            return
+        if self.bounds.outside(pair[0]):
+            self.outside += 1
+            return
+        self.points.append((pair[0], pair[1]))
+        if len(self.points) > self.bounds.max_points:
+            raise self.bounds.too_many(len(self.points))
+
+    def scalar(self, value: object) -> None:
+        path, depth = self.path, len(self.path)
+        if self.sample is not None:
+            self.sample.append(value)
+        elif depth == 0:
+            raise SourceError("shape", f"expected a JSON object, got {type(value).__name__}")
+        elif depth == 1 and path[0] in ("status", "errorType", "error"):
+            self.top[str(path[0])] = value
+        elif depth == 2 and path[0] == "data" and path[1] == "resultType":
+            self.top["resultType"] = value
+        elif depth == 2 and path[0] == "warnings":
+            self.warnings.append(str(value))
+        elif depth == 3 and self._at_result():
+            self.scalar_values.append(value)
+        elif depth == 5 and path[3] == "metric" and self._at_result():
+            self.labels[str(path[4])] = value
+        elif self._at_sample():
+            raise SourceError("shape", f'sample {value!r} is not [timestamp, "value"]')
+
+    def finish(self) -> Parsed:
+        top = self.top
+        status = top.get("status")
+        if status == "error":
+            error: dict[str, object] = {"status": "error"}
+            error.update({k: top[k] for k in ("errorType", "error") if k in top})
+            parse_result(error)  # raises Prometheus' own error
+        if status != "success":
+            raise SourceError("shape", f"'status' is {status!r}, expected 'success'")
+        kind = top.get("resultType")
+        if kind == "scalar":
+            return Parsed([_pair(self.scalar_values)], 0, self.warnings)
+        if kind not in ("matrix", "vector") or not self.result_is_list:
+            raise SourceError(
+                "shape", f"unsupported resultType {kind!r} (expected matrix or vector)"
+            )
+        if self.scalar_values:
+            raise SourceError("shape", "a result entry is not an object")
+        if self.count > 1:
+            raise SourceError(
+                "too_many_series",
+                f"the query returned {self.count} series; it must return one. Labels that "
+                f"differ: {_label_differences(self.series)}. Aggregate it (e.g. sum by ()) or "
+                "add label matchers",
+            )
+        return Parsed(self.points, self.outside, self.warnings)
