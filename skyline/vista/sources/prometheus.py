@@ -60,13 +60,17 @@ def parse_result(body: object) -> list[tuple[object, object]]:
     if not result:
         return []
     if len(result) > 1:
-        raise SourceError(
-            "too_many_series",
-            f"the query returned {len(result)} series; it must return one. Labels that differ: "
-            f"{_label_differences(result)}. Aggregate it (e.g. sum by ()) or add label matchers, "
-            "or give the entry a name template (e.g. graphite_target='x.{instance}')",
-        )
+        raise too_many_series(len(result), result)
     return _series_pairs(kind, result[0])
+
+
+def too_many_series(count: int, series: Sequence[Mapping[str, object]]) -> SourceError:
+    return SourceError(
+        "too_many_series",
+        f"the query returned {count} series; it must return one. Labels that differ: "
+        f"{_label_differences(series)}. Aggregate it (e.g. sum by ()) or add label matchers, "
+        "or give the entry a name template (e.g. graphite_target='x.{instance}')",
+    )
 
 
 def parse_series(body: object) -> list[tuple[dict[str, str], list[tuple[object, object]]]]:
@@ -283,10 +287,5 @@ class _StreamReader:
         if self.scalar_values:
             raise SourceError("shape", "a result entry is not an object")
         if self.count > 1:
-            raise SourceError(
-                "too_many_series",
-                f"the query returned {self.count} series; it must return one. Labels that "
-                f"differ: {_label_differences(self.series)}. Aggregate it (e.g. sum by ()) or "
-                "add label matchers",
-            )
+            raise too_many_series(self.count, self.series)
         return Parsed(self.points, self.outside, self.warnings)
