@@ -1,14 +1,19 @@
-"""Small process helpers: parent-death signal, liveness checks, interruptible sleeps."""
+"""Small process helpers: parent-death signal, liveness checks, interruptible sleeps, fewer
+GC passes."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import gc
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from skyline.vista import constants
 
 _PR_SET_PDEATHSIG = 1
 
@@ -78,3 +83,15 @@ def children_of(pid: int) -> list[int]:
         if len(rest) > 1 and rest[1] == str(pid):
             found.append(int(entry))
     return sorted(found)
+
+
+@contextlib.contextmanager
+def fewer_gc_passes(gen0: int = constants.GC_GEN0_THRESHOLD) -> Iterator[None]:
+    """Raise the GC's first threshold to ``gen0`` for the block (never lower it), then restore."""
+    saved = gc.get_threshold()
+    if 0 < saved[0] < gen0:
+        gc.set_threshold(gen0, *saved[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)

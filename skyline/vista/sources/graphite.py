@@ -1,4 +1,5 @@
-"""Graphite render API: URL building, batching and response parsing. Pure functions.
+"""Graphite render API: URL building, batching and response parsing (pure functions), and the
+:class:`GraphiteSource` that batches a cycle's windows into render requests.
 
 Batched requests wrap each target as ``alias(<target>,"vista.<n>")``: the answer's series are
 then mapped back by the name we chose, however graphite-web rewrites the target text (it
@@ -7,11 +8,17 @@ normalises whitespace and quoting, and a function's series is named by the expre
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from skyline.vista import expand
 from skyline.vista.errors import SourceError
+from skyline.vista.schedule import Window
+from skyline.vista.sources import HOST_LEVEL_ERRORS, Fetching
+from skyline.vista.sources.http import Credentials
 from skyline.vista.sources.stream import (
     MAX_DEPTH,
     Bounds,
@@ -20,6 +27,12 @@ from skyline.vista.sources.stream import (
     keep_within,
     too_deep,
 )
+
+if TYPE_CHECKING:
+    from skyline.vista.entries import FetchEntry
+    from skyline.vista.fetch_results import Member, MetricResult, Outcome
+
+logger = logging.getLogger(__name__)
 
 _SCALARS = frozenset({"number", "string", "null", "boolean"})
 
@@ -250,3 +263,118 @@ class _RenderReader:
 
 def _kind(event: str) -> str:
     return "dict" if event == "start_map" else "list"
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """What Graphite targets must share to go in one render request."""
+
+    host: str
+    url_base: str
+    path: str
+    params: tuple[tuple[str, str], ...]
+    credentials: Credentials
+    window: Window
+
+    def url(self, targets: Sequence[str]) -> str:
+        start = self.window.start
+        from_ = str(start) if start is not None else dict(self.params).get("from", "-10minutes")
+        until = str(self.window.end) if self.window.end is not None else None
+        params = tuple((k, v) for k, v in self.params if k != "from")
+        return render_url(self.url_base, self.path, params, targets, from_=from_, until=until)
+
+
+class GraphiteSource:
+    """Windows of the same host, credentials and window go up to VISTA_GRAPHITE_BATCH_SIZE a
+    render request, each target wrapped in ``alias()``; a batch that fails for one target is
+    asked again target by target. A templated entry goes alone (its series keep their names)."""
+
+    accepts_error_json = False
+
+    def split_step(self, entry: FetchEntry) -> int:
+        return 0
+
+    def start(self, cycle: Fetching, results: Sequence[MetricResult]) -> None:
+        groups: dict[RenderRequest, list[Member]] = {}
+        for result in results:
+            entry = result.entry
+            for n, window in enumerate(result.windows):
+                key = RenderRequest(
+                    entry.host,
+                    entry.remote_host,
+                    entry.uri_path,
+                    entry.uri_params,
+                    Credentials.of(entry),
+                    window,
+                )
+                if entry.name_template is not None:  # alone: its series keep their names
+                    cycle.spawn(self._fetch_expanded(cycle, key, result, n), [(result, n)])
+                    continue
+                groups.setdefault(key, []).append((result, n))
+        size = cycle.config.graphite_batch_size
+        for key, members in groups.items():
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                cycle.spawn(self._fetch(cycle, key, chunk), chunk)
+
+    async def _fetch(self, cycle: Fetching, key: RenderRequest, members: list[Member]) -> None:
+        aliased = len(members) > 1
+        targets = [
+            wrap_target(r.entry.remote_target, i) if aliased else r.entry.remote_target
+            for i, (r, _) in enumerate(members)
+        ]
+        url = key.url(targets)
+        for result, _ in members:
+            result.requests += 1
+        window = key.window
+        frequency = min(r.entry.frequency for r, _ in members)
+        bounds = Bounds.of_window(window.start, window.end, frequency)
+        try:
+            body = await cycle.get(None, members[0][0].entry, url, stream_parser(bounds))
+            rendered = (
+                body if isinstance(body, Rendered) else Rendered(parse_render_within(body, bounds))
+            )
+            mapped = map_batch(rendered.series, len(members), aliased=aliased)
+        except SourceError as exc:
+            if aliased and exc.kind not in HOST_LEVEL_ERRORS:
+                # One bad target can fail a whole batch (an unknown function answers 400):
+                # fetch each on its own so that the others are not held back by it.
+                logger.debug(
+                    "%s: batch of %d failed (%s); fetching singly", key.host, len(members), exc
+                )
+                for member in members:
+                    cycle.spawn(self._fetch(cycle, key, [member]), [member])
+                return
+            for result, n in members:
+                await cycle.settle(result, n, exc)
+            return
+        for i, (result, n) in enumerate(members):
+            found = mapped.get(i)
+            if found is None and aliased:
+                # Absent from a batch answer: ask for it alone before concluding anything.
+                cycle.spawn(self._fetch(cycle, key, [(result, n)]), [(result, n)])
+            elif found is None:
+                await cycle.settle(result, n, [])
+            elif isinstance(found, SourceError):
+                await cycle.settle(result, n, found)
+            else:
+                result.outside_window += found.outside_window
+                await cycle.settle(result, n, found.points)
+
+    async def _fetch_expanded(
+        self, cycle: Fetching, key: RenderRequest, result: MetricResult, n: int
+    ) -> None:
+        """A templated Graphite entry: every series of the answer, by its name's nodes."""
+        entry = result.entry
+        assert entry.name_template is not None
+        outcome: Outcome
+        try:
+            body = await cycle.get(result, entry, key.url([entry.remote_target]))
+            series = [(s.name, s.points) for s in parse_render(body)]
+            outcome = expand.expand_named(entry.name_template, series)
+        except SourceError as exc:
+            outcome = exc
+        await cycle.settle(result, n, outcome)
+
+
+SOURCE = GraphiteSource()

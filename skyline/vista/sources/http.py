@@ -22,15 +22,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio
 
-from skyline.vista import secret
+from skyline.vista import request_budget, secret
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import HostOptions
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.request_budget import Pacer
 from skyline.vista.secret import Redactor, basic_pair, header_secrets
-from skyline.vista.sources import stream
+from skyline.vista.sources import HOST_LEVEL_ERRORS, stream
 from skyline.vista.sources.stream import StreamParser
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
@@ -314,6 +315,62 @@ class Answer:
     retry_after: float | None = None
     streamed: bool = False  # parsed as it arrived: ``value`` is what the parser returned
     value: Any = None
+
+
+def host_state_of(
+    hosts: dict[str, HostState],
+    entry: FetchEntry,
+    options_of: Callable[[str], HostOptions],
+    budget_client: redis.asyncio.Redis | None,
+) -> HostState:
+    """The state of the entry's exact remote_host in ``hosts``, made on first use: two
+    remote_hosts on one server (``http://gw/proxy/a`` and ``http://gw/proxy/b``) have their own
+    options, headers and credentials; only the connection pool is shared."""
+    state = hosts.get(entry.remote_host)
+    if state is None:
+        options = options_of(entry.remote_host)
+        state = HostState(entry.host, options)
+        state.pacer = request_budget.pacer_for(entry.remote_host, options, budget_client, "live")
+        hosts[entry.remote_host] = state
+    return state
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    state: HostState,
+    url: str,
+    credentials: Credentials,
+    *,
+    max_bytes: int,
+    accept_error_json: bool,
+    shared: SharedLimit | None,
+    stream: StreamParser | None = None,
+) -> Any:
+    """:func:`get_json`, and what its outcome says of the host: every error is counted; a
+    host-level one (sources.HOST_LEVEL_ERRORS) backs the host off, for at least its
+    Retry-After; a success ends the backoff."""
+    try:
+        body = await get_json(
+            session,
+            state,
+            url,
+            credentials,
+            max_bytes=max_bytes,
+            accept_error_json=accept_error_json,
+            shared=shared,
+            stream=stream,
+        )
+    except SourceError as exc:
+        state.record_error(exc.kind)
+        if exc.kind == "host_backoff":
+            raise  # not sent: the host asked to wait while this request was queued
+        if exc.kind in HOST_LEVEL_ERRORS:
+            state.backoff.failure(at_least=exc.retry_after or 0.0)
+            if exc.retry_after:
+                state.hold(exc.retry_after)
+        raise
+    state.backoff.success()
+    return body
 
 
 async def get_json(

@@ -1,13 +1,18 @@
-"""Prometheus HTTP API: query_range URL building and result parsing. Pure functions."""
+"""Prometheus HTTP API: query_range URL building and result parsing (pure functions), and the
+:class:`PrometheusSource` that asks for each due window of a metric on its own."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from skyline.vista import expand
 from skyline.vista.errors import SourceError
+from skyline.vista.sources import Fetching
 from skyline.vista.sources.stream import (
     MAX_DEPTH,
     Bounds,
@@ -16,6 +21,13 @@ from skyline.vista.sources.stream import (
     keep_within,
     too_deep,
 )
+
+if TYPE_CHECKING:
+    from skyline.vista.entries import FetchEntry
+    from skyline.vista.fetch_results import MetricResult, Outcome
+    from skyline.vista.schedule import Window
+
+logger = logging.getLogger(__name__)
 
 _ERROR_TYPE = re.compile(r"[a-z_]{1,32}")
 
@@ -289,3 +301,52 @@ class _StreamReader:
         if self.count > 1:
             raise too_many_series(self.count, self.series)
         return Parsed(self.points, self.outside, self.warnings)
+
+
+class PrometheusSource:
+    """One ``query_range`` request per window (the instant ``uri`` when the window is open)."""
+
+    accepts_error_json = True
+
+    def split_step(self, entry: FetchEntry) -> int:
+        return entry.frequency  # a window's points sit on multiples of the step
+
+    def start(self, cycle: Fetching, results: Sequence[MetricResult]) -> None:
+        for result in results:
+            for n, window in enumerate(result.windows):
+                cycle.spawn(self._fetch(cycle, result, n, window), [(result, n)])
+
+    async def _fetch(self, cycle: Fetching, result: MetricResult, n: int, window: Window) -> None:
+        entry = result.entry
+        if window.start is None:
+            url = entry.remote_host + entry.request_uri
+        else:
+            assert window.end is not None
+            url = query_range_url(
+                entry.remote_host, entry.remote_target, window.start, window.end, entry.frequency
+            )
+        bounds = Bounds.of_window(window.start, window.end, entry.frequency)
+        outcome: Outcome
+        try:
+            if entry.name_template is not None:
+                # Every series of the answer, named by the template (decoded whole).
+                body = await cycle.get(result, entry, url)
+                outcome = expand.expand_labelled(entry.name_template, parse_series(body))
+                parsed = Parsed([], 0, warnings_of(body))
+            else:
+                body = await cycle.get(result, entry, url, stream_parser(bounds))
+                parsed = body if isinstance(body, Parsed) else parse(body, bounds)
+                result.outside_window += parsed.outside_window
+                outcome = parsed.points
+            if parsed.warnings:
+                redact = cycle.redactor(entry)
+                for warning in parsed.warnings:
+                    logger.warning(
+                        "%s %s: Prometheus warning: %s", entry.host, entry.metric, redact(warning)
+                    )
+        except SourceError as exc:
+            outcome = exc
+        await cycle.settle(result, n, outcome)
+
+
+SOURCE = PrometheusSource()
