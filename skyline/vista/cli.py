@@ -252,6 +252,42 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return jobs_command(config, args.action, args.job, args.kind)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    config = load_config(args, require_enabled=False, failure=constants.EXIT_FAILURE)
+    if isinstance(config, int):
+        return config
+    from skyline.vista import backfill_command
+    from skyline.vista.backfill import BackfillRequest, parse_duration, parse_time
+
+    if args.targets[:1] == ["cancel"]:
+        if len(args.targets) != 2:
+            eprint("vista backfill cancel: give one job id (vista jobs lists them)")
+            return constants.EXIT_USAGE
+        return backfill_command.cancel_command(config, args.targets[1])
+    if not (args.targets or args.match or args.all):
+        eprint("vista backfill: name metrics, or give --match GLOB or --all")
+        return constants.EXIT_USAGE
+    if args.start is None:
+        eprint("vista backfill: --from is required (e.g. --from -30d)")
+        return constants.EXIT_USAGE
+    import time
+
+    now = time.time()
+    try:
+        request = BackfillRequest(
+            metrics=tuple(args.targets),
+            match=args.match,
+            all_=args.all,
+            start=parse_time(args.start, now),
+            until=parse_time(args.until, now),
+            resolution=parse_duration(args.resolution) if args.resolution else None,
+        )
+    except ValueError as exc:
+        eprint(f"vista backfill: {exc}")
+        return constants.EXIT_USAGE
+    return backfill_command.backfill_command(config, request, dry_run=args.dry_run, wait=args.wait)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -304,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     from skyline.vista.bq.cli import add_parser as add_bq_parser
 
     add_bq_parser(sub, common)
+    backfill = command(
+        "backfill", "load history: add a backfill job (run by the agent); 'cancel JOB' cancels"
+    )
+    backfill.add_argument(
+        "targets", nargs="*", metavar="METRIC", help="metrics to backfill (or: cancel JOB)"
+    )
+    backfill.add_argument("--all", action="store_true", help="every metric of the fetch list")
+    backfill.add_argument("--match", metavar="GLOB", help="the metrics whose name matches GLOB")
+    backfill.add_argument(
+        "--from", dest="start", metavar="T", help="start: -30d, -12h, an epoch or ISO 8601 (UTC)"
+    )
+    backfill.add_argument("--until", default="now", metavar="T", help="end (default: now)")
+    backfill.add_argument(
+        "--resolution", metavar="R", help="step, e.g. 60s or 5m (default: each metric's frequency)"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="show the plan; add no job")
+    backfill.add_argument("--wait", action="store_true", help="follow the job until it ends")
     return parser
 
 
@@ -319,6 +372,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "queue": cmd_queue,
     "jobs": cmd_jobs,
     "bq": cmd_bq,
+    "backfill": cmd_backfill,
 }
 
 

@@ -159,6 +159,10 @@ class VistaConfig:
     hostname: str = ""  # this host's name among the Vista hosts (VISTA_HOSTNAME)
     member_ttl: float = DEFAULT_MEMBER_TTL  # VISTA_MEMBER_TTL: a silent host is gone after this
     job_processes: Mapping[str, int] = field(default_factory=dict)  # VISTA_JOB_PROCESSES
+    backfill_concurrency: int = 4  # VISTA_BACKFILL_CONCURRENCY: requests in flight per job
+    flux_check_last_timestamp: bool = True  # mirrors Flux's FLUX_CHECK_LAST_TIMESTAMP
+    flux_carbon_host: str | None = None  # FLUX_CARBON_HOST: the carbon beside Flux
+    flux_carbon_pickle_port: int | None = None  # FLUX_CARBON_PICKLE_PORT
     warnings: tuple[str, ...] = ()
 
     @property
@@ -286,6 +290,10 @@ KNOWN_SETTINGS = frozenset(
         "VISTA_REDIS_SENTINELS",
         "VISTA_REDIS_SENTINEL_SERVICE",
         "VISTA_REDIS_SENTINEL_PASSWORD",
+        "VISTA_BACKFILL_CONCURRENCY",
+        "FLUX_CHECK_LAST_TIMESTAMP",
+        "FLUX_CARBON_HOST",
+        "FLUX_CARBON_PICKLE_PORT",
     }
 )
 
@@ -743,8 +751,27 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         hostname=hostname,
         job_processes=_job_processes(r),
         member_ttl=r.number("VISTA_MEMBER_TTL", DEFAULT_MEMBER_TTL, minimum=3),
+        backfill_concurrency=r.integer("VISTA_BACKFILL_CONCURRENCY", 4, maximum=64),
+        flux_check_last_timestamp=r.boolean("FLUX_CHECK_LAST_TIMESTAMP", True),
+        flux_carbon_host=r.text("FLUX_CARBON_HOST", None),
+        flux_carbon_pickle_port=(
+            r.port("FLUX_CARBON_PICKLE_PORT", 2004)
+            if values.get("FLUX_CARBON_PICKLE_PORT") is not None
+            else None
+        ),
         warnings=(),
     )
+    if (
+        sink == "flux"
+        and not config.flux_check_last_timestamp
+        and not (config.flux_carbon_host or carbon.host)
+    ):
+        problems.warn(
+            "FLUX_CHECK_LAST_TIMESTAMP",
+            "False: Flux drops history at or below flux.last, so `vista backfill` sends it to "
+            "the carbon beside Flux, but neither FLUX_CARBON_HOST nor CARBON_HOST is set; "
+            "backfills are refused until one is",
+        )
     if problems.errors:
         raise ConfigError(problems.errors, path, warnings=problems.warnings)
     return replace(config, warnings=tuple(problems.warnings))

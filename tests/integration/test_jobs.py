@@ -17,6 +17,7 @@ import redis
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs import commands, display
 from skyline.vista.jobs.record import JobRecord, Progress, Status, encode, new_job
+from skyline.vista.jobs.registry import JobKind
 from skyline.vista.jobs.store import KEEP_FINISHED, JobStore
 from skyline.vista.jobs.supervisor import JobSupervisor
 from skyline.vista.logs import LogSpec
@@ -39,10 +40,16 @@ def cfg(tmp_path: Path, redis_server: RedisServer) -> VistaConfig:
 class Supervised:
     """A pool and a job supervisor driven the way the agent drives them."""
 
-    def __init__(self, cfg: VistaConfig, client: redis.Redis, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        cfg: VistaConfig,
+        client: redis.Redis,
+        tmp_path: Path,
+        kinds: tuple[JobKind, ...] = (COUNT,),
+    ) -> None:
         self.pool = ProcessPool()
         spec = LogSpec(str(tmp_path / "vista.log"), verbose=True, secrets=())
-        self.supervisor = JobSupervisor(cfg, client, self.pool, spec, kinds=(COUNT,))
+        self.supervisor = JobSupervisor(cfg, client, self.pool, spec, kinds=kinds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 

@@ -28,6 +28,7 @@ import redis
 from skyline.vista import constants, logs, procutil, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.context import JobContext
+from skyline.vista.jobs.display import describe
 from skyline.vista.jobs.record import Status
 from skyline.vista.jobs.registry import JobKind
 from skyline.vista.jobs.store import JobStore
@@ -59,7 +60,7 @@ def run_job(
     done = threading.Event()
     beat = threading.Thread(target=ctx.heartbeat_forever, args=(done,), daemon=True)
     beat.start()
-    logger.info("job %s (%s) started: %s", job_id, job_kind.name, record.params)
+    logger.info("job %s (%s) started: %s", job_id, job_kind.name, describe(record))
     error = ""
     try:
         job_kind.load_entry()(ctx)

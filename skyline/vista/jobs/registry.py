@@ -65,6 +65,15 @@ KINDS: tuple[JobKind, ...] = (
         ),
         entry="skyline.vista.bq_update:run_job",
     ),
+    JobKind(
+        name="backfill",
+        keys=JobKeys(
+            constants.BACKFILL_WORK_KEY,
+            constants.BACKFILL_STATUS_KEY,
+            constants.BACKFILL_RUNNING_KEY,
+        ),
+        entry="skyline.vista.backfill:run_job",
+    ),
 )
 
 

@@ -1,0 +1,421 @@
+"""History backfill jobs: ``vista backfill`` adds one, the agent runs it (:func:`run_job`).
+
+A job walks its plan (see :mod:`skyline.vista.backfill_plan`) chunk by chunk, oldest window
+first: fetch the chunk from the source (a few requests in flight, ``VISTA_BACKFILL_CONCURRENCY``),
+validate the points (finite values, one per timestamp, never the open minute, within the
+chunk's window), hand them to the history path (:mod:`skyline.vista.history`) and, once the sink
+has taken them, checkpoint the next chunk with the progress in one write. Chunks are delivered
+and checkpointed strictly in order, so a job killed at any moment resumes at the first chunk
+not yet delivered: nothing is missing, and only the chunk in flight at the kill can be sent
+again (carbon and Flux's fill keep one value per metric and timestamp).
+
+History does not go through the live queue and never writes a watermark: the live fetcher and
+workers are not slowed or disturbed by it, and no watermark ever moves backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import redis.asyncio
+
+from skyline.vista import redisconn
+from skyline.vista.backfill_plan import (
+    BackfillMetric,
+    Chunk,
+    backfill_metrics,
+    plan,
+    select_entries,
+)
+from skyline.vista.backoff import Backoff
+from skyline.vista.config import VistaConfig
+from skyline.vista.create_budget import CreateBudget
+from skyline.vista.entries import FetchEntry
+from skyline.vista.errors import SourceError
+from skyline.vista.history import build_history_sink, history_path
+from skyline.vista.jobs.context import JobContext
+from skyline.vista.request_budget import pacer_for
+from skyline.vista.sinks import Entry, Sink
+from skyline.vista.sources import graphite, prometheus
+from skyline.vista.sources.http import Credentials, HostState, get_json, new_connector
+from skyline.vista.validate import clean, current_minute_start
+
+logger = logging.getLogger(__name__)
+
+KIND = "backfill"
+FETCH_ATTEMPTS = 4
+"""Tries of one chunk's request before the chunk is counted as an error and skipped."""
+
+_RELATIVE = re.compile(r"^-(\d+)\s*(s|sec|seconds?|m|min|minutes?|h|hours?|d|days?|w|weeks?)$")
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)?$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def parse_time(text: str, now: float) -> int:
+    """Epoch seconds from 'now', '-30d' / '-2h' / '-90m', an epoch, or ISO 8601 (UTC unless
+    it says otherwise). ValueError when none of those."""
+    text = text.strip()
+    if text == "now":
+        return int(now)
+    match = _RELATIVE.match(text)
+    if match:
+        return int(now) - int(match.group(1)) * _UNITS[match.group(2)[0]]
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use now, -30d, -12h, an epoch or 2026-01-31T00:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp())
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from '60', '60s', '5m', '1h', '1d'."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a resolution: use e.g. 60, 60s, 5m, 1h")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    """What ``vista backfill`` asks for, before it is resolved against the fetch list."""
+
+    metrics: tuple[str, ...] = ()
+    match: str | None = None
+    all_: bool = False
+    start: int = 0
+    until: int = 0
+    resolution: int | None = None
+
+
+@dataclass(frozen=True)
+class BackfillParams:
+    """A job's parameters (JSON in the record; no secret)."""
+
+    metrics: tuple[BackfillMetric, ...]
+    start: int
+    until: int
+    resolution: int | None
+    asked: str  # what the user asked for, for `vista jobs`
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "metrics": [m.as_json() for m in self.metrics],
+            "from": self.start,
+            "until": self.until,
+            "resolution": self.resolution,
+            "metric": self.asked,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> BackfillParams:
+        return cls(
+            metrics=tuple(BackfillMetric.from_json(m) for m in raw["metrics"]),
+            start=int(raw["from"]),
+            until=int(raw["until"]),
+            resolution=raw.get("resolution"),
+            asked=str(raw.get("metric", "")),
+        )
+
+
+def resolve(
+    config: VistaConfig,
+    request: BackfillRequest,
+    watermarks: dict[str, int],
+    now: float,
+) -> BackfillParams | str:
+    """The job's parameters, or why there is nothing to do."""
+    entries, unknown = select_entries(
+        config.fetch_metrics, metrics=request.metrics, match=request.match, all_=request.all_
+    )
+    if unknown:
+        return f"not in VISTA_FETCH_METRICS: {', '.join(unknown)}"
+    if not entries:
+        return "no metric matches"
+    until = request.until
+    if config.do_not_submit_current_minute:
+        until = min(until, current_minute_start(now) - 1)  # never the open minute
+    if request.start > until:
+        return f"--from ({request.start}) is after --until ({until})"
+    metrics = backfill_metrics(entries, until, resolution=request.resolution, watermarks=watermarks)
+    asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
+    return BackfillParams(tuple(metrics), request.start, until, request.resolution, asked)
+
+
+def chunks_of(config: VistaConfig, params: BackfillParams) -> list[Chunk]:
+    return plan(params.metrics, params.start, config.graphite_batch_size)
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """The job was told to stop (SIGTERM, cancel) while waiting to retry."""
+
+
+@dataclass
+class ChunkResult:
+    chunk: Chunk
+    entries: list[Entry]
+    errors: int
+    message: str
+
+
+class Backfill:
+    """One job's run: fetch chunks a few at a time, deliver and checkpoint them in order."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        config: VistaConfig,
+        params: BackfillParams,
+        sink: Sink,
+        *,
+        clock: Any = time.time,
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.params = params
+        self.sink = sink
+        self.clock = clock
+        self.entries = {e.metric: e for e in config.fetch_metrics}
+        self.hosts: dict[str, HostState] = {}
+        self.chunks = chunks_of(config, params)
+        self.budget_client: redis.asyncio.Redis | None = None
+        # Carbon's create budget, shared with the workers, when history goes to a carbon.
+        self.create_budget = (
+            CreateBudget(ctx.client, config.carbon_max_creates_per_minute)
+            if history_path(config).kind != "flux-fill"
+            else None
+        )
+
+    # --- fetching ---------------------------------------------------------------------------
+
+    def _host(self, entry: FetchEntry) -> HostState:
+        state = self.hosts.get(entry.remote_host)
+        if state is None:
+            options = self.config.host_options(entry.remote_host)
+            state = HostState(entry.host, options)
+            # The host's request budget, shared with the live fetcher, which goes first.
+            state.pacer = pacer_for(entry.host, options, self.budget_client, priority="history")
+            self.hosts[entry.remote_host] = state
+        return state
+
+    async def _get(self, session: aiohttp.ClientSession, entry: FetchEntry, url: str) -> object:
+        state = self._host(entry)
+        backoff = Backoff(base=1.0, cap=30.0)
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                return await get_json(
+                    session,
+                    state,
+                    url,
+                    Credentials.of(entry),
+                    max_bytes=self.config.max_response_bytes,
+                    accept_error_json=entry.remote_host_type == "prometheus",
+                )
+            except SourceError as exc:
+                state.record_error(exc.kind)
+                if attempt == FETCH_ATTEMPTS or exc.kind.startswith("prometheus_"):
+                    raise
+                delay = backoff.failure(at_least=exc.retry_after or 0.0)
+                if exc.retry_after:
+                    state.hold(exc.retry_after)
+                await self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.ctx.should_stop():
+                raise _Stopped
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    async def fetch(self, session: aiohttp.ClientSession, chunk: Chunk) -> ChunkResult:
+        known = [m for m in chunk.metrics if m.metric in self.entries]
+        missing = [m.metric for m in chunk.metrics if m.metric not in self.entries]
+        errors = len(missing)
+        message = f"no longer in the fetch list: {', '.join(missing)}" if missing else ""
+        raw: dict[str, list[tuple[object, object]]] = {}
+        try:
+            if known and known[0].source == "prometheus":
+                (m,) = known
+                entry = self.entries[m.metric]
+                url = prometheus.query_range_url(
+                    entry.remote_host, entry.remote_target, chunk.start, chunk.end, m.step
+                )
+                raw[m.metric] = prometheus.parse_result(await self._get(session, entry, url))
+            elif known:
+                raw = await self._graphite(session, chunk, known)
+        except SourceError as exc:
+            names = ", ".join(m.metric for m in known)
+            return ChunkResult(chunk, [], errors + len(known), f"{names}: {exc}")
+        entries: list[Entry] = []
+        for m in known:
+            series = clean(
+                raw.get(m.metric, ()), after=chunk.start - 1, before=min(chunk.end, m.until) + 1
+            )
+            entries += [Entry(m.metric, ts, value) for ts, value in series.points]
+        return ChunkResult(chunk, entries, errors, message)
+
+    async def _graphite(
+        self, session: aiohttp.ClientSession, chunk: Chunk, members: Sequence[BackfillMetric]
+    ) -> dict[str, list[tuple[object, object]]]:
+        first = self.entries[members[0].metric]
+        aliased = len(members) > 1
+        targets = [
+            graphite.wrap_target(self.entries[m.metric].remote_target, n)
+            if aliased
+            else self.entries[m.metric].remote_target
+            for n, m in enumerate(members)
+        ]
+        params = tuple((k, v) for k, v in first.uri_params if k not in ("from", "until"))
+        # graphite-web returns the points after `from` up to `until` included.
+        url = graphite.render_url(
+            first.remote_host,
+            first.uri_path,
+            params,
+            targets,
+            from_=str(chunk.start - 1),
+            until=str(chunk.end),
+        )
+        body = await self._get(session, first, url)
+        mapped = graphite.map_batch(graphite.parse_render(body), len(members), aliased=aliased)
+        found: dict[str, list[tuple[object, object]]] = {}
+        for n, m in enumerate(members):
+            series = mapped.get(n)
+            if isinstance(series, SourceError):
+                raise series
+            if series is not None:
+                found[m.metric] = series.points
+        return found
+
+    # --- delivering -------------------------------------------------------------------------
+
+    def _wait_for_creates(self, entries: list[Entry]) -> None:
+        """Carbon drops the points of a metric it may not create yet: wait until the shared
+        create budget grants every new name of the chunk (names written before pass)."""
+        if self.create_budget is None or not self.create_budget.enabled or not entries:
+            return
+        names = {e.metric for e in entries}
+        while True:
+            admission = self.create_budget.admit(names)
+            if not admission.deferred:
+                return
+            names = set(admission.deferred)
+            deadline = time.monotonic() + min(max(admission.wait, 0.05), 5.0)
+            while time.monotonic() < deadline:
+                if self.ctx.should_stop():
+                    raise _Stopped
+                time.sleep(0.05)
+
+    def deliver(self, entries: list[Entry]) -> int:
+        """Hand the points to the history sink, retrying until it takes them; returns how many
+        it rejected for good. Raises _Stopped when told to stop while retrying."""
+        self._wait_for_creates(entries)
+        backoff = Backoff(base=1.0, cap=30.0)
+        rejected = 0
+        while entries:
+            result = self.sink.submit(entries, self.clock())
+            rejected += len(result.rejected)
+            entries = entries[result.handled :]
+            if result.error is None:
+                return rejected
+            delay = backoff.failure()
+            logger.warning("history sink failed (%s); retrying in %.1fs", result.error, delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if self.ctx.should_stop():
+                    raise _Stopped
+                time.sleep(0.1)
+        return rejected
+
+    # --- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        start = int(self.ctx.record.checkpoint.get("next", 0))
+        total = len(self.chunks)
+        self.ctx.progress(total=total)
+        if start >= total:
+            return
+        concurrency = max(1, self.config.backfill_concurrency)
+        options = [self.config.default_host_options, *self.config.remote_hosts.values()]
+        if any(o.requests_per_second for o in options):
+            self.budget_client = redisconn.connect_async(self.config.redis)
+        try:
+            await self._run(start, total, concurrency)
+        finally:
+            if self.budget_client is not None:
+                await self.budget_client.aclose()
+
+    async def _run(self, start: int, total: int, concurrency: int) -> None:
+        async with aiohttp.ClientSession(connector=new_connector()) as session:
+            pending: dict[int, asyncio.Task[ChunkResult]] = {}
+            following = start
+            try:
+                for index in range(start, total):
+                    while following < total and following < index + concurrency:
+                        chunk = self.chunks[following]
+                        pending[following] = asyncio.create_task(self.fetch(session, chunk))
+                        following += 1
+                    if self.ctx.should_stop():
+                        return
+                    result = await pending.pop(index)
+                    rejected = await asyncio.to_thread(self.deliver, result.entries)
+                    self._checkpoint(result, rejected)
+            except _Stopped:
+                return
+            finally:
+                for task in pending.values():
+                    task.cancel()
+                await asyncio.gather(*pending.values(), return_exceptions=True)
+
+    def _checkpoint(self, result: ChunkResult, rejected: int) -> None:
+        p = self.ctx.current_progress
+        errors = p.errors + result.errors + rejected
+        message = result.message or p.message
+        if result.message:
+            logger.warning(
+                "backfill %s chunk %d: %s", self.ctx.record.id, result.chunk.index, result.message
+            )
+        self.ctx.checkpoint(
+            {"next": result.chunk.index + 1},
+            done=result.chunk.index + 1,
+            points=p.points + len(result.entries) - rejected,
+            errors=errors,
+            message=message,
+        )
+
+
+def run_job(ctx: JobContext) -> None:
+    """The entry point of the 'backfill' job kind (see skyline/vista/jobs/registry.py)."""
+    params = BackfillParams.from_json(ctx.params)
+    sink = build_history_sink(ctx.config)
+    logger.info(
+        "backfill %s: %d metric(s) from %d to %d; history %s",
+        ctx.record.id,
+        len(params.metrics),
+        params.start,
+        params.until,
+        history_path(ctx.config).description,
+    )
+    try:
+        asyncio.run(Backfill(ctx, ctx.config, params, sink).run())
+    finally:
+        sink.close()

@@ -1,0 +1,155 @@
+"""Planning a history backfill: which metrics, which windows, in which order. Pure.
+
+A backfill job's parameters hold the metrics (resolved from ``METRIC``, ``--match`` or
+``--all`` against the fetch list when the job is added), each with its step and the last
+timestamp it wants. The plan is a function of those parameters alone, so a resumed job (another
+process, a restarted agent, reloaded settings) walks exactly the same chunks, and its
+checkpoint — the index of the next chunk — stays meaningful.
+
+* Windows are aligned on each metric's step and cut so that a request stays within the source's
+  limits: Prometheus answers at most 11,000 points per series (``query_range``), so a window holds
+  at most :data:`PROMETHEUS_POINTS` steps; a Graphite window holds at most
+  :data:`GRAPHITE_POINTS` steps, and Graphite metrics of one host and step share one render
+  request per window (up to ``VISTA_GRAPHITE_BATCH_SIZE`` targets).
+* Chunks run **oldest window first**: every metric's first window, then the second ones, ...,
+  so an interrupted backfill leaves a contiguous, older-first history behind it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from skyline.vista.constants import PROMETHEUS_MAX_POINTS
+from skyline.vista.entries import FetchEntry
+
+PROMETHEUS_POINTS = PROMETHEUS_MAX_POINTS
+"""Steps per Prometheus request: the most query_range answers for one series."""
+GRAPHITE_POINTS = 10_080
+"""Steps per Graphite render request (a week at 60 s). graphite-web answers a window at the
+resolution of the finest archive that covers its start; a week keeps each answer small."""
+
+
+@dataclass(frozen=True)
+class BackfillMetric:
+    """One metric of a backfill: its name, source type, host (for batching), step, and the
+    last timestamp it wants (the older of --until and its watermark when the job was added:
+    what is newer is the live fetcher's)."""
+
+    metric: str
+    source: str  # 'prometheus' | 'graphite'
+    remote_host: str
+    step: int
+    until: int
+
+    def as_json(self) -> list[Any]:
+        return [self.metric, self.source, self.remote_host, self.step, self.until]
+
+    @classmethod
+    def from_json(cls, raw: Sequence[Any]) -> BackfillMetric:
+        metric, source, remote_host, step, until = raw
+        return cls(str(metric), str(source), str(remote_host), int(step), int(until))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One unit of a backfill: one request (a window of one Prometheus series, or of a batch
+    of Graphite series of one host), delivered and checkpointed as a whole."""
+
+    index: int
+    start: int  # first timestamp wanted (inclusive, step-aligned)
+    end: int  # last timestamp wanted (inclusive)
+    metrics: tuple[BackfillMetric, ...]
+
+    def expected_points(self) -> int:
+        """Points in the window if the source has every step."""
+        total = 0
+        for m in self.metrics:
+            last = min(self.end, m.until)
+            if last >= self.start:
+                total += (last - self.start) // m.step + 1
+        return total
+
+
+def select_entries(
+    entries: Sequence[FetchEntry],
+    *,
+    metrics: Sequence[str] = (),
+    match: str | None = None,
+    all_: bool = False,
+) -> tuple[list[FetchEntry], list[str]]:
+    """The entries a backfill covers, and the names asked for that are not in the fetch list."""
+    if all_:
+        return list(entries), []
+    by_name = {e.metric: e for e in entries}
+    chosen: dict[str, FetchEntry] = {}
+    unknown = []
+    for name in metrics:
+        if name in by_name:
+            chosen[name] = by_name[name]
+        else:
+            unknown.append(name)
+    if match:
+        for entry in entries:
+            if fnmatch.fnmatchcase(entry.metric, match):
+                chosen.setdefault(entry.metric, entry)
+    return list(chosen.values()), unknown
+
+
+def backfill_metrics(
+    entries: Iterable[FetchEntry],
+    until: int,
+    *,
+    resolution: int | None = None,
+    watermarks: Mapping[str, int] | None = None,
+) -> list[BackfillMetric]:
+    """Each entry as a backfill metric: its step (``resolution`` or the entry's frequency) and
+    its last timestamp (``until``, or its watermark when older)."""
+    marks = watermarks or {}
+    found = []
+    for e in entries:
+        last = until if e.metric not in marks else min(until, marks[e.metric])
+        found.append(
+            BackfillMetric(
+                e.metric, e.remote_host_type, e.remote_host, resolution or e.frequency, last
+            )
+        )
+    return found
+
+
+def windows(start: int, until: int, step: int, points: int) -> list[tuple[int, int]]:
+    """Step-aligned windows [first, last] covering start..until, at most ``points`` steps each."""
+    first = -(-start // step) * step  # the first multiple of step at or after start
+    end = until // step * step
+    found = []
+    while first <= end:
+        last = min(first + (points - 1) * step, end)
+        found.append((first, last))
+        first = last + step
+    return found
+
+
+def plan(metrics: Sequence[BackfillMetric], start: int, graphite_batch: int) -> list[Chunk]:
+    """Every chunk of the backfill, oldest window first (then in the order of ``metrics``)."""
+    order = {m.metric: n for n, m in enumerate(metrics)}
+    keyed: list[tuple[int, int, int, tuple[BackfillMetric, ...]]] = []
+    for m in metrics:
+        if m.source == "prometheus":
+            for first, last in windows(start, m.until, m.step, PROMETHEUS_POINTS):
+                keyed.append((first, order[m.metric], last, (m,)))
+    groups: dict[tuple[str, int], list[BackfillMetric]] = {}
+    for m in metrics:
+        if m.source == "graphite":
+            groups.setdefault((m.remote_host, m.step), []).append(m)
+    size = max(1, graphite_batch)
+    for (_, step), members in groups.items():
+        newest = max(m.until for m in members)
+        for first, last in windows(start, newest, step, GRAPHITE_POINTS):
+            wanted = [m for m in members if m.until >= first]
+            for n in range(0, len(wanted), size):
+                batch = tuple(wanted[n : n + size])
+                keyed.append((first, order[batch[0].metric], last, batch))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [Chunk(index, first, last, batch) for index, (first, _, last, batch) in enumerate(keyed)]
