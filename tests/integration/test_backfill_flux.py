@@ -1,0 +1,174 @@
+"""Where history goes with the Flux sink, and that it is really stored, under both values of
+Flux's FLUX_CHECK_LAST_TIMESTAMP (the Flux double applies Flux's worker rules)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from skyline.vista import config, constants
+from skyline.vista.backfill import BackfillRequest, resolve
+from skyline.vista.config import VistaConfig
+from skyline.vista.jobs.process import run_job
+from skyline.vista.jobs.record import Status, new_job
+from skyline.vista.jobs.registry import kind
+from skyline.vista.jobs.store import JobStore
+from tests.conftest import PrometheusFactory
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.servers import CarbonServer, PrometheusServer, RedisServer
+
+STEP = 60
+METRICS = 2
+HOURS = 3
+
+
+def value(n: int, ts: int) -> float:
+    return n * 1000 + (ts // STEP) % 1000 + 0.5
+
+
+@pytest.fixture
+def span() -> tuple[int, int]:
+    now = int(time.time()) // STEP * STEP
+    return now - HOURS * 3600, now - 10 * STEP
+
+
+@pytest.fixture
+def prom(tmp_prometheus: PrometheusFactory, span: tuple[int, int]) -> PrometheusServer:
+    start, end = span
+    lines = ["# TYPE fh gauge"]
+    for n in range(METRICS):
+        lines += [f'fh{{n="{n}"}} {value(n, ts)!r} {ts}' for ts in range(start, end + 1, STEP)]
+    return tmp_prometheus(history="\n".join(lines))
+
+
+def names() -> list[str]:
+    return [f"fh.m{n}" for n in range(METRICS)]
+
+
+def expected(span: tuple[int, int]) -> dict[str, list[tuple[int, float]]]:
+    start, end = span
+    return {
+        f"fh.m{n}": [(ts, value(n, ts)) for ts in range(start, end + 1, STEP)]
+        for n in range(METRICS)
+    }
+
+
+def settings(
+    tmp_path: Path, redis_server: RedisServer, prom: PrometheusServer, **extra: Any
+) -> VistaConfig:
+    entries = [
+        {
+            "remote_host": prom.url,
+            "remote_host_type": "prometheus",
+            "frequency": STEP,
+            "remote_target": f'fh{{n="{n}"}}',
+            "graphite_target": f"m{n}",
+            "uri": "default",
+            "namespace_prefix": "fh",
+        }
+        for n in range(METRICS)
+    ]
+    values: dict[str, Any] = {
+        "VISTA_ENABLED": True,
+        "VISTA_FETCH_METRICS": tuple(entries),
+        "REDIS_URL": redis_server.url,
+        "VISTA_SINK": "flux",
+        "FLUX_IP": "127.0.0.1",
+        "FLUX_SELF_API_KEY": DEFAULT_KEY,
+        "LOG_PATH": str(tmp_path / "log"),
+        "PID_PATH": str(tmp_path / "run"),
+        **extra,
+    }
+    return config.validate(values, str(tmp_path / "settings.py"))
+
+
+def already_delivered(client: redis.Redis, last: int) -> None:
+    """The metrics are Vista's (vista.metrics) and Flux has sent points up to ``last``."""
+    for name in names():
+        client.sadd(constants.VISTA_METRICS_KEY, name)
+        client.hset(constants.WATERMARK_HASH, name, str({"timestamp": last, "value": 1.0}))
+
+
+def run_inline(cfg: VistaConfig, client: redis.Redis, span: tuple[int, int]) -> Status | None:
+    """Add a backfill of every metric over ``span`` and run it in this process."""
+    params = resolve(cfg, BackfillRequest(all_=True, start=span[0], until=span[1]), {}, time.time())
+    assert not isinstance(params, str)
+    job_kind = kind("backfill")
+    store = JobStore(client, job_kind.name, job_kind.keys)
+    job = store.submit(new_job("backfill", params.as_json()))
+    claimed = store.claim()
+    assert claimed is not None and claimed[0].id == job.id
+    return run_job(job_kind, job.id, claimed[1], cfg, client)
+
+
+@pytest.fixture
+def flux_default(redis_client: redis.Redis) -> Iterator[FluxServer]:
+    with FluxServer(redis=redis_client, check_last_timestamp=True) as flux:
+        yield flux
+
+
+def test_with_flux_defaults_history_is_posted_with_fill_and_stored_below_flux_last(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    span: tuple[int, int],
+    flux_default: FluxServer,
+) -> None:
+    already_delivered(redis_client, span[1] + 600)  # everything backfilled is below flux.last
+    cfg = settings(tmp_path, redis_server, prom, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, redis_client, span) is Status.DONE
+    flux_default.wait_processed()
+    assert flux_default.forwarded_by_metric() == expected(span)  # all stored, none dropped
+    assert flux_default.dropped_count == 0
+    assert all(p.fill for p in flux_default.accepted)
+    # No watermark moved: Flux does not move flux.last for fill points, and Vista wrote none.
+    for name in names():
+        raw = redis_client.hget(constants.WATERMARK_HASH, name)
+        assert raw is not None and str(span[1] + 600) in str(raw)
+    assert not redis_client.exists(constants.VISTA_WATERMARK_HASH)
+
+
+def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    span: tuple[int, int],
+) -> None:
+    already_delivered(redis_client, span[1] + 600)
+    with (
+        FluxServer(redis=redis_client, check_last_timestamp=False) as flux,
+        CarbonServer(tmp_path / "carbon") as carbon,
+    ):
+        # What Flux itself would do with this history sent with fill: drop every point.
+        cfg_flux = settings(tmp_path, redis_server, prom, FLUX_PORT=flux.port)
+        assert run_inline(cfg_flux, redis_client, span) is Status.DONE
+        flux.wait_processed()
+        assert flux.forwarded_by_metric() == {} and flux.dropped_count == len(expected(span)) * len(
+            expected(span)["fh.m0"]
+        )
+        # Vista mirrors the setting and sends history to the carbon beside Flux instead.
+        cfg = settings(
+            tmp_path,
+            redis_server,
+            prom,
+            FLUX_PORT=flux.port,
+            FLUX_CHECK_LAST_TIMESTAMP=False,
+            FLUX_CARBON_HOST="127.0.0.1",
+            FLUX_CARBON_PICKLE_PORT=carbon.pickle_port,
+            VISTA_CARBON_MAX_CREATES_PER_MINUTE=float("inf"),
+        )
+        accepted_before = flux.accepted_count
+        assert run_inline(cfg, redis_client, span) is Status.DONE
+        assert flux.accepted_count == accepted_before  # nothing more went to Flux
+        for name, points in expected(span).items():
+            stored = carbon.wait_for_points(
+                name, len(points), timeout=20, from_ts=span[0] - 1, until_ts=span[1]
+            )
+            assert stored == points

@@ -1,0 +1,170 @@
+"""Backfill planning and parameters: pure, no server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skyline.vista import config
+from skyline.vista.backfill import (
+    BackfillParams,
+    BackfillRequest,
+    parse_duration,
+    parse_time,
+    resolve,
+)
+from skyline.vista.backfill_plan import (
+    GRAPHITE_POINTS,
+    PROMETHEUS_POINTS,
+    BackfillMetric,
+    plan,
+    select_entries,
+    windows,
+)
+from skyline.vista.config import VistaConfig
+from skyline.vista.history import history_path
+
+NOW = 1_800_000_000.0
+
+
+def prom(name: str, until: int, step: int = 60) -> BackfillMetric:
+    return BackfillMetric(name, "prometheus", "http://p:9090", step, until)
+
+
+def gw(name: str, until: int, host: str = "http://g") -> BackfillMetric:
+    return BackfillMetric(name, "graphite", host, 60, until)
+
+
+def test_windows_are_step_aligned_contiguous_and_within_the_point_limit() -> None:
+    found = windows(1_000_030, 1_000_030 + 30 * 86400, 60, PROMETHEUS_POINTS)
+    assert found[0][0] == 1_000_080  # the first multiple of 60 at or after the start
+    for first, last in found:
+        assert first % 60 == 0 and last % 60 == 0
+        assert (last - first) // 60 + 1 <= PROMETHEUS_POINTS
+    for (_, last), (first, _) in zip(found, found[1:], strict=False):
+        assert first == last + 60  # no gap, no overlap
+    assert found[-1][1] == (1_000_030 + 30 * 86400) // 60 * 60
+    assert sum((b - a) // 60 + 1 for a, b in found) == 43_200
+
+
+def test_chunks_run_oldest_window_first_and_batch_graphite_per_host() -> None:
+    start, until = 0, 20_000 * 60
+    metrics = [prom("p0", until), gw("g0", until), gw("g1", until), prom("p1", until)]
+    metrics.append(gw("g2", until, host="http://other"))
+    chunks = plan(metrics, start, graphite_batch=20)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    starts = [c.start for c in chunks]
+    assert starts == sorted(starts)
+    first_window = [c for c in chunks if c.start == 0]
+    assert [tuple(m.metric for m in c.metrics) for c in first_window] == [
+        ("p0",),
+        ("g0", "g1"),  # one render request for the two metrics of one host
+        ("p1",),
+        ("g2",),
+    ]
+    for c in chunks:
+        points = (c.end - c.start) // 60 + 1
+        limit = PROMETHEUS_POINTS if c.metrics[0].source == "prometheus" else GRAPHITE_POINTS
+        assert points <= limit
+    assert sum(c.expected_points() for c in chunks) == 5 * 20_001
+
+
+def test_a_graphite_batch_is_cut_at_the_batch_size() -> None:
+    metrics = [gw(f"g{n}", 3600) for n in range(45)]
+    chunks = plan(metrics, 0, graphite_batch=20)
+    assert [len(c.metrics) for c in chunks] == [20, 20, 5]
+
+
+def test_a_metric_stops_at_its_own_until_and_the_plan_depends_on_params_only() -> None:
+    metrics = [prom("old", 3000), prom("new", 10**6)]
+    chunks = plan(metrics, 0, graphite_batch=20)
+    assert all(c.start <= 3000 for c in chunks if c.metrics[0].metric == "old")
+    params = BackfillParams(tuple(metrics), 0, 10**6, None, "x")
+    again = BackfillParams.from_json(params.as_json())
+    assert again == params
+    assert plan(again.metrics, again.start, 20) == chunks
+
+
+def test_times_and_resolutions_are_parsed() -> None:
+    assert parse_time("now", NOW) == int(NOW)
+    assert parse_time("-30d", NOW) == int(NOW) - 30 * 86400
+    assert parse_time("-90m", NOW) == int(NOW) - 5400
+    assert parse_time("1700000000", NOW) == 1_700_000_000
+    assert parse_time("2023-11-14T22:13:20", NOW) == 1_700_000_000  # naive = UTC
+    assert parse_time("2023-11-14T23:13:20+01:00", NOW) == 1_700_000_000
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("yesterday", NOW)
+    assert parse_duration("60") == parse_duration("60s") == parse_duration("1m") == 60
+    assert parse_duration("1h") == 3600
+    with pytest.raises(ValueError, match="not a resolution"):
+        parse_duration("0s")
+
+
+def settings(tmp_path: Path, **extra: object) -> VistaConfig:
+    entries = [
+        (
+            "http://p:9090",
+            "prometheus",
+            60,
+            "up",
+            f"m{n}",
+            "default",
+            "a",
+            None,
+            None,
+            None,
+            None,
+            (),
+        )
+        for n in range(3)
+    ]
+    values = {
+        "VISTA_ENABLED": True,
+        "VISTA_FETCH_METRICS": tuple(entries),
+        "REDIS_URL": "redis://127.0.0.1:1",
+        "FLUX_SELF_API_KEY": "f" * 32,
+        "LOG_PATH": str(tmp_path),
+        "PID_PATH": str(tmp_path),
+        **extra,
+    }
+    return config.validate(values, str(tmp_path / "settings.py"))
+
+
+def test_resolve_selects_names_globs_or_all_and_stops_at_watermarks(tmp_path: Path) -> None:
+    cfg = settings(tmp_path)
+    assert select_entries(cfg.fetch_metrics, metrics=["a.m1", "zz"])[1] == ["zz"]
+    until = int(NOW) - 3600
+    params = resolve(
+        cfg,
+        BackfillRequest(match="a.m[01]", start=until - 86400, until=until),
+        {"a.m1": until - 600},
+        NOW,
+    )
+    assert not isinstance(params, str)
+    assert [(m.metric, m.until) for m in params.metrics] == [("a.m0", until), ("a.m1", until - 600)]
+    everything = resolve(cfg, BackfillRequest(all_=True, start=0, until=int(NOW) + 999), {}, NOW)
+    assert not isinstance(everything, str)
+    assert everything.until == int(NOW) // 60 * 60 - 1  # never the open minute
+    assert resolve(cfg, BackfillRequest(metrics=("nope",), start=0, until=1), {}, NOW) == (
+        "not in VISTA_FETCH_METRICS: nope"
+    )
+    assert "after --until" in str(
+        resolve(cfg, BackfillRequest(all_=True, start=10, until=5), {}, NOW)
+    )
+
+
+def test_history_path_follows_the_sink_and_flux_check_last_timestamp(tmp_path: Path) -> None:
+    assert history_path(settings(tmp_path)).kind == "flux-fill"
+    beside = settings(
+        tmp_path,
+        FLUX_CHECK_LAST_TIMESTAMP=False,
+        FLUX_CARBON_HOST="c",
+        FLUX_CARBON_PICKLE_PORT=2104,
+    )
+    path = history_path(beside)
+    assert path.kind == "carbon-beside-flux" and "c:2104" in path.description
+    carbon = settings(tmp_path, VISTA_SINK="graphite", CARBON_HOST="graphite.example")
+    assert history_path(carbon).kind == "carbon"
+    lonely = settings(tmp_path, FLUX_CHECK_LAST_TIMESTAMP=False)
+    assert any("FLUX_CARBON_HOST" in w for w in lonely.warnings)
