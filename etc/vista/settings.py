@@ -159,6 +159,19 @@ VISTA_SHARDS = ()  # e.g. ('vista-1', 'vista-2')
 # many of each kind run at once on this host (default 1 per kind; 0 = none here).
 VISTA_JOB_PROCESSES = {}  # e.g. {'backfill': 2}
 
+# `vista backfill`: requests in flight per backfill job (history yields to live fetching when a
+# host has a request budget, see VISTA_REMOTE_HOSTS).
+VISTA_BACKFILL_CONCURRENCY = 4
+
+# Where history goes with the Flux sink. Set FLUX_CHECK_LAST_TIMESTAMP to the value Flux uses
+# (Flux's default: True): with True history is POSTed to Flux with fill (Flux never checks such
+# points); with False Flux would drop every point at or below flux.last even with fill, so
+# history goes to the carbon beside Flux (FLUX_CARBON_HOST/FLUX_CARBON_PICKLE_PORT, default
+# CARBON_HOST/CARBON_PICKLE_PORT). `vista check-config` says which path history takes.
+FLUX_CHECK_LAST_TIMESTAMP = True
+FLUX_CARBON_HOST = None
+FLUX_CARBON_PICKLE_PORT = None
+
 # BigQuery sources (Skyline's format; validated, see the README). Needs the 'bigquery' extra.
 VISTA_BQ_ACCOUNTS = {}
 

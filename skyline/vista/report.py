@@ -42,6 +42,9 @@ def config_summary(config: VistaConfig) -> str:
         host, port = config.carbon.address
         lines.append(f"  sink: carbon {config.carbon.protocol} at {host}:{port}")
     lines.append(f"  redis: {config.redis.describe()}")
+    from skyline.vista.history import history_path
+
+    lines.append(f"  history (vista backfill): {history_path(config).description}")
     if config.shards:
         mine, total = len(config.shard_metrics), len(config.fetch_metrics)
         lines.append(f"  shard: {config.hostname} fetches {mine} of the {total} metrics "

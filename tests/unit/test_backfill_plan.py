@@ -168,3 +168,19 @@ def test_history_path_follows_the_sink_and_flux_check_last_timestamp(tmp_path: P
     assert history_path(carbon).kind == "carbon"
     lonely = settings(tmp_path, FLUX_CHECK_LAST_TIMESTAMP=False)
     assert any("FLUX_CARBON_HOST" in w for w in lonely.warnings)
+
+
+def test_check_config_says_which_path_history_takes(tmp_path: Path) -> None:
+    from skyline.vista.report import config_summary
+
+    beside = settings(
+        tmp_path,
+        FLUX_CHECK_LAST_TIMESTAMP=False,
+        FLUX_CARBON_HOST="c",
+        FLUX_CARBON_PICKLE_PORT=2104,
+    )
+    line = "  history (vista backfill): to the carbon beside Flux at c:2104 (FLUX_CHECK_LAST_"
+    assert line in config_summary(beside)
+    assert "history (vista backfill): POST to Flux at http://127.0.0.1:8000 with fill" in (
+        config_summary(settings(tmp_path))
+    )
