@@ -23,8 +23,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.record import JobRecord, Status, new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
-from tests.integration.test_jobs import Supervised, job_pid, wait_status
-from tests.servers import (
+from skyline.vista.testing.servers import (
     SYSTEM_PYTHON,
     CarbonServer,
     GraphiteWebServer,
@@ -32,6 +31,7 @@ from tests.servers import (
     RedisServer,
     poll_until,
 )
+from tests.integration.test_jobs import Supervised, job_pid, wait_status
 
 STEP = 60
 DAYS = 30

@@ -18,9 +18,9 @@ from skyline.vista.jobs.process import run_job
 from skyline.vista.jobs.record import Status, new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
+from skyline.vista.testing.servers import CarbonServer, PrometheusServer, RedisServer
 from tests.conftest import PrometheusFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import CarbonServer, PrometheusServer, RedisServer
 
 STEP = 60
 METRICS = 2
