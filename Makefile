@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 APT_PACKAGES := redis-server redis-sentinel prometheus prometheus-node-exporter graphite-carbon graphite-web \
-	python3-whisper python3-venv
+	python3-whisper python3-venv tinyproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install venv system-packages lint format typecheck test test-fast bench demo all clean

@@ -29,13 +29,13 @@ import tempfile
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bench.common import proc_usage
 from skyline.vista import config, constants, redisconn
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.sources.http import new_session
 from tests.servers import RedisServer, free_port
 
 STEP = 60
@@ -82,7 +82,7 @@ async def one_cycle(source: str, redis_url: str, cap_mb: float | None) -> dict[s
     await client.ping()
     before = proc_usage(os.getpid()).rss_mb
     began = time.monotonic()
-    async with aiohttp.ClientSession() as session:
+    async with new_session() as session:
         cycle = FetchCycle(cfg, session, {}, queue=AsyncFetchQueue(client))
         report = await cycle.run(cfg.fetch_metrics, {}, set())
     took = time.monotonic() - began

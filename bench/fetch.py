@@ -38,7 +38,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
 import redis
 import requests
 
@@ -55,7 +54,7 @@ from skyline.vista import config, constants, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
-from skyline.vista.sources.http import HostState, new_connector
+from skyline.vista.sources.http import HostState, new_session
 from skyline.vista.testing.servers import RedisServer
 
 GRAPHITE_AIM = 1.0  # seconds per cycle, 10,000 metrics
@@ -161,11 +160,10 @@ async def run_vista(cfg: VistaConfig, scenario: Scenario, out: dict[str, Any]) -
     client = redisconn.connect_async(cfg.redis) if scenario.redis else None
     queue = AsyncFetchQueue(client) if client is not None else None
     names = [e.metric for e in cfg.fetch_metrics]
-    connector = new_connector()  # the fetcher's own pool and limits
     hosts: dict[str, HostState] = {}
     problems: list[str] = []
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with new_session() as session:
             if client is not None:
                 await client.ping()  # connected before the clock starts, as in a long-lived fetcher
             out["rss_before_mb"] = proc_usage_self_rss()

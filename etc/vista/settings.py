@@ -107,10 +107,16 @@ VISTA_FETCH_METRICS = (
 # requests_per_second (None: no budget) and burst (default: one second's worth): a token
 # bucket in Redis shared by every Vista process and host that fetches from it, live fetching
 # first (history jobs take only what live fetching leaves); 429/503 Retry-After still apply.
+# proxy ('http://proxy:3128', no credentials in it), proxy_user and proxy_password: an HTTP(S)
+# forward proxy for this host (CONNECT for https remotes); its password is masked like every
+# secret. Hosts without 'proxy' follow HTTPS_PROXY / HTTP_PROXY / NO_PROXY from Vista's
+# environment (credentials there go in the URL: http://user:password@proxy:3128).
 VISTA_REMOTE_HOSTS = {
     # 'https://graphite.example.org': {'ca_bundle': '/etc/ssl/certs/internal-ca.pem',
     #                                  'timeout': 20, 'max_concurrency': 4},
     # 'https://prometheus.example.org': {'requests_per_second': 20, 'burst': 40},
+    # 'https://metrics.partner.example': {'proxy': 'http://proxy.corp:3128',
+    #                                     'proxy_user': 'vista', 'proxy_password': '...'},
 }
 VISTA_REQUEST_TIMEOUT = 30  # (new) default per-request timeout, seconds
 VISTA_MAX_CONCURRENCY_PER_HOST = 10  # (new) default per-host concurrency

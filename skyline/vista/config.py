@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from skyline.vista import bigquery_settings
 from skyline.vista.constants import (
@@ -116,6 +116,10 @@ class HostOptions:
     api_key_header: str = "X-API-Key"
     requests_per_second: float | None = None  # request budget shared by every process
     burst: int | None = None  # the budget's bucket size (default: one second's worth)
+    # An HTTP(S) forward proxy for this host (else HTTPS_PROXY/HTTP_PROXY/NO_PROXY apply).
+    proxy: str | None = None  # http://host:port, no credentials in it
+    proxy_user: str | None = None
+    proxy_password: Secret | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,11 @@ class VistaConfig:
         for options in (self.default_host_options, *self.remote_hosts.values()):
             for name, value in options.headers:
                 found += [Secret(v) for v in header_secrets(name, value)]
+            if options.proxy_password:
+                found.append(options.proxy_password)
+                pair = basic_pair(options.proxy_user or "", options.proxy_password.reveal())
+                found.append(Secret(pair))
+        found += [Secret(s) for s in env_proxy_secrets()]
         found += [Secret(s) for s in bigquery_settings.secret_values(self.bq_accounts)]
         return [s.reveal() for s in found if s]
 
@@ -198,6 +207,26 @@ class VistaConfig:
     @property
     def logfile(self) -> str:
         return os.path.join(self.log_path, "vista.log")
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+
+
+def env_proxy_secrets() -> list[str]:
+    """The passwords of the proxies named in the environment (HTTPS_PROXY=http://u:p@host),
+    with their user:password pairs (the base64 of which a Proxy-Authorization header holds)."""
+    found = []
+    for variable in PROXY_VARIABLES:
+        try:
+            parts = urlsplit(os.environ.get(variable, ""))
+            password = parts.password
+        except ValueError:
+            continue
+        if password:
+            found += [password, unquote(password)]
+            user = unquote(parts.username or "")
+            found.append(basic_pair(user, unquote(password)))
+    return found
 
 
 def shard_of(metric: str, count: int) -> int:
@@ -544,6 +573,9 @@ def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> H
         "api_key_header",
         "requests_per_second",
         "burst",
+        "proxy",
+        "proxy_user",
+        "proxy_password",
     }
     for key in sorted(set(map(str, raw)) - known):
         r.problems.error(name, f"unknown option {key!r} (options: {', '.join(sorted(known))})")
@@ -585,7 +617,45 @@ def _host_options(r: _Reader, name: str, raw: object, default: HostOptions) -> H
         api_key_header=header or default.api_key_header,
         requests_per_second=float(rate) if rate is not None else None,
         burst=burst,
+        **_proxy(r, name, raw, default),
     )
+
+
+def _proxy(r: _Reader, name: str, raw: Mapping[str, Any], default: HostOptions) -> dict[str, Any]:
+    """The 'proxy', 'proxy_user' and 'proxy_password' options of one host."""
+    proxy = raw.get("proxy", default.proxy)
+    user = raw.get("proxy_user", default.proxy_user)
+    password = raw.get("proxy_password")
+    secret = Secret(password) if isinstance(password, str) and password else None
+    if proxy is not None:
+        try:
+            parts = urlsplit(proxy) if isinstance(proxy, str) else None
+            with_credentials = parts is not None and (parts.username or parts.password)
+        except ValueError:
+            parts, with_credentials = None, False
+        if with_credentials:
+            r.problems.error(
+                f"{name} option 'proxy'",
+                "carries credentials; give them as 'proxy_user' and 'proxy_password'",
+            )
+            proxy = None
+        elif parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problems.bad(
+                f"{name} option 'proxy'", proxy, "an http:// URL such as 'http://proxy:3128'"
+            )
+            proxy = None
+    if user is not None and not isinstance(user, str):
+        r.problems.bad(f"{name} option 'proxy_user'", user, "a string")
+        user = None
+    if password is not None and not isinstance(password, str):
+        r.problems.bad(f"{name} option 'proxy_password'", "<hidden>", "a string")
+    if (user is None) != (secret is None) and (user or secret):
+        r.problems.error(f"{name} option 'proxy_user'", "needs 'proxy_password' too (and back)")
+    if secret is not None and proxy is None and "proxy" not in raw:
+        r.problems.error(f"{name} option 'proxy_password'", "needs 'proxy' as well")
+    if secret is None and "proxy_password" not in raw:
+        secret = default.proxy_password
+    return {"proxy": proxy, "proxy_user": user, "proxy_password": secret}
 
 
 def _remote_hosts(r: _Reader, default: HostOptions) -> dict[str, HostOptions]:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import aiohttp
 import redis.exceptions
 
 from skyline.vista import constants, redisconn
@@ -21,7 +20,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.schedule import MetricState
-from skyline.vista.sources.http import new_connector
+from skyline.vista.sources.http import new_session
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +107,8 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
         )
         for e in entries
     }
-    connector = new_connector()
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with new_session() as session:
             cycle = FetchCycle(config, session, {}, queue=None if dry_run else queue)
             if not dry_run:
                 await client.set(

@@ -27,7 +27,7 @@ from skyline.vista.holes import Hole
 from skyline.vista.model import Watermark
 from skyline.vista.procutil import parent_alive
 from skyline.vista.schedule import MetricState, cycle_tick, next_tick
-from skyline.vista.sources.http import HostState, SharedLimit, new_connector
+from skyline.vista.sources.http import HostState, SharedLimit, new_session
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,6 @@ class Fetcher(threading.Thread):
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         config = self.config
-        connector = new_connector()
         client = redisconn.connect_async(config.redis)
         queue = AsyncFetchQueue(client, watermark_keys(config.sink))
         members = membership.AsyncMembers(client)
@@ -144,7 +143,7 @@ class Fetcher(threading.Thread):
             shard = f"host {config.hostname}; shared with the live Vista hosts"
         logger.info("fetcher started: %d metric(s), %s", len(config.fetch_metrics), shard)
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with new_session() as session:
                 while not self.stopping():
                     started = self.clock()
                     planned = await self._begin(session, queue, members)

@@ -436,7 +436,8 @@ ONE_MISTAKE: list[tuple[str, dict[str, Any], str | list[str]]] = [
         "VISTA_REMOTE_HOSTS unknown option",
         {"VISTA_REMOTE_HOSTS": {PROM: {"verify": False}}},
         f"VISTA_REMOTE_HOSTS['{PROM}']: unknown option 'verify' (options: api_key_header, "
-        "burst, ca_bundle, headers, max_concurrency, requests_per_second, timeout, verify_ssl)",
+        "burst, ca_bundle, headers, max_concurrency, proxy, proxy_password, proxy_user, "
+        "requests_per_second, timeout, verify_ssl)",
     ),
     (
         "VISTA_REMOTE_HOSTS bad requests_per_second",

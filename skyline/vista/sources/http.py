@@ -73,6 +73,9 @@ class Credentials:
             found.append(basic_pair(self.user, self.password))
         for name, value in options.headers:
             found += header_secrets(name, value)
+        if options.proxy_password:
+            found.append(options.proxy_password.reveal())
+            found.append(basic_pair(options.proxy_user or "", options.proxy_password.reveal()))
         return found
 
     def redactor(self, options: HostOptions) -> Redact:
@@ -191,6 +194,22 @@ def new_connector() -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(
         limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
     )
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The fetcher's session: the shared pool (:func:`new_connector`), and HTTPS_PROXY,
+    HTTP_PROXY and NO_PROXY from the environment for hosts without a ``proxy`` option."""
+    return aiohttp.ClientSession(connector=new_connector(), trust_env=True)
+
+
+def proxy_headers(options: HostOptions) -> dict[str, str] | None:
+    """Proxy-Authorization for a host's own ``proxy`` (RFC 7617 with UTF-8, as for the
+    remote's basic auth). A proxy named in the environment carries its credentials in its
+    URL (aiohttp sends them)."""
+    if options.proxy is None or options.proxy_password is None:
+        return None
+    pair = basic_pair(options.proxy_user or "", options.proxy_password.reveal()).encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
 
 
 def ssl_option(options: HostOptions) -> ssl.SSLContext | bool:
@@ -465,6 +484,11 @@ async def _send(session: aiohttp.ClientSession, state: HostState, request: _Requ
     headers = dict(options.headers)
     headers.setdefault("Accept", "application/json")
     credentials.apply(headers, options)
+    proxy_auth = proxy_headers(options)
+    if proxy_auth is not None and not url.startswith("https:"):
+        # Plain http goes to the proxy as is: the proxy reads (and removes) this header.
+        # For https it belongs to the CONNECT request only, never inside the tunnel.
+        headers.update(proxy_auth)
     timeout = aiohttp.ClientTimeout(total=options.timeout)
     started = time.monotonic()
     state.requests += 1
@@ -477,6 +501,9 @@ async def _send(session: aiohttp.ClientSession, state: HostState, request: _Requ
             timeout=timeout,
             ssl=ssl_option(options),
             allow_redirects=False,
+            # None: the session's HTTPS_PROXY/HTTP_PROXY/NO_PROXY (trust_env) decide.
+            proxy=options.proxy,
+            proxy_headers=proxy_auth if url.startswith("https:") else None,
         ) as response:
             status, content_type = response.status, response.content_type or ""
             streams = request.stream is not None and status == 200 and "html" not in content_type
