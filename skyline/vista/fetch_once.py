@@ -17,9 +17,9 @@ import redis.exceptions
 
 from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
-from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista.cycle_setup import Recorded, metric_states, new_cycle, read_recorded
+from skyline.vista.fetch_cycle import CycleReport, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
-from skyline.vista.schedule import MetricState
 from skyline.vista.sources.http import new_session
 
 logger = logging.getLogger(__name__)
@@ -85,11 +85,8 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
     entries = [e for e in config.fetch_metrics if not metrics or e.metric in metrics]
     client = redisconn.connect_async(config.redis)
     queue = AsyncFetchQueue(client, watermark_keys(config.sink))
-    names = [e.metric for e in entries]
     try:
-        marks = await queue.watermarks(names)
-        pending = await queue.pending(names)
-        holes = await queue.holes(names)
+        recorded = await read_recorded(queue, entries, time.time())
     except redis.exceptions.RedisError as exc:  # unreachable, or e.g. WRONGTYPE
         if not dry_run:
             await client.aclose()
@@ -98,18 +95,13 @@ async def _run(config: VistaConfig, dry_run: bool, metrics: Sequence[str]) -> Cy
             f"(redis: {exc}; fetching as if nothing was ever delivered)",
             file=sys.stderr,
         )
-        marks, pending, holes = {}, set(), {}
-    states = {
-        e.metric: MetricState(
-            watermark=marks[e.metric].timestamp if e.metric in marks else None,
-            pending=e.metric in pending and not dry_run,
-            holes=holes.get(e.metric, ()),
-        )
-        for e in entries
-    }
+        recorded = Recorded()
+    if dry_run:
+        recorded.pending = set()  # fetched even while queued: nothing is written
+    states = metric_states(entries, recorded)
     try:
         async with new_session() as session:
-            cycle = FetchCycle(config, session, {}, queue=None if dry_run else queue)
+            cycle = new_cycle(config, session, None if dry_run else queue, recorded)
             if not dry_run:
                 await client.set(
                     constants.FETCHER_HEARTBEAT_KEY, int(time.time()), ex=constants.HEARTBEAT_TTL

@@ -13,18 +13,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from skyline.vista import constants, expand, membership, prune, redisconn, telemetry
 from skyline.vista.config import VistaConfig
+from skyline.vista.cycle_setup import metric_states, new_cycle, read_recorded
 from skyline.vista.entries import FetchEntry
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
-from skyline.vista.holes import Hole
-from skyline.vista.model import Watermark
 from skyline.vista.procutil import parent_alive
 from skyline.vista.schedule import MetricState, cycle_tick, next_tick
 from skyline.vista.sources.http import HostState, SharedLimit, new_session
@@ -228,30 +227,33 @@ class Fetcher(threading.Thread):
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             live = await members.live() if members is not None and not config.shards else ()
             entries = list(self._ownership(config, live))
-            names = [e.metric for e in entries]
-            marks = dict(await queue.watermarks(names))
-            pending = await queue.pending(names)
-            holes = await queue.holes(names)
-            known, name_marks = await self._expansions(queue, entries, begin, marks, pending)
+            recorded = await read_recorded(queue, entries, begin)
             self.outage.ok()
         except redisconn.REDIS_ERRORS as exc:
             delay = self.outage.failed(exc)
             await self._sleep(delay)
             return None
-        states = self._states(entries, marks, pending, holes, busy)
-        entries = order_due(entries, self.state.carried)
-        fetch = FetchCycle(
+        state = self.state
+        states = metric_states(
+            entries,
+            recorded,
+            last_attempt=state.last_attempt,
+            carried=state.carried,
+            scan_from=state.scan_from,
+            busy=busy,
+        )
+        entries = order_due(entries, state.carried)
+        fetch = new_cycle(
             config,
             session,
-            self.state.hosts,
-            queue=queue,
+            queue,
+            recorded,
+            hosts=state.hosts,
             clock=self.clock,
             on_error=self._on_error,
             shared=self._shared_limit(),
             on_done=self._remember_metric,
         )
-        fetch.expansion_known = {m: set(found) for m, found in known.items()}
-        fetch.name_watermarks = name_marks
         # Marked in flight now, before the cycle task first runs (it narrows this to the
         # metrics it finds due as it starts).
         fetch.in_flight = {e.metric for e in entries if e.metric not in busy}
@@ -269,36 +271,6 @@ class Fetcher(threading.Thread):
         await self._remember_names(fetch, report)
         await self._report(report, len(report.results))
         return report
-
-    async def _expansions(
-        self,
-        queue: AsyncFetchQueue,
-        entries: Sequence[FetchEntry],
-        now: float,
-        marks: dict[str, Watermark],
-        pending: set[str],
-    ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-        """Templated entries (expand.py): the names each made, and their watermarks. The
-        entry's own watermark becomes the oldest of its recent names' (none while one of them
-        was never delivered: its window is then the populate/default one), and the entry is
-        pending while any of its names is."""
-        templated = [e.metric for e in entries if e.name_template is not None]
-        if not templated:
-            return {}, {}
-        known = await expand.known(queue.client, templated)
-        recent = {m: expand.recent(found, now) for m, found in known.items()}
-        names = sorted({n for found in recent.values() for n in found})
-        found_marks = await queue.watermarks(names)
-        busy = await queue.pending(names)
-        name_marks = {n: w.timestamp for n, w in found_marks.items()}
-        for metric, own in recent.items():
-            start, _new = expand.entry_watermark(own, name_marks)
-            marks.pop(metric, None)
-            if start is not None:
-                marks[metric] = Watermark(start)
-            if any(n in busy for n in own):
-                pending.add(metric)
-        return known, name_marks
 
     async def _remember_names(self, fetch: FetchCycle, report: CycleReport) -> None:
         seen = {r.metric: r.seen for r in report.results if r.seen}
@@ -346,31 +318,6 @@ class Fetcher(threading.Thread):
         if shared is None or shared.limit != self.config.fetch_concurrency:
             shared = self.state.shared = SharedLimit(self.config.fetch_concurrency)
         return shared
-
-    def _states(
-        self,
-        entries: Sequence[FetchEntry],
-        marks: Mapping[str, Watermark],
-        pending: set[str],
-        holes: Mapping[str, tuple[Hole, ...]],
-        busy: set[str],
-    ) -> dict[str, MetricState]:
-        """What schedule.plan_metric needs to know of each metric (it alone decides)."""
-        state = self.state
-        states = {}
-        for entry in entries:
-            metric = entry.metric
-            mark = marks.get(metric)
-            states[metric] = MetricState(
-                watermark=mark.timestamp if mark is not None else None,
-                last_attempt=state.last_attempt.get(metric),
-                carried=metric in state.carried,
-                pending=metric in pending,
-                in_flight=metric in busy,
-                scan_from=state.scan_from.get(metric),
-                holes=holes.get(metric, ()),
-            )
-        return states
 
     def _on_error(self, result: MetricResult) -> None:
         error = result.error
