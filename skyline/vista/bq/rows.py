@@ -246,32 +246,51 @@ class RowConverter:
         zero_fill = self.spec.zero_fill
         append = out.append
         before = len(out)
+        times = self._times
+        names_of = self._names
+        seen = self._seen
+        dims = self._dims
+        new = tuple.__new__  # Entry(...) without the Python-level __new__: a hot loop
         for row in rows:
             stats.rows += 1
             raw = row[self._primary]
-            ts = self._timestamp(row[self._date])
+            cell = row[self._date]
+            ts = times.get(cell)
+            if ts is None:
+                ts = self._timestamp(cell)
             if ts is None or raw is None:
                 stats.bad_rows += 1
                 what = "date" if ts is None else "primary value"
                 self._log_row(row, f"no readable {what}")
                 continue
             raw = raw if type(raw) is str else str(raw)
-            names = self._metric_names(raw, row)
+            names = names_of.get(raw)
             if names is None:
-                if self._names.get(raw, ()) is None:
+                names = self._metric_names(raw, row)
+            if names is None:
+                if names_of.get(raw, ()) is None:
                     stats.bad_rows += 1
                     self._log_row(row, f"primary value {raw!r} gives no name element")
                 continue
             key = (raw, ts)
-            if key in self._seen:
+            if key in seen:
                 stats.duplicates += 1
                 self._log_row(row, f"a second row for {raw!r} at {ts} (the first is kept)")
                 continue
-            self._seen.add(key)
-            for name, i in zip(names, self._dims, strict=True):
-                value = _number(row[i])
+            seen.add(key)
+            for name, i in zip(names, dims, strict=True):
+                cell = row[i]
+                kind = type(cell)
+                if kind is float:
+                    if cell - cell == 0:  # type: ignore[operator]  # not NaN, not ±Inf
+                        append(new(Entry, (name, ts, cell)))
+                        continue
+                elif kind is int:
+                    append(new(Entry, (name, ts, float(cell))))  # type: ignore[arg-type]
+                    continue
+                value = _number(cell)
                 if type(value) is float:
-                    append(Entry(name, ts, value))
+                    append(new(Entry, (name, ts, value)))
                     continue
                 if value is _NULL:
                     stats.null += 1
