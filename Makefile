@@ -56,6 +56,7 @@ test-fast: venv
 bench: install
 	$(PY) bench/fetch.py
 	$(PY) bench/deliver.py
+	$(PY) bench/bigquery.py
 
 demo: install
 	$(PY) bin/vista-demo

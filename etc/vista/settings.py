@@ -178,8 +178,15 @@ FLUX_CHECK_LAST_TIMESTAMP = True
 FLUX_CARBON_HOST = None
 FLUX_CARBON_PICKLE_PORT = None
 
-# BigQuery sources (Skyline's format; validated, see the README). Needs the 'bigquery' extra.
+# BigQuery sources (Skyline's format; see the README's BigQuery section). Needs the 'bigquery'
+# extra. Scheduled jobs run on the agent; `vista bq backfill|update` adds jobs by hand.
 VISTA_BQ_ACCOUNTS = {}
+# (new) Another BigQuery endpoint, e.g. a private one: 'https://bq.example:443'. None: Google's.
+VISTA_BQ_API_ENDPOINT = None
+# (new) Archives of fetched intervals (one gzip CSV per account and interval).
+VISTA_BQ_ARCHIVE_DIR = '/var/lib/skyline/vista/bq_archives'
+# (new) Seconds a BigQuery query job may run before its interval fails (retried later).
+VISTA_BQ_QUERY_TIMEOUT = 300
 
 # --- Redis ---------------------------------------------------------------------------------
 

@@ -96,6 +96,7 @@ class Update:
         self.source = RowsSource(self.params, ctx.config, self.settings)
         self.spec = self.params.row_spec()
         self.delivery: Delivery | None = None
+        self.counts = {"changed": 0, "new": 0, "removed": 0}
         if not self.params.dry_run:
             sink = open_sink(ctx.config, self.params.account, flux_test=False, rewrite=True)
             budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
@@ -136,6 +137,9 @@ class Update:
         finally:
             if writer is not None:
                 writer.abort()
+        self.counts["changed"] += len(changed)
+        self.counts["new"] += len(added)
+        self.counts["removed"] += removed
         if (added or changed) and not self.params.dry_run:
             self._record(label, added, changed, removed)
         stats = converter.stats
@@ -175,7 +179,17 @@ class Update:
 
     def run(self) -> None:
         try:
-            run_intervals(self.ctx, self.params, KIND, self.settings.date_format, self.interval)
+            totals = run_intervals(
+                self.ctx, self.params, KIND, self.settings.date_format, self.interval
+            )
+            verb = "would send" if self.params.dry_run else "sent"
+            self.ctx.progress(
+                message=(
+                    f"bq_update {self.params.account_name}: {totals.done} interval(s) compared, "
+                    f"{self.counts['changed']} value(s) changed, {self.counts['new']} new, "
+                    f"{self.counts['removed']} removed; {verb} {totals.points} point(s)"
+                )
+            )
         finally:
             self.source.close()
             if self.delivery is not None and self.delivery.sink is not None:

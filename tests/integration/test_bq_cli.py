@@ -120,6 +120,7 @@ def test_backfill_and_update_through_the_cli(
     print(update.stdout)
     assert update.returncode == 0, str(update)
     assert re.search(r"5/5 chunks \(100.0%\), 2 points", update.stdout), update.stdout
+    assert "2 value(s) changed, 0 new, 0 removed; sent 2 point(s)" in update.stdout
 
     listing = h.cli("bq", "jobs")
     assert listing.returncode == 0

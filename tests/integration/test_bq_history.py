@@ -117,3 +117,45 @@ def test_backfill_60_days_with_a_sigkill_in_the_middle(
         assert len(twice) <= 2 and all(per_day[d] == 2 for d in twice)
         days = sorted(per_day)
         assert all(days.index(d) >= done_before - 1 for d in twice)
+
+
+def test_a_job_skyline_webapp_wrote_runs_and_leaves_no_secret(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(3)
+    rows = business_rows(first, 2, 5)
+    acct = account(metric_prefix, update_replace_query="DAY_LABEL")
+    acct["query"] = "SELECT * FROM shop.daily WHERE day = DAY_LABEL"
+    with FakeBigQuery() as fake:
+        fake.set_table(COLUMNS, rows, "day")
+        cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": acct})
+        # bq_update: Skyline copies every key of the account, credentials included, into the job
+        job_id = f"{int(time.time())}.shop"
+        skyline_job = {
+            **acct,
+            "job_id": job_id,
+            "vista_bq_account_key": "shop",
+            "from_timestamp": first,
+            "until_timestamp": first + DAY,
+            "verify_ssl": True,
+            "added_by": "webapp",
+        }
+        redis_client.hset("vista.bq_update.work", job_id, str(skyline_job))
+        jobs = submit.store(redis_client, submit.UPDATE)
+        with Supervised(cfg, redis_client, tmp_path):
+            record = wait_finished(jobs, job_id, 60)
+        assert record.status is Status.DONE, record
+        days = [dt.datetime.fromtimestamp(first + i * DAY, dt.UTC).date() for i in range(2)]
+        assert [q.sql for q in fake.received] == [
+            f"SELECT * FROM shop.daily WHERE day = '{d.isoformat()}'" for d in days
+        ]
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY, 30)
+    assert got == expected_points(metric_prefix, rows)
+    for key in redis_client.scan_iter("vista.bq_*"):
+        kind = redis_client.type(key)
+        text = repr(redis_client.hgetall(key) if kind == b"hash" else redis_client.get(key))
+        assert "client-secret-value" not in text and "refresh-secret" not in text, key

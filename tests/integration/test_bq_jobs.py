@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,39 @@ def test_update_sends_exactly_the_changed_and_new_values(
     label = extra_day.isoformat()
     assert any(k.startswith(change_record_key("shop", label, "")) for k in records)
     assert redis_client.exists("vista.bq_update.shop.last_update")
+
+
+@pytest.mark.slow
+def test_first_writes_wait_for_carbons_create_budget(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    from skyline.vista.create_budget import BUDGET_KEY
+
+    first = day_start(50)
+    rows = business_rows(first, 2, 20)  # 60 new names, then the same 60 again
+    fake.set_table(COLUMNS, rows, "day")
+    redis_client.delete(BUDGET_KEY)
+    cfg = make_config(
+        tmp_path,
+        redis_server,
+        fake,
+        daily_carbon,
+        {"shop": account(metric_prefix)},
+        VISTA_CARBON_MAX_CREATES_PER_MINUTE=60,  # 1 a second, 54 at once
+    )
+    job = LocalJob(cfg, redis_client, params("shop", first, first + DAY))
+    began = time.monotonic()
+    run_backfill(job)
+    took = time.monotonic() - began
+    assert 4.0 <= took <= 20.0, took  # 6 names waited about a second each
+    granted = {m.decode() for m in redis_client.smembers(GRANTED_KEY)}  # type: ignore[union-attr]
+    assert {m for m in granted if m.startswith(metric_prefix)} == set(
+        expected_points(metric_prefix, rows)
+    )
+    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY, 120)
+    assert got == expected_points(metric_prefix, rows)

@@ -134,8 +134,17 @@ def _ours(data: dict[str, Any]) -> JobRecord:
         raise PayloadError(f"bad job record: {exc}") from exc
 
 
+SKYLINE_SECRET_PARAMS = frozenset(
+    ("oauth_credentials", "service_credentials", "flux_api_token", "flux_token", "password")
+)
+"""Keys Skyline's webapp copies into a job (bq_update copies the whole BigQuery account): they
+are dropped on reading, so that the record Vista writes back never holds them (the job looks
+its account up in the settings by name)."""
+
+
 def _skyline(data: dict[str, Any], kind: str, job_id: str) -> JobRecord:
-    """Skyline's webapp record: every key is a parameter; job_id and status are read."""
+    """Skyline's webapp record: every key is a parameter (but secrets: SKYLINE_SECRET_PARAMS);
+    job_id and status are read."""
     status = _SKYLINE_STATUS.get(str(data.get("status", "pending")).lower(), Status.PENDING)
     created = data.get("created") or data.get("added_at") or 0.0
     try:
@@ -150,7 +159,7 @@ def _skyline(data: dict[str, Any], kind: str, job_id: str) -> JobRecord:
     return JobRecord(
         id=str(data.get("job_id") or job_id),
         kind=kind,
-        params=dict(data),
+        params={k: v for k, v in data.items() if k not in SKYLINE_SECRET_PARAMS},
         status=status,
         created=created,
         progress=progress,
