@@ -40,9 +40,7 @@ class Backfill:
         self.converter: RowConverter | None = None
         self.delivery: Delivery | None = None
         if not self.params.dry_run:
-            sink = open_sink(
-                ctx.config, self.params.account, flux_test=self.params.flux_test, rewrite=False
-            )
+            sink = open_sink(ctx.config, self.params.account, flux_test=self.params.flux_test)
             budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
             self.delivery = Delivery(sink, budget, ctx.should_stop)
         self.sample: list[Entry] = []

@@ -13,10 +13,11 @@ anything changed Skyline's change record ``vista.bq_update.<account>.<label>.<fo
 ``anomalies_updated`` ``[]``, since Vista keeps no anomalies) is written with a 30-day expiry,
 and ``vista.bq_update.<account>.last_update`` for an hour, as Skyline does.
 
-Rewrites must replace the stored value: with the carbon sink they go to carbon; with the Flux
-sink they also go **straight to carbon** (``CARBON_HOST``), as Skyline does, because Flux drops
-points at or below its ``flux.last`` for metrics in ``vista.metrics`` when its
-``FLUX_CHECK_LAST_TIMESTAMP`` is False, even with ``fill``. No watermark is read or moved.
+Rewrites must replace the stored value, so they take the history path (skyline/vista/history.py
+and :func:`skyline.vista.bq.job.open_sink`): carbon with the carbon sink; with the Flux sink, a
+POST with ``fill`` when Flux's ``FLUX_CHECK_LAST_TIMESTAMP`` is True (Flux never checks such
+points against ``flux.last``), else the carbon beside Flux, as Skyline does, because Flux would
+drop them at or below ``flux.last`` even with ``fill``. No watermark is read or moved.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Update:
         self.delivery: Delivery | None = None
         self.counts = {"changed": 0, "new": 0, "removed": 0}
         if not self.params.dry_run:
-            sink = open_sink(ctx.config, self.params.account, flux_test=False, rewrite=True)
+            sink = open_sink(ctx.config, self.params.account, flux_test=False)
             budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
             self.delivery = Delivery(sink, budget, ctx.should_stop)
 

@@ -33,6 +33,7 @@ from tests.bq_helpers import (
     wait_whisper,
 )
 from tests.fakes.bigquery import Answer, FakeBigQuery
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +270,91 @@ def test_first_writes_wait_for_carbons_create_budget(
     )
     got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY, 120)
     assert got == expected_points(metric_prefix, rows)
+
+
+ACCOUNT_KEY = "ShopAccountFluxKey0123456789abcd"  # 32 alphanumeric characters
+
+
+def flux_config(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fake: FakeBigQuery,
+    carbon: CarbonServer,
+    flux: FluxServer,
+    prefix: str,
+    check_last: bool,
+) -> Any:
+    return make_config(
+        tmp_path,
+        redis_server,
+        fake,
+        carbon,
+        {"shop": account(prefix, flux_api_token=ACCOUNT_KEY)},
+        VISTA_SINK="flux",
+        FLUX_IP="127.0.0.1",
+        FLUX_PORT=flux.port,
+        FLUX_SELF_API_KEY=DEFAULT_KEY,
+        FLUX_CHECK_LAST_TIMESTAMP=check_last,
+        FLUX_CARBON_HOST="127.0.0.1",
+        FLUX_CARBON_PICKLE_PORT=carbon.pickle_port,
+    )
+
+
+def test_flux_sink_backfill_and_rewrites_post_with_fill_and_the_accounts_key(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(60)
+    rows = business_rows(first, 2, 3)
+    fake.set_table(COLUMNS, rows, "day")
+    with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY)) as flux:
+        cfg = flux_config(tmp_path, redis_server, fake, daily_carbon, flux, metric_prefix, True)
+        run_backfill(
+            LocalJob(cfg, redis_client, params("shop", first, first + DAY, flux_test=True))
+        )
+        assert flux.accepted == [] and all(r.test_only_header for r in flux.requests)
+        run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        assert len(flux.accepted) == 18 and all(p.fill for p in flux.accepted)
+        changed = [list(r) for r in rows]
+        changed[4][2] = 4242
+        fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+        run_update(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        last = flux.accepted[-1]
+        assert len(flux.accepted) == 19 and last.fill and last.value == 4242.0
+        flux.wait_processed()
+        forwarded = flux.forwarded_by_metric()[last.metric]
+        assert forwarded[-1] == (last.timestamp, 4242.0)  # Flux sent the rewrite on to carbon
+    assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
+
+
+def test_flux_sink_without_flux_last_checks_off_rewrites_go_to_the_carbon_beside_flux(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    first = day_start(70)
+    rows = business_rows(first, 2, 3)
+    fake.set_table(COLUMNS, rows, "day")
+    with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY), check_last_timestamp=False) as flux:
+        cfg = flux_config(tmp_path, redis_server, fake, daily_carbon, flux, metric_prefix, False)
+        run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        changed = [list(r) for r in rows]
+        changed[4][2] = 4242
+        fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+        run_update(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        assert flux.requests == []
+    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
+    got: dict[str, dict[int, float]] = {}
+    for _ in range(60):
+        got = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY)
+        if got == expected:
+            break
+        time.sleep(0.25)
+    assert got == expected

@@ -279,29 +279,31 @@ class Stopped(VistaError):
     """The job was asked to stop (SIGTERM or a cancel request) in the middle of a unit."""
 
 
-def open_sink(
-    config: VistaConfig, account: Mapping[str, Any], *, flux_test: bool, rewrite: bool
-) -> Sink:
-    """The sink for a BigQuery job's points.
+def open_sink(config: VistaConfig, account: Mapping[str, Any], *, flux_test: bool) -> Sink:
+    """The sink for a BigQuery job's points: the history path (skyline/vista/history.py), the
+    same for backfilled and for rewritten (bq_update) values, since both are old points that
+    must really be stored:
 
-    * carbon sink: carbon (pickle);
-    * Flux sink: Flux ``/metric_data_post`` with the account's ``flux_api_token`` (else
-      ``FLUX_SELF_API_KEY``), old points with ``fill``; ``flux_test`` adds Flux's
-      ``x-test-only`` header (Flux counts and stores nothing);
-    * ``rewrite`` (bq_update's changed values) with the Flux sink: straight to carbon at
-      ``CARBON_HOST`` as Skyline does, because Flux drops points at or below its ``flux.last``
-      for metrics in ``vista.metrics`` when ``FLUX_CHECK_LAST_TIMESTAMP`` is False, even with
-      ``fill``.
+    * carbon sink: straight to carbon;
+    * Flux sink, ``FLUX_CHECK_LAST_TIMESTAMP = True`` (Flux's default): POST to Flux with
+      ``fill`` on every point (Flux never checks those against ``flux.last``), with the
+      account's ``flux_api_token`` (else ``FLUX_SELF_API_KEY``), so Flux applies the token's
+      namespace;
+    * Flux sink, ``False``: to the carbon beside Flux, as Skyline's bq_update does, because Flux
+      would drop points at or below ``flux.last`` even with ``fill``.
+
+    ``flux_test`` always POSTs to Flux, with Flux's ``x-test-only`` header (Flux counts and
+    stores nothing).
     """
-    from skyline.vista.sinks.carbon import CarbonSink
+    from skyline.vista.history import build_history_sink, history_path
 
-    if config.sink == "graphite" or (rewrite and not flux_test):
-        return CarbonSink(config.carbon)
+    if not flux_test and (config.sink == "graphite" or history_path(config).kind != "flux-fill"):
+        return build_history_sink(config)
     import requests
 
     from skyline.vista.sinks.flux import FluxSink
 
-    flux = config.flux
+    flux = replace(config.flux, max_age=0)  # every point older than it: every point has fill
     token = account.get("flux_api_token")
     if token:
         flux = replace(flux, key=Secret(str(token)))
