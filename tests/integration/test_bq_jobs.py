@@ -358,3 +358,43 @@ def test_flux_sink_without_flux_last_checks_off_rewrites_go_to_the_carbon_beside
             break
         time.sleep(0.25)
     assert got == expected
+
+
+def test_counters_and_self_metrics(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    first = day_start(80)
+    fake.set_table(COLUMNS, business_rows(first, 2, 4), "day")
+    name = metric_prefix.replace(".", "_")
+    cfg = make_config(
+        tmp_path,
+        redis_server,
+        fake,
+        daily_carbon,
+        {name: account(metric_prefix)},
+        SKYLINE_METRICS_CARBON_HOST="127.0.0.1",
+        SKYLINE_METRICS_CARBON_PORT=daily_carbon.line_port,
+    )
+
+    def sample(metric: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+    run_backfill(LocalJob(cfg, redis_client, params(name, first, first + DAY)))
+    assert sample("vista_bq_rows_read_total", account=name) == 8
+    assert sample("vista_bq_points_sent_total", account=name, kind="bq_backfill") == 24
+    assert sample("vista_bq_intervals_total", account=name, kind="bq_backfill", result="done") == 2
+    assert sample("vista_bq_bytes_billed_total", account=name) == 2 * 10_485_760
+    prefix = f"skyline.vista.bq.{name}.bq_backfill"
+    path = daily_carbon.whisper_path(f"{prefix}.points_sent")
+    deadline = time.monotonic() + 20
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert path.exists()
+    assert daily_carbon.whisper_path(f"{prefix}.intervals_done").exists()
