@@ -127,8 +127,16 @@ def test_stop_and_resume_from_checkpoint(
     fake.set_table(COLUMNS, rows, "day")
     cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
     job_params = params("shop", first, first + 4 * DAY)
-    job = LocalJob(cfg, redis_client, job_params, stop_after=lambda j: len(fake.received) >= 2)
+    running: list[object] = []
+
+    def stop_after_two(j: LocalJob) -> bool:
+        running.append(redis_client.get("vista.bq_backfill.running"))
+        return len(fake.received) >= 2
+
+    job = LocalJob(cfg, redis_client, job_params, stop_after=stop_after_two)
     run_backfill(job)  # SIGTERM-like stop after two intervals
+    assert running and all(b'"job_id": "local-job"' in r for r in running)  # type: ignore[operator]
+    assert redis_client.get("vista.bq_backfill.running") is None  # Skyline's key, while running
     assert job.record.checkpoint["next"] == 2
     again = LocalJob(cfg, redis_client, job_params, checkpoint=job.record.checkpoint)
     run_backfill(again)

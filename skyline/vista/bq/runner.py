@@ -15,6 +15,7 @@ of configuration (credentials, an unusable query) fail the job at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ INTERVAL_ERRORS: tuple[type[Exception], ...] = (
     RowSchemaError,
     SinkError,
 )
+
+
+SKYLINE_RUNNING_TTL = 3600
 
 
 class JobFailed(VistaError):
@@ -113,7 +117,42 @@ def run_intervals(
             interval_label(starts[min(first, len(starts) - 1)], date_format),
         )
     ctx.progress(done=first, total=len(starts), points=totals.points, errors=totals.errors)
+    try:
+        return _loop(ctx, params, kind, date_format, do_interval, starts, first, totals, started)
+    finally:
+        _skyline_running(ctx, kind, None)
+
+
+def _skyline_running(ctx: JobIO, kind: str, started: float | None) -> None:
+    """Skyline's own running key (``vista.bq_backfill.running``), for its webapp: set while a
+    job of the kind runs here, gone when it ends (an hour at most after a crash). Vista itself
+    uses the job core's per-job markers, so this key never blocks a job."""
+    from skyline.vista import redisconn
+
+    key = f"vista.{kind}.running"
+    try:
+        if started is None:
+            ctx.client.delete(key)
+        else:
+            value = json.dumps({"started": int(started), "job_id": str(ctx.record.id)})
+            ctx.client.set(key, value, ex=SKYLINE_RUNNING_TTL)
+    except redisconn.REDIS_ERRORS as exc:
+        logger.debug("%s: Skyline's running key not written: %s", kind, exc)
+
+
+def _loop(
+    ctx: JobIO,
+    params: JobParams,
+    kind: str,
+    date_format: str,
+    do_interval: Callable[[int], IntervalReport],
+    starts: list[int],
+    first: int,
+    totals: Totals,
+    started: float,
+) -> Totals:
     for index in range(first, len(starts)):
+        _skyline_running(ctx, kind, started)
         if ctx.should_stop():
             logger.info("%s %s: stopping before interval %d", kind, ctx.record.id, index + 1)
             return totals
