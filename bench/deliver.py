@@ -40,6 +40,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,6 +75,8 @@ FLUX_AIM = 50_000.0
 RATIO_AIM = 100.0
 FLUX_MAX_AGE = 3600
 STEP = 60
+
+HOST = socket.gethostname()  # VISTA_HOSTNAME's default: the workers' ids start with it
 
 
 @dataclass
@@ -217,7 +220,9 @@ def wait_ready(client: redis.Redis, workers: ProcessPool) -> None:
                 raise RuntimeError(f"{name} died (exit code {worker.exitcode})")
             assert worker.pid is not None
             index = int(name.split("-")[1])
-            key = constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, worker.pid)
+            key = constants.WORKER_HEARTBEAT_PREFIX + worker_id(
+                socket.gethostname(), index, worker.pid
+            )
             if not client.exists(key):
                 return None
         return True

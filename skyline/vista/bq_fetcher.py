@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from skyline.vista import redisconn
+from skyline.vista import constants, redisconn
 from skyline.vista.config import VistaConfig
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 CATCH_UP = 24 * 3600
 """Due minutes further back than this (the agent was down longer) are not run any more."""
 CLAIM_TTL = 7 * 86400
-LAST_KEY = "vista.bq_fetcher.last.{account}.{kind}"
-DUE_KEY = "vista.bq_fetcher.due.{account}.{kind}.{minute}"
+LAST_KEY = constants.BQ_FETCHER_LAST_KEY
+DUE_KEY = constants.BQ_FETCHER_DUE_KEY
 SCHEDULES = (("bq_backfill", "schedule"), ("bq_update", "update_data_schedule"))
 
 

@@ -28,6 +28,7 @@ import math
 import time
 from typing import Any
 
+from skyline.vista import constants
 from skyline.vista.bq.archive import ArchiveWriter
 from skyline.vista.bq.job import (
     Delivery,
@@ -54,7 +55,7 @@ ABS_TOL = 1e-12
 
 
 def change_record_key(account: str, label: str, folder: str) -> str:
-    return f"vista.bq_update.{account}.{label}.{folder}"
+    return constants.BQ_UPDATE_CHANGE_KEY.format(account=account, label=label, folder=folder)
 
 
 def percent_different(old: float, new: float) -> float:
@@ -175,7 +176,8 @@ class Update:
         pipe = self.ctx.client.pipeline()
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, CHANGE_RECORD_TTL)
-        pipe.set(f"vista.bq_update.{account}.last_update", int(time.time()), ex=LAST_UPDATE_TTL)
+        last_update = constants.BQ_UPDATE_LAST_KEY.format(account=account)
+        pipe.set(last_update, int(time.time()), ex=LAST_UPDATE_TTL)
         pipe.execute()
 
     def run(self) -> None:

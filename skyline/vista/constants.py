@@ -132,6 +132,31 @@ BQ_UPDATE_RUNNING_KEY = "vista.bq_update.running"
 """BigQuery jobs, under Skyline's keys (its webapp adds jobs to the ``work`` hashes; Skyline has
 no ``vista.bq_update.job_status``, Vista keeps update records there)."""
 
+EXPANDED_KEY_PREFIX = "vista.expanded."
+"""Hash per templated entry: vista.expanded.<entry metric>, name -> when an answer last had it
+(expand.py)."""
+
+LAG_KEY_PREFIX = "vista.lag."
+"""Delivery-lag samples per minute (lag.py)."""
+
+REQUEST_BUDGET_KEY_PREFIX = "vista.request_budget."
+"""Token bucket per remote_host (request_budget.py)."""
+
+CREATE_BUDGET_KEY = "vista.create_budget"
+CREATE_BUDGET_GRANTED_KEY = "vista.create_budget.granted"
+CREATE_BUDGET_WAITING_KEY = "vista.create_budget.waiting"
+"""carbon's create budget: the bucket hash, the names granted a create, the names waiting
+(create_budget.py)."""
+
+BQ_FETCHER_LAST_KEY = "vista.bq_fetcher.last.{account}.{kind}"
+BQ_FETCHER_DUE_KEY = "vista.bq_fetcher.due.{account}.{kind}.{minute}"
+"""BigQuery schedules: the last minute evaluated, and each due minute's claim (bq_fetcher.py)."""
+
+BQ_UPDATE_CHANGE_KEY = "vista.bq_update.{account}.{label}.{folder}"
+BQ_UPDATE_LAST_KEY = "vista.bq_update.{account}.last_update"
+"""BigQuery updates: a change record per label and folder, and the account's last update
+(bq_update.py)."""
+
 # --- defaults ---------------------------------------------------------------------------------
 
 DEFAULT_SETTINGS_PATH = "/etc/skyline/vista/settings.py"

@@ -34,11 +34,11 @@ from prometheus_client.registry import Collector
 
 from skyline.vista import constants, redisconn
 
-BUDGET_KEY = "vista.create_budget"
+BUDGET_KEY = constants.CREATE_BUDGET_KEY
 """Hash: ``tokens``, ``at`` (Redis TIME of the last refill), ``granted``, ``deferred`` (totals)."""
-GRANTED_KEY = "vista.create_budget.granted"
+GRANTED_KEY = constants.CREATE_BUDGET_GRANTED_KEY
 """Set: new metric names granted a create token (carbon creates them on their first write)."""
-WAITING_KEY = "vista.create_budget.waiting"
+WAITING_KEY = constants.CREATE_BUDGET_WAITING_KEY
 """Hash: name -> epoch of its first deferral, while it waits for a token."""
 
 # KEYS: bucket, granted set, waiting hash, vista.metrics

@@ -32,9 +32,10 @@ from typing import Literal
 import redis
 import redis.asyncio
 
+from skyline.vista import constants
 from skyline.vista.entries import metric_name_problem
 
-KEY_PREFIX = "vista.expanded."
+KEY_PREFIX = constants.EXPANDED_KEY_PREFIX
 STALE_AFTER = 3600
 """A name that no answer returned for this long no longer holds its entry's window back."""
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import redis
 
+from skyline.vista import constants
+
 BUCKETS: tuple[float, ...] = (
     1, 2, 5, 10, 15, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 450, 600, 900, 1200,
     1800, 2700, 3600, 7200, 21600, 86400, 604800, math.inf,
 )  # fmt: skip
 """Upper bounds in seconds (the open minute alone makes 60-120 s usual for 60 s metrics)."""
 
-KEY_PREFIX = "vista.lag."
+KEY_PREFIX = constants.LAG_KEY_PREFIX
 KEY_TTL = 62 * 60
 WINDOW = 3600
 

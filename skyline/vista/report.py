@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -117,7 +116,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     try:
         queue = FetchQueue(client, watermark_keys(config.sink))
         counts = queue.counts()
-        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname or socket.gethostname()}")
+        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname}")
         members = membership.live_members(client)
         fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
         worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)

@@ -36,14 +36,14 @@ from typing import Literal, Protocol
 
 import redis.asyncio
 
-from skyline.vista import redisconn
+from skyline.vista import constants, redisconn
 from skyline.vista.config import HostOptions
 
 logger = logging.getLogger(__name__)
 
 Priority = Literal["live", "history"]
 
-KEY_PREFIX = "vista.request_budget."
+KEY_PREFIX = constants.REQUEST_BUDGET_KEY_PREFIX
 HISTORY_YIELD = 0.1
 """Seconds a history request waits before asking again while live requests are waiting."""
 

@@ -18,7 +18,6 @@ import logging
 import multiprocessing.context
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -53,8 +52,10 @@ The Flux sink gets one request's worth (VISTA_FLUX_BATCH_SIZE) at a time, each b
 timeout, so a slow Flux cannot outlast the lease either."""
 
 
-def worker_id(index: int, pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}:{index}"
+def worker_id(hostname: str, index: int, pid: int | None = None) -> str:
+    """``<VISTA_HOSTNAME>:<pid>:<index>``: the worker's name in the queue's in-flight hash and
+    heartbeat keys."""
+    return f"{hostname}:{os.getpid() if pid is None else pid}:{index}"
 
 
 @dataclass
@@ -92,9 +93,7 @@ class WorkerLoop:
         self._last_auth_log = 0.0
         self._next_heartbeat = 0.0
         self._next_recover = 0.0
-        self.host_stats_key = (
-            f"{constants.HOST_STATS_KEY_PREFIX}{config.hostname or socket.gethostname()}"
-        )
+        self.host_stats_key = f"{constants.HOST_STATS_KEY_PREFIX}{config.hostname}"
         self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
         self.create_budget = CreateBudget(client, config.carbon_max_creates_per_minute)
 
@@ -409,7 +408,7 @@ class Worker(multiprocessing.context.SpawnProcess):
     def run(self) -> None:
         procutil.set_parent_death_signal(PARENT_DEATH_SIGNAL)
         if not procutil.parent_alive(self.parent_pid):
-            sys.exit(0)
+            sys.exit(constants.EXIT_OK)
         logs.configure(self.log_spec)
         gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
@@ -417,7 +416,7 @@ class Worker(multiprocessing.context.SpawnProcess):
         client = redisconn.connect(self.config.redis)
         loop = WorkerLoop(
             self.config,
-            worker_id(self.index),
+            worker_id(self.config.hostname, self.index),
             client,
             build_sink(self.config),
             parent_pid=self.parent_pid,
@@ -425,7 +424,8 @@ class Worker(multiprocessing.context.SpawnProcess):
 
         def on_term(signum: int, frame: FrameType | None) -> None:
             if loop.stopping():
-                os._exit(1)  # second signal: leave at once; the lease covers held items
+                # second signal: leave at once; the lease covers held items
+                os._exit(constants.EXIT_FAILURE)
             loop.stop()
 
         def on_parent_death(signum: int, frame: FrameType | None) -> None:

@@ -210,7 +210,9 @@ class WorkerPool:
 
     def _exited(self, index: int, exit_: ChildExit) -> None:
         if exit_.pid is not None:
-            self.recovered[exit_.pid] = self.queue.recover(only_worker=worker_id(index, exit_.pid))
+            self.recovered[exit_.pid] = self.queue.recover(
+                only_worker=worker_id(self.cfg.hostname, index, exit_.pid)
+            )
 
     @property
     def procs(self) -> dict[int, BaseProcess]:
@@ -222,7 +224,10 @@ class WorkerPool:
         indexes = list(procs)
         pipe = client.pipeline(transaction=False)
         for index in indexes:
-            pipe.exists(constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, procs[index].pid))
+            pipe.exists(
+                constants.WORKER_HEARTBEAT_PREFIX
+                + worker_id(self.cfg.hostname, index, procs[index].pid)
+            )
         return [index for index, found in zip(indexes, pipe.execute(), strict=True) if found]
 
     def wait_running(self, client: redis.Redis, timeout: float = 20) -> None:
@@ -230,7 +235,7 @@ class WorkerPool:
 
         def probe() -> bool | None:
             keys = [
-                constants.WORKER_HEARTBEAT_PREFIX + worker_id(index, proc.pid)
+                constants.WORKER_HEARTBEAT_PREFIX + worker_id(self.cfg.hostname, index, proc.pid)
                 for index, proc in self.procs.items()
             ]
             return True if client.exists(*keys) == len(keys) == self.size else None
@@ -291,7 +296,7 @@ def test_flux_delivers_every_point_once_in_posts_of_at_most_450(
     }
     assert {text(m) for m in redis_client.smembers(constants.VISTA_METRICS_KEY)} == set(series)
     assert redis_client.get(constants.RESOLUTION_KEY_PREFIX + "vista.ok.m0007") == b"60"
-    stats = redis_client.hgetall(f"vista.stats.{socket.gethostname()}")
+    stats = redis_client.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
     assert (stats[b"points_sent"], stats[b"metrics_sent"]) == (b"1800", b"180")
     assert loop.stats.points == 1800 and loop.stats.items == 180
     assert FetchQueue(redis_client).counts().dead == 0
@@ -701,7 +706,7 @@ def test_three_worker_processes_deliver_each_point_exactly_once(
     assert codes == [0, 0, 0]
     assert accepted(flux) == triples(series), log_text(tmp_path)[-3000:]
     assert_flux_posts_clean(flux)
-    stats = redis_client.hgetall(f"vista.stats.{socket.gethostname()}")
+    stats = redis_client.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
     assert (stats[b"points_sent"], stats[b"metrics_sent"]) == (b"10000", b"2000")
     assert redis_client.zcard(constants.WORKERS_KEY) == 0  # each stopped worker left cleanly
     assert "Traceback" not in log_text(tmp_path)
@@ -819,7 +824,11 @@ def kill_workers_while(
             ready = pool.running(queue.client)
             if pause_writes:
                 holding = set(queue.counts().inflight_by_worker)
-                waiting = [i for i in ready if worker_id(i, pool.procs[i].pid) in holding]
+                waiting = [
+                    i
+                    for i in ready
+                    if worker_id(pool.cfg.hostname, i, pool.procs[i].pid) in holding
+                ]
                 ready = waiting or ready
             if not ready:
                 continue
@@ -1090,3 +1099,21 @@ def test_redis_restart_mid_run_workers_reconnect_and_deliver_exactly_once(
     assert codes == [0, 0, 0]
     assert "Redis unavailable" in log and "Redis is back" in log
     assert "Traceback" not in log
+
+
+def test_workers_are_named_by_the_configured_hostname(
+    tmp_path: Path, redis_server: RedisServer, flux: FluxServer
+) -> None:
+    """VISTA_HOSTNAME names the workers in the in-flight hash and heartbeat keys, as it names
+    the agent and the host's stats (the machine's name is only its default)."""
+    cfg = flux_config(tmp_path, redis_server.url, flux, VISTA_HOSTNAME="vista-configured")
+    pool = WorkerPool(cfg, LogSpec(str(tmp_path / "vista.log")), 1)
+    pool.start()
+    client = redis_server.client()
+    try:
+        pool.wait_running(client)
+        names = [k.decode() for k in client.scan_iter(f"{constants.WORKER_HEARTBEAT_PREFIX}*")]
+        assert names and all(n.startswith("vista.worker.vista-configured:") for n in names)
+    finally:
+        assert pool.stop() == [0]
+        client.close()

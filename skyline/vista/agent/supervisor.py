@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +73,7 @@ class Vista:
         self.jobs = JobSupervisor(config, self.client, self.pool, log_spec)
         self.bq_scheduler = BqScheduler(config, self.client) if config.bq_accounts else None
         self.queue = FetchQueue(self.client, watermark_keys(config.sink))
-        self.hostname = config.hostname or socket.gethostname()
+        self.hostname = config.hostname
         self.started = time.time()
         self._next_heartbeat = 0.0
         self._next_member_beat = 0.0
@@ -204,7 +203,7 @@ class Vista:
 
     def _worker_exited(self, index: int, exit_: ChildExit) -> None:
         """The pool reaped a worker: give its items back at once, drop its heartbeat."""
-        wid = worker_id(index, exit_.pid)
+        wid = worker_id(self.hostname, index, exit_.pid)
         _mark_dead(exit_.pid)
         recovered = self._recover(wid)
         try:
@@ -342,7 +341,7 @@ class Vista:
             "settings": self.config.path,
             "fetcher": bool(self.fetcher and self.fetcher.is_alive()),
             "workers": [
-                {"index": i, "pid": pid, "wid": worker_id(i, pid)}
+                {"index": i, "pid": pid, "wid": worker_id(self.hostname, i, pid)}
                 for i in range(self.state.workers)
                 for pid in [self.pool.pid(self._worker_name(i))]
             ],

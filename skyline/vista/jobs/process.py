@@ -136,7 +136,7 @@ class JobProcess(multiprocessing.context.SpawnProcess):
     def run(self) -> None:
         procutil.set_parent_death_signal(PARENT_DEATH_SIGNAL)
         if not procutil.parent_alive(self.parent_pid):
-            sys.exit(0)
+            sys.exit(constants.EXIT_OK)
         logs.configure(self.log_spec)
         gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
@@ -147,7 +147,8 @@ class JobProcess(multiprocessing.context.SpawnProcess):
         def on_stop(signum: int, frame: FrameType | None) -> None:
             if holder:
                 if holder[0].stop_reason == "signal" and signum == signal.SIGTERM:
-                    os._exit(1)  # second SIGTERM: leave now; the supervisor gives it back
+                    # second SIGTERM: leave now; the supervisor gives it back
+                    os._exit(constants.EXIT_FAILURE)
                 holder[0].request_stop("signal")
             else:
                 stop_early.set()
@@ -162,4 +163,4 @@ class JobProcess(multiprocessing.context.SpawnProcess):
 
         client = redisconn.connect(self.config.redis)
         status = run_job(self.job_kind, self.job_id, self.token, self.config, client, on_context)
-        sys.exit(0 if status is not None else 1)
+        sys.exit(constants.EXIT_OK if status is not None else constants.EXIT_FAILURE)
