@@ -477,7 +477,8 @@ def test_daemon_survives_a_redis_outage(
     redis_tcp.stop()
     down_at = time.monotonic()
     vista.wait_log("fetcher: Redis unavailable", timeout=15.0)
-    vista.wait_log("Redis unavailable", count=3, timeout=5.0)
+    # one line per loop: the fetcher, each worker and the agent's job supervisor
+    vista.wait_log("Redis unavailable", count=4, timeout=5.0)
     time.sleep(max(0.0, 20.0 - (time.monotonic() - down_at)))
     redis_tcp.start()
     up_at = time.monotonic()
@@ -492,7 +493,7 @@ def test_daemon_survives_a_redis_outage(
     assert all(w.alive() for w in workers)
     assert sorted(vista.workers(agent), key=lambda p: p.pid) == workers
     vista.wait_log("fetcher: Redis is back after", timeout=5.0)
-    vista.wait_log(": Redis is back after", count=3, timeout=5.0)
+    vista.wait_log(": Redis is back after", count=4, timeout=5.0)
     outage = vista.log()[offset:]
     assert "exited with code" not in outage
     assert "fetcher thread died" not in outage
@@ -501,14 +502,16 @@ def test_daemon_survives_a_redis_outage(
     for worker in workers:
         mine = [line for line in unavailable if f"worker {HOST}:{worker.pid}:" in line]
         assert len(mine) == 1, outage
-    assert len(unavailable) == 3, outage
+    assert sum("job supervisor: Redis unavailable" in line for line in unavailable) == 1, outage
+    assert len(unavailable) == 4, outage
     warnings = [line for line in outage.splitlines() if " WARNING " in line]
     assert warnings == unavailable, outage
     back = [line for line in outage.splitlines() if "Redis is back after" in line]
     assert sum("fetcher: Redis is back" in line for line in back) == 1, outage
     for worker in workers:
         assert sum(f"worker {HOST}:{worker.pid}:" in line for line in back) == 1, outage
-    assert len(back) == 3, outage
+    assert sum("job supervisor: Redis is back" in line for line in back) == 1, outage
+    assert len(back) == 4, outage
     stop = vista.cli("stop")
     assert stop.returncode == 0, str(stop)
 
