@@ -82,6 +82,10 @@ every third of it by the agent while its fetcher runs; deleted on a clean stop."
 
 DEFAULT_MEMBER_TTL = 30.0
 
+FETCH_LEASES_KEY = "vista.fetching"
+"""Hash metric -> "expiry_ms|host": the host fetching the metric now (membership.LEASE), so
+that no metric is ever fetched by two hosts at once during a hand-over."""
+
 LOG_ERRORS_KEY = "vista.log.errors.per_minute"
 """*Skyline*: INCRBY on every ERROR record, EXPIRE 119; thunder turns it into logged_errors."""
 

@@ -47,6 +47,7 @@ class FetcherState:
     last_report: CycleReport | None = None
     members: tuple[str, ...] = ()  # the live Vista hosts seen at the last cycle
     owned: tuple[FetchEntry, ...] = ()  # what this host fetched at the last cycle
+    lease_waiting: int = 0  # owned metrics whose fetch lease another host held, last cycle
 
     def forget(self, metrics: set[str]) -> None:
         """Drop what is remembered of metrics this host no longer fetches: if one comes back,
@@ -149,7 +150,7 @@ class Fetcher(threading.Thread):
                     if planned is not None:
                         # Not awaited: the next tick starts the next cycle even if this one
                         # still waits for a slow host (whose metrics are not due meanwhile).
-                        task = asyncio.ensure_future(self._complete(planned))
+                        task = asyncio.ensure_future(self._complete(planned, members))
                         self._cycles[task] = planned.fetch
                         task.add_done_callback(self._cycle_done)
                     tick = cycle_tick([e.frequency for e in self.config.fetch_metrics])
@@ -193,7 +194,7 @@ class Fetcher(threading.Thread):
     ) -> CycleReport | None:
         """One whole cycle, awaited to its end (the thread starts each and does not wait)."""
         planned = await self._begin(session, queue, members)
-        return None if planned is None else await self._complete(planned)
+        return None if planned is None else await self._complete(planned, members)
 
     def in_flight(self) -> set[str]:
         """Metrics that a running cycle is still fetching (or pushing)."""
@@ -227,6 +228,8 @@ class Fetcher(threading.Thread):
                 self._next_reconcile = time.monotonic() + RECONCILE_EVERY
             live = await members.live() if members is not None and not config.shards else ()
             entries = list(self._ownership(config, live))
+            if members is not None:
+                entries = await self._leased(members, config, entries)
             recorded = await read_recorded(queue, entries, begin)
             self.outage.ok()
         except redisconn.REDIS_ERRORS as exc:
@@ -259,7 +262,27 @@ class Fetcher(threading.Thread):
         fetch.in_flight = {e.metric for e in entries if e.metric not in busy}
         return _Planned(fetch, entries, states)
 
-    async def _complete(self, planned: _Planned) -> CycleReport | None:
+    async def _leased(
+        self, members: membership.AsyncMembers, config: VistaConfig, entries: list[FetchEntry]
+    ) -> list[FetchEntry]:
+        """The owned metrics whose fetch lease this host holds (renewed for those a running
+        cycle still fetches); the others are still being fetched by their previous owner."""
+        seconds = membership.lease_seconds(config)
+        granted = await members.lease(config.hostname, [e.metric for e in entries], seconds)
+        waiting = len(entries) - len(granted)
+        if waiting != self.state.lease_waiting:
+            level = logging.INFO if waiting else logging.DEBUG
+            logger.log(
+                level,
+                "%d metric(s) wait for another host's fetch of them to end (fetch leases)",
+                waiting,
+            )
+            self.state.lease_waiting = waiting
+        return [e for e in entries if e.metric in granted]
+
+    async def _complete(
+        self, planned: _Planned, members: membership.AsyncMembers | None = None
+    ) -> CycleReport | None:
         fetch = planned.fetch
         try:
             report = await fetch.run(planned.entries, states=planned.states, ignore_schedule=False)
@@ -267,6 +290,8 @@ class Fetcher(threading.Thread):
             self.outage.failed(exc)
             logger.warning("this cycle's items could not be queued; they are fetched again")
             return None
+        if members is not None:
+            await self._unlease(members, report)
         self._remember(report)
         await self._remember_names(fetch, report)
         await self._report(report, len(report.results))
@@ -312,6 +337,16 @@ class Fetcher(threading.Thread):
         state.forget(before - after)
         state.members, state.owned = everyone, entries
         return entries
+
+    async def _unlease(self, members: membership.AsyncMembers, report: CycleReport) -> None:
+        """This cycle's fetches and pushes are over: give their leases back, except for the
+        metrics a later cycle of this host is fetching now."""
+        still = self.in_flight()
+        done = [r.metric for r in report.results if r.metric not in still]
+        try:
+            await members.unlease(self.config.hostname, done)
+        except redisconn.REDIS_ERRORS:
+            pass  # they expire by themselves
 
     def _shared_limit(self) -> SharedLimit:
         shared = self.state.shared

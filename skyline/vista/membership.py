@@ -10,12 +10,18 @@ over the live members. When a host dies only its metrics move (each to the host 
 highest weight), spread over the others; when a host joins it takes about 1/n of each host's
 metrics and nothing else moves.
 
-Hand-over is safe by construction of the queue (see fetchqueue.py): a metric has at most one
-item queued or in flight, a push for a metric that is already pending is refused in the same Lua
-step, and workers drop points at or below the watermark when they claim an item. So two hosts
-that both believe they own a metric for a moment (one has not yet seen the change) cannot queue
-two items of it at once nor deliver a point twice; and the new owner's window starts at the
-metric's watermark, so no minute is skipped.
+Hand-over: for a moment two hosts may both believe they own a metric (one has not yet seen
+the change, or is still in a cycle it began before). A metric is never fetched by two hosts at
+once: a fetcher takes a **fetch lease** on each metric it is about to fetch (the hash
+``vista.fetching``, metric -> "expiry_ms|host", one Lua step over the cycle's metrics, expiry
+from Redis' own clock) and fetches only those it got; it renews them every cycle while it owns
+them and gives them back when its cycle has pushed their points. A lease outlives a cycle's
+deadline (``VISTA_FETCHER_PROCESS_MAX_RUNTIME`` + :data:`LEASE_MARGIN`), so the previous owner's
+fetch, and its push, are over before the new owner starts: the new owner then reads the
+watermark, the pending mark and the failed windows that fetch left behind. Below that, the
+queue holds too: one item per metric, a push for a pending metric refused in the same Lua step,
+points at or below the watermark dropped when a worker claims an item; and the new owner's
+window starts at the watermark, so no minute is skipped.
 
 ``VISTA_SHARDS`` (a fixed list of host names) overrides live membership: each host then fetches
 the metrics whose name hashes to it in that list, alive or not.
@@ -32,6 +38,49 @@ import redis.asyncio
 from skyline.vista import constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
+
+LEASE_MARGIN = 15.0
+"""Seconds a fetch lease lasts beyond the cycle deadline (the final push after it)."""
+
+# KEYS: 1 the leases hash. ARGV: 1 host, 2 lease in ms, 3.. metrics. Takes (or renews) the lease
+# of each metric that is free, expired or already this host's; returns the metrics granted.
+LEASE = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local host, ms = ARGV[1], tonumber(ARGV[2])
+local granted = {}
+for i = 3, #ARGV do
+  local metric = ARGV[i]
+  local current = redis.call('HGET', KEYS[1], metric)
+  local free = true
+  if current then
+    local sep = string.find(current, '|', 1, true)
+    if sep then
+      local expiry, holder = tonumber(string.sub(current, 1, sep - 1)), string.sub(current, sep + 1)
+      free = holder == host or (not expiry) or expiry <= now
+    end
+  end
+  if free then
+    redis.call('HSET', KEYS[1], metric, (now + ms) .. '|' .. host)
+    table.insert(granted, metric)
+  end
+end
+return granted
+"""
+
+# KEYS: 1 the leases hash. ARGV: 1 host, 2.. metrics. Gives back this host's leases of these
+# metrics (another host's are left alone). Returns how many were given back.
+UNLEASE = r"""
+local n = 0
+for i = 2, #ARGV do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if current and string.sub(current, -(#ARGV[1] + 1)) == '|' .. ARGV[1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
 
 # KEYS: 1 the members set. ARGV: 1 the member key prefix. Returns the sorted live member names
 # and forgets (SREM) the names whose member key has expired.
@@ -112,11 +161,38 @@ def live_members(client: redis.Redis) -> tuple[str, ...]:
     return _names(script(keys=[constants.MEMBERS_KEY], args=[constants.MEMBER_KEY_PREFIX]))
 
 
+def lease_seconds(config: VistaConfig) -> float:
+    return config.fetcher_max_runtime + LEASE_MARGIN
+
+
 class AsyncMembers:
-    """The fetcher's view of the live members (its own asyncio client)."""
+    """The fetcher's view of the live members and its fetch leases (its asyncio client)."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self._live = client.register_script(LIVE)
+        self._lease = client.register_script(LEASE)
+        self._unlease = client.register_script(UNLEASE)
+
+    async def lease(self, host: str, metrics: Sequence[str], seconds: float) -> set[str]:
+        """Take or renew the fetch lease of each metric; returns those this host may fetch."""
+        granted: set[str] = set()
+        for start in range(0, len(metrics), 5000):
+            part = list(metrics[start : start + 5000])
+            args = [host, str(max(1, int(seconds * 1000))), *part]
+            found = await self._lease(keys=[constants.FETCH_LEASES_KEY], args=args)
+            granted.update(_names(found))
+        return granted
+
+    async def unlease(self, host: str, metrics: Sequence[str]) -> int:
+        """Give back this host's leases of these metrics (their fetch and push are over)."""
+        given = 0
+        for start in range(0, len(metrics), 5000):
+            part = list(metrics[start : start + 5000])
+            if part:
+                given += int(
+                    await self._unlease(keys=[constants.FETCH_LEASES_KEY], args=[host, *part])
+                )
+        return given
 
     async def live(self) -> tuple[str, ...]:
         names = await self._live(keys=[constants.MEMBERS_KEY], args=[constants.MEMBER_KEY_PREFIX])

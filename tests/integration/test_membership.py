@@ -14,22 +14,29 @@ past time, so the value of every slot is known (``ts + i``) and a gap could only
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import re
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis
 
-from skyline.vista import constants, membership
-from skyline.vista.testing.servers import LOOPBACK, CarbonServer
+from skyline.vista import config as config_module
+from skyline.vista import constants, membership, redisconn
+from skyline.vista.fetcher import Fetcher
+from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
+from skyline.vista.testing.servers import LOOPBACK, CarbonServer, PrometheusServer, RedisServer
 from tests.conftest import PrometheusFactory, RedisFactory
 from tests.support.carbon_proxy import PickleRecorder
 from tests.support.daemon import VistaHarness, wait_for
 from tests.support.ha import caught_up, check_delivered, closed_slot, vector_entries
+from tests.support.settings import make_config
 
 STEP = 10
 COUNT = 12
@@ -96,6 +103,7 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
                 "VISTA_WORKER_LEASE": 5,
                 "VISTA_HOSTNAME": host,
                 "VISTA_MEMBER_TTL": TTL,
+                "VISTA_FETCHER_PROCESS_MAX_RUNTIME": 5,  # fetch leases of 5 + 15 s
                 "VISTA_FETCH_METRICS": entries,
             },
         )
@@ -182,3 +190,68 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
 
 def quiet(client: redis.Redis) -> bool | None:
     return True if client.hlen(constants.INFLIGHT_KEY) == 0 else None
+
+
+async def test_fetch_leases_grant_renew_expire_and_give_back(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    client = redisconn.connect_async(make_config_for(redis_server).redis)
+    members = membership.AsyncMembers(client)
+    try:
+        assert await members.lease("a", ["m1", "m2"], 0.5) == {"m1", "m2"}
+        assert await members.lease("b", ["m1", "m2", "m3"], 0.5) == {"m3"}  # held by a
+        assert await members.lease("a", ["m1"], 0.5) == {"m1"}  # a renews its own
+        assert await members.unlease("b", ["m1", "m3"]) == 1  # only b's own lease goes
+        assert await members.lease("b", ["m3"], 5) == {"m3"}
+        await asyncio.sleep(0.6)  # a's leases expire (Redis' clock)
+        assert await members.lease("b", ["m1", "m2"], 5) == {"m1", "m2"}
+        assert await members.unlease("a", ["m1", "m2"]) == 0
+        assert redis_client.hlen(constants.FETCH_LEASES_KEY) == 3
+    finally:
+        await client.aclose()
+
+
+def make_config_for(redis_server: RedisServer, **settings: object) -> config_module.VistaConfig:
+    return config_module.validate(
+        {
+            "VISTA_ENABLED": True,
+            "REDIS_URL": redis_server.url,
+            "VISTA_SINK": "graphite",
+            "CARBON_HOST": LOOPBACK,
+            **settings,
+        }  # fmt: skip
+    )
+
+
+async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prometheus_server: PrometheusServer,
+) -> None:
+    """The hand-over moment: neither host has seen the other (no member key in Redis), so each
+    owns all 20 metrics and starts a cycle at the same time. With the fetch leases each metric
+    is fetched by one of them only; after the cycles the leases are given back."""
+    names, entries = vector_entries(prometheus_server.url, "lease", 20, 60)
+    hosts = ("vista-a", "vista-b")
+    configs = [make_config(tmp_path / h, redis_server, entries, VISTA_HOSTNAME=h) for h in hosts]
+    clients = [redisconn.connect_async(c.redis) for c in configs]
+    try:
+        async with aiohttp.ClientSession() as session:
+            runs = [
+                Fetcher(os.getpid(), c).cycle(
+                    session,
+                    AsyncFetchQueue(client, watermark_keys(c.sink)),
+                    membership.AsyncMembers(client),
+                )
+                for c, client in zip(configs, clients, strict=True)
+            ]
+            reports = await asyncio.gather(*runs)
+    finally:
+        for client in clients:
+            await client.aclose()
+    fetched = [{r.metric for r in report.results if r.points} for report in reports if report]
+    assert len(fetched) == 2
+    assert fetched[0] | fetched[1] == set(names)
+    assert fetched[0] & fetched[1] == set()  # never both
+    assert redis_client.hlen(constants.FETCH_LEASES_KEY) == 0
