@@ -77,7 +77,7 @@ def pipeline(port: int, intervals: int, rows_per_interval: int, archive: bool, r
     from skyline.vista.bq.rows import RowConverter, RowSpec
     from skyline.vista.config import CarbonConfig
     from skyline.vista.create_budget import CreateBudget
-    from skyline.vista.sinks import Entry
+    from skyline.vista.sinks import SinkPoint
     from skyline.vista.sinks.carbon import CarbonSink
 
     spec = RowSpec("bench.shop", "day", "country", ("signups", "revenue", "margin"))
@@ -101,7 +101,7 @@ def pipeline(port: int, intervals: int, rows_per_interval: int, archive: bool, r
             gen += time.perf_counter() - g
             if writer is not None:
                 writer.write(rows)
-            out: list[Entry] = []
+            out: list[SinkPoint] = []
             conv.convert(rows, out)
             delivery.send(out)
             points += len(out)

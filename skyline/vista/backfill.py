@@ -43,7 +43,7 @@ from skyline.vista.errors import SourceError
 from skyline.vista.history import build_history_sink, history_path
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.request_budget import pacer_for
-from skyline.vista.sinks import Entry, Sink
+from skyline.vista.sinks import Sink, SinkPoint
 from skyline.vista.sources import graphite, prometheus
 from skyline.vista.sources.http import Credentials, HostState, get_json, new_connector
 from skyline.vista.validate import clean, current_minute_start
@@ -172,7 +172,7 @@ class _Stopped(Exception):
 @dataclass
 class ChunkResult:
     chunk: Chunk
-    entries: list[Entry]
+    entries: list[SinkPoint]
     errors: int
     message: str
 
@@ -266,12 +266,12 @@ class Backfill:
         except SourceError as exc:
             names = ", ".join(m.metric for m in known)
             return ChunkResult(chunk, [], errors + len(known), f"{names}: {exc}")
-        entries: list[Entry] = []
+        entries: list[SinkPoint] = []
         for m in known:
             series = clean(
                 raw.get(m.metric, ()), after=chunk.start - 1, before=min(chunk.end, m.until) + 1
             )
-            entries += [Entry(m.metric, ts, value) for ts, value in series.points]
+            entries += [SinkPoint(m.metric, ts, value) for ts, value in series.points]
         return ChunkResult(chunk, entries, errors, message)
 
     async def _graphite(
@@ -308,7 +308,7 @@ class Backfill:
 
     # --- delivering -------------------------------------------------------------------------
 
-    def _wait_for_creates(self, entries: list[Entry]) -> None:
+    def _wait_for_creates(self, entries: list[SinkPoint]) -> None:
         """Carbon drops the points of a metric it may not create yet: wait until the shared
         create budget grants every new name of the chunk (names written before pass)."""
         if self.create_budget is None or not self.create_budget.enabled or not entries:
@@ -325,7 +325,7 @@ class Backfill:
                     raise _Stopped
                 time.sleep(0.05)
 
-    def deliver(self, entries: list[Entry]) -> int:
+    def deliver(self, entries: list[SinkPoint]) -> int:
         """Hand the points to the history sink, retrying until it takes them; returns how many
         it rejected for good. Raises _Stopped when told to stop while retrying."""
         self._wait_for_creates(entries)

@@ -8,7 +8,7 @@ streaming the pages), convert and deliver. ``dry_run`` reads and converts but wr
 ``flux_test`` sends with Flux's test flag. The interval loop, its checkpoint and its stop rules
 are in :mod:`skyline.vista.bq.runner`.
 
-Entry points: :func:`run_job` (the job core's ``run(ctx)``) and :func:`bq_backfill` (Skyline's
+SinkPoint points: :func:`run_job` (the job core's ``run(ctx)``) and :func:`bq_backfill` (Skyline's
 name, for one job id, in the foreground).
 """
 
@@ -22,7 +22,7 @@ from skyline.vista.bq.job import Delivery, JobIO, JobParams, RowsSource, open_si
 from skyline.vista.bq.rows import RowConverter, check_row_count
 from skyline.vista.bq.runner import IntervalReport, run_intervals
 from skyline.vista.create_budget import CreateBudget
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Backfill:
             sink = open_sink(ctx.config, self.params.account, flux_test=self.params.flux_test)
             budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
             self.delivery = Delivery(sink, budget, ctx.should_stop)
-        self.sample: list[Entry] = []
+        self.sample: list[SinkPoint] = []
 
     def _converter(self, columns: tuple[str, ...]) -> RowConverter:
         if self.converter is None:
@@ -67,7 +67,7 @@ class Backfill:
             for page in rows.pages:
                 if writer is not None:
                     writer.write(page)
-                out: list[Entry] = []
+                out: list[SinkPoint] = []
                 converter.convert(page, out)
                 points += len(out)
                 if self.delivery is not None:

@@ -43,7 +43,7 @@ from skyline.vista.bq.query import interval_label
 from skyline.vista.bq.rows import RowConverter, check_row_count
 from skyline.vista.bq.runner import IntervalReport, run_intervals
 from skyline.vista.create_budget import CreateBudget
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ def percent_different(old: float, new: float) -> float:
 
 def compare(
     old: dict[tuple[str, int], float], new: dict[tuple[str, int], float]
-) -> tuple[list[Entry], list[dict[str, Any]], int]:
+) -> tuple[list[SinkPoint], list[dict[str, Any]], int]:
     """(new points, changes, removed count): the pure comparison of one interval."""
-    added: list[Entry] = []
+    added: list[SinkPoint] = []
     changed: list[dict[str, Any]] = []
     for (metric, ts), value in new.items():
         before = old.get((metric, ts))
         if before is None:
-            added.append(Entry(metric, ts, value))
+            added.append(SinkPoint(metric, ts, value))
         elif not math.isclose(before, value, rel_tol=REL_TOL, abs_tol=ABS_TOL):
             changed.append(
                 {
@@ -112,7 +112,7 @@ class Update:
         for page in rows.pages:
             if writer is not None:
                 writer.write(page)
-            out: list[Entry] = []
+            out: list[SinkPoint] = []
             converter.convert(page, out)
             for metric, ts, value in out:
                 values[(metric, ts)] = value
@@ -131,7 +131,7 @@ class Update:
         try:
             new, converter = self._values(current, writer)
             added, changed, removed = compare(old, new)
-            points = added + [Entry(c["metric"], c["timestamp"], c["new"]) for c in changed]
+            points = added + [SinkPoint(c["metric"], c["timestamp"], c["new"]) for c in changed]
             if self.delivery is not None:
                 self.delivery.send(points)
             if writer is not None:
@@ -159,7 +159,7 @@ class Update:
         )
 
     def _record(
-        self, label: str, added: list[Entry], changed: list[dict[str, Any]], removed: int
+        self, label: str, added: list[SinkPoint], changed: list[dict[str, Any]], removed: int
     ) -> None:
         account = self.params.account_name
         key = change_record_key(account, label, self.folder)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from skyline.vista import codec
 from skyline.vista.fetchqueue import Ack, dead_letter, new_id
 from skyline.vista.model import DeadLetter, DropCounts, Point, QueueItem, Watermark
-from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.validate import clean, current_minute_start, detect_resolution
 
 FUTURE_LIMIT = 60
@@ -21,7 +21,7 @@ it. Sent, it would be rejected and move the watermark past the points that arriv
 
 @dataclass
 class Planned:
-    """One claimed item, validated: its points occupy entries[start:end] of the batch."""
+    """One claimed item, validated: its points occupy sink_points[start:end] of the batch."""
 
     raw: str
     item: QueueItem
@@ -48,18 +48,18 @@ def plan_batch(
     now: float,
     *,
     skip_current_minute: bool,
-) -> tuple[list[Planned], list[Entry]]:
+) -> tuple[list[Planned], list[SinkPoint]]:
     """Validate each item against its metric's watermark and lay all points out in one list."""
     before = current_minute_start(now) if skip_current_minute else int(now) + FUTURE_LIMIT + 1
     planned: list[Planned] = []
-    entries: list[Entry] = []
+    sink_points: list[SinkPoint] = []
     for raw, item in items:
         mark = watermarks.get(item.metric)
         after = None if item.replay or mark is None else mark.timestamp
         cleaned = clean(item.points, after=after, before=before)
-        start = len(entries)
+        start = len(sink_points)
         metric = item.metric
-        entries += [Entry(metric, ts, value) for ts, value in cleaned.points]
+        sink_points += [SinkPoint(metric, ts, value) for ts, value in cleaned.points]
         planned.append(
             Planned(
                 raw=raw,
@@ -70,16 +70,16 @@ def plan_batch(
                 # vista.last.resolution.<metric> alive all the same.
                 resolution=detect_resolution(item.points) or item.frequency,
                 start=start,
-                end=len(entries),
+                end=len(sink_points),
             )
         )
-    return planned, entries
+    return planned, sink_points
 
 
 def _dead_for(
-    plan: Planned, result: SinkResult, entries: Sequence[Entry], worker: str, upto: int
+    plan: Planned, result: SinkResult, sink_points: Sequence[SinkPoint], worker: str, upto: int
 ) -> tuple[tuple[DeadLetter, ...], int]:
-    """One dead letter per distinct reason among entries[plan.start:upto], holding that
+    """One dead letter per distinct reason among sink_points[plan.start:upto], holding that
     reason's rejected points as an item. Returns the letters and the number of points."""
     if not result.rejected:  # the usual case: no need to look at every point
         return (), 0
@@ -87,7 +87,7 @@ def _dead_for(
     for index in range(plan.start, upto):
         reason = result.rejected.get(index)
         if reason is not None:
-            e = entries[index]
+            e = sink_points[index]
             by_reason.setdefault(reason, []).append((e.timestamp, e.value))
     letters = []
     for reason, points in by_reason.items():
@@ -97,7 +97,7 @@ def _dead_for(
 
 
 def settle(
-    planned: Sequence[Planned], entries: Sequence[Entry], result: SinkResult, worker: str
+    planned: Sequence[Planned], sink_points: Sequence[SinkPoint], result: SinkResult, worker: str
 ) -> Settlement:
     """Turn the sink's answer into queue operations.
 
@@ -113,11 +113,11 @@ def settle(
         if plan.end > result.handled and plan.start >= result.handled:
             out.release.append(plan.raw)
             continue
-        dead, rejected = _dead_for(plan, result, entries, worker, upto)
+        dead, rejected = _dead_for(plan, result, sink_points, worker, upto)
         delivered = (upto - plan.start) - rejected
         mark = None
         if upto > plan.start:
-            last = entries[upto - 1]
+            last = sink_points[upto - 1]
             mark = Watermark(last.timestamp, last.value)
         keep = upto < plan.end
         out.acks.append(

@@ -34,7 +34,7 @@ from skyline.vista.errors import PayloadError, SinkAuthError, SinkError
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import DeadLetter, QueueItem
-from skyline.vista.sinks import Entry, Sink, SinkResult, build_sink
+from skyline.vista.sinks import Sink, SinkPoint, SinkResult, build_sink
 
 logger = logging.getLogger(__name__)
 
@@ -254,22 +254,22 @@ class WorkerLoop:
             return
         watermarks = self.queue.watermarks(sorted({item.metric for _, item in items}))
         now = time.time()
-        planned, entries = delivery.plan_batch(
+        planned, sink_points = delivery.plan_batch(
             items, watermarks, now, skip_current_minute=self.config.do_not_submit_current_minute
         )
         for plan in planned:
             for reason, count in plan.dropped.as_dict().items():
                 telemetry.POINTS_DROPPED.labels(reason).inc(count)
         try:
-            result = self._submit(entries, now)
+            result = self._submit(sink_points, now)
         except SinkAuthError as exc:
             self._auth_failed(exc, [raw for raw, _ in items])
             return
-        settlement = delivery.settle(planned, entries, result, self.wid)
+        settlement = delivery.settle(planned, sink_points, result, self.wid)
         self._acknowledge(settlement)
         if result.error is not None:
             self._sink_failed(result.error)
-        elif entries:
+        elif sink_points:
             self._sink_ok()
 
     def _admit_new_metrics(self, items: list[tuple[str, QueueItem]]) -> list[tuple[str, QueueItem]]:
@@ -298,13 +298,13 @@ class WorkerLoop:
             procutil.interruptible_sleep(delay, lambda: self._stop)
         return keep
 
-    def _submit(self, entries: list[Entry], now: float) -> SinkResult:
+    def _submit(self, sink_points: list[SinkPoint], now: float) -> SinkResult:
         """Hand the batch to the sink in segments, renewing the lease between them, so that a
         long delivery is not mistaken for a dead worker (whose items would be recovered)."""
         total = SinkResult()
         size = self.segment_points
-        for start in range(0, len(entries), size):
-            segment = entries[start : start + size]
+        for start in range(0, len(sink_points), size):
+            segment = sink_points[start : start + size]
             started = time.monotonic()
             result = self.sink.submit(segment, now)
             telemetry.SINK_LATENCY.labels(self.sink.name).observe(time.monotonic() - started)
@@ -313,7 +313,7 @@ class WorkerLoop:
             if result.error is not None:
                 total.error = result.error
                 break
-            if start + size < len(entries):
+            if start + size < len(sink_points):
                 try:
                     self.queue.renew(self.wid, self.config.worker_lease)
                 except redisconn.REDIS_ERRORS:

@@ -20,7 +20,7 @@ from skyline.vista.bq.client import BigQueryRunner, QueryFailed, QueryUnavailabl
 from skyline.vista.bq.credentials import CredentialsError, credential_source, load_credentials
 from skyline.vista.bq.query import build_query
 from skyline.vista.bq.rows import RowConverter, RowSpec, TooFewRows, check_row_count
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 from tests.fakes.bigquery import Answer, Column, FakeBigQuery
 
 JAN1 = 1704067200
@@ -51,9 +51,11 @@ def runner(fake: FakeBigQuery, credentials: Any = None, **kw: Any) -> BigQueryRu
     )
 
 
-def convert_all(result_pages: Iterator[Any], columns: tuple[str, ...]) -> tuple[list[Entry], Any]:
+def convert_all(
+    result_pages: Iterator[Any], columns: tuple[str, ...]
+) -> tuple[list[SinkPoint], Any]:
     conv = RowConverter(SPEC, columns)
-    out: list[Entry] = []
+    out: list[SinkPoint] = []
     for page in result_pages:
         conv.convert(page, out)
     return out, conv.stats

@@ -17,12 +17,12 @@ import pytest
 from skyline.vista.config import CarbonConfig, FluxConfig
 from skyline.vista.errors import SinkAuthError
 from skyline.vista.secret import Secret
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 from skyline.vista.sinks.carbon import CarbonSink, pickle_message, plaintext_message
 from skyline.vista.sinks.flux import (
     FluxSink,
-    entry_json,
     offending_index,
+    point_json,
     rejected_names,
     request_body,
 )
@@ -31,8 +31,8 @@ from tests.fakes.flux import DEFAULT_KEY, FluxServer
 NOW = 1_800_000_000
 
 
-def entries(metric: str, start: int, count: int, step: int = 60) -> list[Entry]:
-    return [Entry(metric, start + i * step, float(i) + 0.5) for i in range(count)]
+def entries(metric: str, start: int, count: int, step: int = 60) -> list[SinkPoint]:
+    return [SinkPoint(metric, start + i * step, float(i) + 0.5) for i in range(count)]
 
 
 # --- carbon -------------------------------------------------------------------------------
@@ -40,13 +40,13 @@ def entries(metric: str, start: int, count: int, step: int = 60) -> list[Entry]:
 
 def test_plaintext_lines_are_exact_and_positional() -> None:
     data = plaintext_message(
-        [Entry("a.b", 1718000040, 1.00243039089e11), Entry("c", 1718000100, 1e-05)]
+        [SinkPoint("a.b", 1718000040, 1.00243039089e11), SinkPoint("c", 1718000100, 1e-05)]
     )
     assert data == b"a.b 100243039089 1718000040\nc 0.00001 1718000100\n"
 
 
 def test_pickle_message_is_length_prefixed_protocol_2() -> None:
-    message = pickle_message([Entry("a.b", 1718000040, 2.5)])
+    message = pickle_message([SinkPoint("a.b", 1718000040, 2.5)])
     (length,) = struct.unpack("!L", message[:4])
     assert length == len(message) - 4
     assert message[4:6] == b"\x80\x02"  # protocol 2, what carbon's unpickler expects
@@ -153,7 +153,7 @@ def test_carbon_sink_reconnects_after_the_peer_closed(receiver: Receiver) -> Non
 def test_flux_body_carries_the_key_and_fill_only_for_old_points() -> None:
     body = request_body(
         "k" * 32,
-        [Entry("a.b", NOW - 4000, 1.5), Entry("a.b", NOW - 60, 1e11)],
+        [SinkPoint("a.b", NOW - 4000, 1.5), SinkPoint("a.b", NOW - 60, 1e11)],
         now=NOW,
         max_age=3600,
     )
@@ -168,13 +168,13 @@ def test_flux_body_carries_the_key_and_fill_only_for_old_points() -> None:
     assert b"e+" not in body
 
 
-def test_entry_json_is_valid_json() -> None:
-    text = entry_json(Entry('we"ird', 1, -0.25), fill=False)
+def test_point_json_is_valid_json() -> None:
+    text = point_json(SinkPoint('we"ird', 1, -0.25), fill=False)
     assert json.loads(text) == {"metric": 'we"ird', "timestamp": 1, "value": -0.25}
 
 
 def test_offending_index_reads_the_python_dict_flux_quotes() -> None:
-    batch = [Entry("a", NOW, 1.0), Entry("b", NOW, 1.0), Entry("b", NOW + 999, 1.0)]
+    batch = [SinkPoint("a", NOW, 1.0), SinkPoint("b", NOW, 1.0), SinkPoint("b", NOW + 999, 1.0)]
     item = {"metric": "b", "timestamp": NOW + 999, "value": 1.0}
     message = (
         f"invalid timestamp - {NOW + 999} - timestamp is more than 1 minute in the future - {item}"
@@ -224,7 +224,7 @@ def test_flux_204_delivers_everything_in_requests_of_450(flux: FluxServer) -> No
 def test_flux_400_rejects_exactly_the_quoted_point_and_keeps_the_others(flux: FluxServer) -> None:
     now = time.time()
     good = entries("vista.test.b", int(now) - 600, 5)
-    future = Entry("vista.test.b", int(now) + 3600, 9.0)  # Flux: more than 1 minute ahead
+    future = SinkPoint("vista.test.b", int(now) + 3600, 9.0)  # Flux: more than 1 minute ahead
     batch = good[:3] + [future] + good[3:]
     result = flux_sink(flux).submit(batch, now)
     assert result.handled == 6 and result.error is None

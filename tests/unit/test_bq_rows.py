@@ -17,7 +17,7 @@ from skyline.vista.bq.rows import (
     check_row_count,
     timestamp_of,
 )
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 
 SPEC = RowSpec("biz.signups", "day", "country", ("count", "revenue", "orders"))
 COLUMNS = ("day", "country", "count", "revenue", "orders")
@@ -72,9 +72,9 @@ def test_timestamp_of_bad(cell: object) -> None:
 
 def convert(
     rows: list[tuple[object, ...]], spec: RowSpec = SPEC
-) -> tuple[list[Entry], RowConverter]:
+) -> tuple[list[SinkPoint], RowConverter]:
     conv = RowConverter(spec, COLUMNS)
-    out: list[Entry] = []
+    out: list[SinkPoint] = []
     conv.convert(rows, out)
     return out, conv
 
@@ -82,9 +82,9 @@ def convert(
 def test_one_point_per_row_and_dimension() -> None:
     out, conv = convert([(dt.date(2024, 1, 1), "GB", 10, 2.5, Decimal("3"))])
     assert out == [
-        Entry("biz.signups.GB.count", JAN1, 10.0),
-        Entry("biz.signups.GB.revenue", JAN1, 2.5),
-        Entry("biz.signups.GB.orders", JAN1, 3.0),
+        SinkPoint("biz.signups.GB.count", JAN1, 10.0),
+        SinkPoint("biz.signups.GB.revenue", JAN1, 2.5),
+        SinkPoint("biz.signups.GB.orders", JAN1, 3.0),
     ]
     assert conv.stats.rows == 1 and conv.stats.points == 3 and conv.stats.errors == 0
 
@@ -96,7 +96,7 @@ def test_null_nan_and_non_numeric_are_skipped_and_counted() -> None:
             ("2024-01-01", "FR", "", "inf", "7.5"),
         ]
     )
-    assert out == [Entry("biz.signups.FR.orders", JAN1, 7.5)]
+    assert out == [SinkPoint("biz.signups.FR.orders", JAN1, 7.5)]
     assert conv.stats.null == 3 and conv.stats.non_numeric == 2
     assert conv.stats.zero_filled == 0
 
@@ -105,9 +105,9 @@ def test_zero_fill() -> None:
     spec = RowSpec("p", "day", "country", ("count", "revenue", "orders"), zero_fill=True)
     out, conv = convert([("2024-01-01", "GB", None, "x", 1)], spec)
     assert out == [
-        Entry("p.GB.count", JAN1, 0.0),
-        Entry("p.GB.revenue", JAN1, 0.0),
-        Entry("p.GB.orders", JAN1, 1.0),
+        SinkPoint("p.GB.count", JAN1, 0.0),
+        SinkPoint("p.GB.revenue", JAN1, 0.0),
+        SinkPoint("p.GB.orders", JAN1, 1.0),
     ]
     assert conv.stats.zero_filled == 2
 
@@ -146,7 +146,7 @@ def test_values_that_sanitise_alike_are_an_error_for_that_row() -> None:
 
 def test_collisions_are_caught_across_intervals() -> None:
     conv = RowConverter(SPEC, COLUMNS)
-    out: list[Entry] = []
+    out: list[SinkPoint] = []
     conv.convert([("2024-01-01", "a.b", 1, 1, 1)], out)
     conv.begin_interval()
     conv.convert([("2024-01-02", "a/b", 1, 1, 1)], out)
@@ -161,7 +161,7 @@ def test_duplicate_rows_first_wins() -> None:
 
 def test_begin_interval_resets_duplicates_and_returns_stats() -> None:
     conv = RowConverter(SPEC, COLUMNS)
-    out: list[Entry] = []
+    out: list[SinkPoint] = []
     conv.convert([("2024-01-01", "GB", 1, 1, 1)], out)
     done = conv.begin_interval()
     conv.convert([("2024-01-01", "GB", 1, 1, 1)], out)
@@ -175,7 +175,7 @@ def test_missing_column_is_a_schema_error() -> None:
 
 def test_other_column_order() -> None:
     conv = RowConverter(SPEC, ("orders", "revenue", "count", "country", "day"))
-    out: list[Entry] = []
+    out: list[SinkPoint] = []
     conv.convert([(3, 2, 1, "GB", "2024-01-01")], out)
     assert [e.value for e in out] == [1.0, 2.0, 3.0]
 

@@ -9,7 +9,7 @@ from skyline.vista.delivery import Planned, plan_batch, settle
 from skyline.vista.errors import SinkError
 from skyline.vista.fetchqueue import Ack
 from skyline.vista.model import Point, QueueItem, Watermark
-from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.sinks import SinkPoint, SinkResult
 
 T0 = 1_718_000_040  # a minute boundary
 NOW = T0 + 600 + 25.5  # 25.5 s into the minute that starts at T0 + 600
@@ -41,7 +41,7 @@ def plan(
     watermarks: dict[str, Watermark] | None = None,
     *,
     skip_current_minute: bool = True,
-) -> tuple[list[Planned], list[Entry]]:
+) -> tuple[list[Planned], list[SinkPoint]]:
     return plan_batch(items, watermarks or {}, NOW, skip_current_minute=skip_current_minute)
 
 
@@ -56,11 +56,11 @@ C = item("vista.c", series(T0, 4, base=20.0))  # T0 .. T0+180 → 20.0 .. 23.0
 def test_plan_lays_out_every_item_in_order() -> None:
     planned, entries = plan([A, B])
     assert entries == [
-        Entry("vista.a", T0, 0.0),
-        Entry("vista.a", T0 + 60, 1.0),
-        Entry("vista.a", T0 + 120, 2.0),
-        Entry("vista.b", T0 + 60, 10.0),
-        Entry("vista.b", T0 + 120, 11.0),
+        SinkPoint("vista.a", T0, 0.0),
+        SinkPoint("vista.a", T0 + 60, 1.0),
+        SinkPoint("vista.a", T0 + 120, 2.0),
+        SinkPoint("vista.b", T0 + 60, 10.0),
+        SinkPoint("vista.b", T0 + 120, 11.0),
     ]
     assert [(p.start, p.end) for p in planned] == [(0, 3), (3, 5)]
     assert [p.raw for p in planned] == [A[0], B[0]]
@@ -71,9 +71,9 @@ def test_plan_lays_out_every_item_in_order() -> None:
 def test_points_at_or_below_the_watermark_are_not_sent() -> None:
     planned, entries = plan([A, B], {"vista.a": Watermark(T0 + 60, 1.0)})
     assert entries == [
-        Entry("vista.a", T0 + 120, 2.0),
-        Entry("vista.b", T0 + 60, 10.0),  # b's watermark is not a's
-        Entry("vista.b", T0 + 120, 11.0),
+        SinkPoint("vista.a", T0 + 120, 2.0),
+        SinkPoint("vista.b", T0 + 60, 10.0),  # b's watermark is not a's
+        SinkPoint("vista.b", T0 + 120, 11.0),
     ]
     assert planned[0].dropped.as_dict() == {"at_or_below_watermark": 2}
     assert planned[1].dropped.as_dict() == {}
@@ -83,7 +83,7 @@ def test_points_of_the_current_minute_are_not_sent() -> None:
     current = T0 + 600
     raw = item("vista.now", [(current - 60, 1.0), (current, 2.0), (current + 20, 3.0)])
     planned, entries = plan([raw])
-    assert entries == [Entry("vista.now", current - 60, 1.0)]
+    assert entries == [SinkPoint("vista.now", current - 60, 1.0)]
     assert planned[0].dropped.as_dict() == {"current_minute": 2}
     # unless the setting says otherwise
     planned, entries = plan([raw], skip_current_minute=False)
@@ -181,7 +181,7 @@ def test_sink_stopping_inside_an_item_keeps_and_releases_it() -> None:
     assert (out.delivered_points, out.delivered_items) == (4, 1)
     # Claimed again with the new watermark, b sends only what was not handled.
     again, again_entries = plan([B], {"vista.b": Watermark(T0 + 60, 10.0)})
-    assert again_entries == [Entry("vista.b", T0 + 120, 11.0)]
+    assert again_entries == [SinkPoint("vista.b", T0 + 120, 11.0)]
 
 
 def test_partial_item_with_a_rejected_point_before_the_stop() -> None:

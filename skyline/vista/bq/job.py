@@ -22,7 +22,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import VistaError
 from skyline.vista.secret import Secret
-from skyline.vista.sinks import Entry, Sink
+from skyline.vista.sinks import Sink, SinkPoint
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class Delivery:
             self.sleep(min(1.0, max(0.0, end - time.monotonic())))
         return True
 
-    def _submit(self, points: Sequence[Entry]) -> None:
+    def _submit(self, points: Sequence[SinkPoint]) -> None:
         if self.sink is None:
             return
         from skyline.vista.backoff import compute_backoff
@@ -251,7 +251,7 @@ class Delivery:
             if attempt == SEND_ATTEMPTS or not self._pause(delay):
                 raise result.error
 
-    def send(self, points: Sequence[Entry]) -> None:
+    def send(self, points: Sequence[SinkPoint]) -> None:
         """Send ``points``; the first write of a new metric name waits for a token of carbon's
         create budget (skyline/vista/create_budget.py, shared with the workers). Raises
         SinkError when the sink keeps failing, :class:`Stopped` when asked to stop while

@@ -32,7 +32,7 @@ from typing import Any
 
 from skyline.vista.bq.names import sanitise
 from skyline.vista.errors import VistaError
-from skyline.vista.sinks import Entry
+from skyline.vista.sinks import SinkPoint
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class RowConverter:
             self._times[cell] = ts
         return ts
 
-    def convert(self, rows: Iterable[Sequence[object]], out: list[Entry]) -> None:  # noqa: C901
+    def convert(self, rows: Iterable[Sequence[object]], out: list[SinkPoint]) -> None:  # noqa: C901
         """Append the points of ``rows`` to ``out``, counting what was skipped.
 
         One loop with the common cases inlined (a float or int cell, a known name, a cached
@@ -253,7 +253,7 @@ class RowConverter:
         names_of = self._names
         seen = self._seen
         dims = self._dims
-        new = tuple.__new__  # Entry(...) without the Python-level __new__: a hot loop
+        new = tuple.__new__  # SinkPoint(...) without the Python-level __new__: a hot loop
         for row in rows:
             stats.rows += 1
             raw = row[self._primary]
@@ -286,14 +286,14 @@ class RowConverter:
                 kind = type(cell)
                 if kind is float:
                     if cell - cell == 0:  # type: ignore[operator]  # not NaN, not ±Inf
-                        append(new(Entry, (name, ts, cell)))
+                        append(new(SinkPoint, (name, ts, cell)))
                         continue
                 elif kind is int:
-                    append(new(Entry, (name, ts, float(cell))))  # type: ignore[arg-type]
+                    append(new(SinkPoint, (name, ts, float(cell))))  # type: ignore[arg-type]
                     continue
                 value = _number(cell)
                 if type(value) is float:
-                    append(new(Entry, (name, ts, value)))
+                    append(new(SinkPoint, (name, ts, value)))
                     continue
                 if value is _NULL:
                     stats.null += 1
@@ -301,5 +301,5 @@ class RowConverter:
                     stats.non_numeric += 1
                 if zero_fill:
                     stats.zero_filled += 1
-                    append(Entry(name, ts, 0.0))
+                    append(SinkPoint(name, ts, 0.0))
         stats.points += len(out) - before

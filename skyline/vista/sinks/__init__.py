@@ -1,7 +1,7 @@
 """Sinks: where validated points go (Skyline Flux over HTTP, or carbon over TCP).
 
-A sink takes a flat, ordered list of :class:`Entry` (each metric's points contiguous and in
-time order) and reports how far it got: ``handled`` entries from the start were accepted or
+A sink takes a flat, ordered list of :class:`SinkPoint` (each metric's points contiguous and in
+time order) and reports how far it got: ``handled`` points from the start were accepted or
 permanently rejected (``rejected`` says which, with the sink's reason). When it stops early on a
 transient failure it sets ``error``; the worker acknowledges what was handled and gives the rest
 back to the queue, so nothing is lost and nothing handled is sent again.
@@ -17,7 +17,7 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.errors import SinkError
 
 
-class Entry(NamedTuple):
+class SinkPoint(NamedTuple):
     """One point for the sink. A NamedTuple: a worker makes one per point delivered, and it is
     the cheapest immutable record to create."""
 
@@ -26,10 +26,14 @@ class Entry(NamedTuple):
     value: float
 
 
+Entry = SinkPoint
+"""The old name, kept for branches written before the rename (to be removed)."""
+
+
 @dataclass
 class SinkResult:
     handled: int = 0
-    rejected: dict[int, str] = field(default_factory=dict)  # entry index -> reason
+    rejected: dict[int, str] = field(default_factory=dict)  # point index -> reason
     error: SinkError | None = None
 
     @property
@@ -40,7 +44,7 @@ class SinkResult:
 class Sink(Protocol):
     name: str
 
-    def submit(self, entries: Sequence[Entry], now: float) -> SinkResult: ...
+    def submit(self, points: Sequence[SinkPoint], now: float) -> SinkResult: ...
 
     def close(self) -> None: ...
 

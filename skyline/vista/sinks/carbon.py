@@ -18,19 +18,19 @@ from collections.abc import Iterable, Sequence
 from skyline.vista.config import CarbonConfig
 from skyline.vista.constants import CARBON_PICKLE_POINTS
 from skyline.vista.errors import SinkError
-from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)
 
 
-def pickle_message(entries: Sequence[Entry]) -> bytes:
-    payload = pickle.dumps([(e.metric, (e.timestamp, e.value)) for e in entries], protocol=2)
+def pickle_message(points: Sequence[SinkPoint]) -> bytes:
+    payload = pickle.dumps([(e.metric, (e.timestamp, e.value)) for e in points], protocol=2)
     return struct.pack("!L", len(payload)) + payload
 
 
-def plaintext_message(entries: Iterable[Entry]) -> bytes:
-    return "".join(f"{e.metric} {format_value(e.value)} {e.timestamp}\n" for e in entries).encode()
+def plaintext_message(points: Iterable[SinkPoint]) -> bytes:
+    return "".join(f"{e.metric} {format_value(e.value)} {e.timestamp}\n" for e in points).encode()
 
 
 def send_plaintext(address: tuple[str, int], lines: Sequence[str], timeout: float = 5.0) -> None:
@@ -87,14 +87,14 @@ class CarbonSink:
                 logger.debug("closing the carbon socket failed", exc_info=True)
             self._sock = None
 
-    def submit(self, entries: Sequence[Entry], now: float) -> SinkResult:
+    def submit(self, points: Sequence[SinkPoint], now: float) -> SinkResult:
         result = SinkResult()
         encode = pickle_message if self.config.protocol == "pickle" else plaintext_message
         size = self.points_per_message
         try:
             sock = self._connect()
-            for start in range(0, len(entries), size):
-                chunk = entries[start : start + size]
+            for start in range(0, len(points), size):
+                chunk = points[start : start + size]
                 sock.sendall(encode(chunk))
                 result.handled = start + len(chunk)
         except SinkError as exc:

@@ -29,7 +29,7 @@ import requests.adapters
 
 from skyline.vista.config import FluxConfig
 from skyline.vista.errors import SinkAuthError, SinkError
-from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)
@@ -40,24 +40,24 @@ FILL_MARGIN = 60
 push them over the limit while in flight."""
 
 
-def entry_json(entry: Entry, fill: bool, quoted_metric: str | None = None) -> str:
-    """One item of the POST; ``quoted_metric`` is ``json.dumps(entry.metric)`` if known."""
-    metric = json.dumps(entry.metric) if quoted_metric is None else quoted_metric
+def point_json(point: SinkPoint, fill: bool, quoted_metric: str | None = None) -> str:
+    """One item of the POST; ``quoted_metric`` is ``json.dumps(point.metric)`` if known."""
+    metric = json.dumps(point.metric) if quoted_metric is None else quoted_metric
     fill_part = ',"fill":"true"' if fill else ""
     return (
-        f'{{"metric":{metric},"timestamp":{entry.timestamp},'
-        f'"value":{format_value(entry.value)}{fill_part}}}'
+        f'{{"metric":{metric},"timestamp":{point.timestamp},'
+        f'"value":{format_value(point.value)}{fill_part}}}'
     )
 
 
-def request_body(key: str, entries: Sequence[Entry], now: float, max_age: int) -> bytes:
-    """The JSON body of one POST: the same text as entry_json() per item, built inline because
+def request_body(key: str, points: Sequence[SinkPoint], now: float, max_age: int) -> bytes:
+    """The JSON body of one POST: the same text as point_json() per item, built inline because
     this runs for every point delivered."""
     oldest_plain = now - max_age + FILL_MARGIN
     quoted: dict[str, str] = {}  # each metric's name as JSON, encoded once per request
     parts: list[str] = []
     append = parts.append
-    for metric, timestamp, value in entries:
+    for metric, timestamp, value in points:
         name = quoted.get(metric)
         if name is None:
             name = quoted[metric] = json.dumps(metric)
@@ -133,21 +133,21 @@ class FluxSink:
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, entries: Sequence[Entry], now: float) -> SinkResult:
+    def submit(self, points: Sequence[SinkPoint], now: float) -> SinkResult:
         result = SinkResult()
         size = self.config.batch_size
         try:
-            for start in range(0, len(entries), size):
-                self._post(entries, start, min(len(entries), start + size), now, result)
+            for start in range(0, len(points), size):
+                self._post(points, start, min(len(points), start + size), now, result)
         except SinkAuthError:
             raise
         except SinkError as exc:
             result.error = exc
         return result
 
-    def _send(self, entries: Sequence[Entry], now: float) -> requests.Response:
+    def _send(self, points: Sequence[SinkPoint], now: float) -> requests.Response:
         assert self.config.key is not None
-        body = request_body(self.config.key.reveal(), entries, now, self.config.max_age)
+        body = request_body(self.config.key.reveal(), points, now, self.config.max_age)
         self.requests += 1
         try:
             return self.session.post(self.url, data=body, timeout=self.config.timeout)
@@ -163,37 +163,37 @@ class FluxSink:
             raise SinkError(f"request to Flux failed: {type(exc).__name__}") from exc
 
     def _post(
-        self, entries: Sequence[Entry], lo: int, hi: int, now: float, result: SinkResult
+        self, points: Sequence[SinkPoint], lo: int, hi: int, now: float, result: SinkResult
     ) -> None:
-        """Deliver entries[lo:hi]; on return, result.handled == hi. Raises SinkError when a
+        """Deliver points[lo:hi]; on return, result.handled == hi. Raises SinkError when a
         transient failure stops it (result.handled then says how far it got)."""
-        response = self._send(entries[lo:hi], now)
+        response = self._send(points[lo:hi], now)
         status = response.status_code
         if status in (200, 204):
             result.handled = hi
             return
         if status == 207:
-            _reject_named(entries, lo, hi, rejected_names(_json(response)), response, result)
+            _reject_named(points, lo, hi, rejected_names(_json(response)), response, result)
             return
         if status == 400:
             body = _json(response)
             if isinstance(body, dict) and "rejected metrics" in body:
                 # A namespace-quota rejection of a one-item request comes as 400, not 207.
-                _reject_named(entries, lo, hi, rejected_names(body), response, result)
+                _reject_named(points, lo, hi, rejected_names(body), response, result)
                 return
-            bad = offending_index(_message(response), entries, lo, hi)
+            bad = offending_index(_message(response), points, lo, hi)
             if bad is not None:
                 # Flux queues items in order until the bad one: those before it are taken.
                 result.rejected[bad] = f"Flux 400: {_message(response)}"
                 result.handled = bad + 1
                 if bad + 1 < hi:
-                    self._post(entries, bad + 1, hi, now, result)
+                    self._post(points, bad + 1, hi, now, result)
                 return
         if status in (400, 413) and hi - lo > 1:
             # The answer does not say which point: split until it is alone.
             mid = (lo + hi) // 2
-            self._post(entries, lo, mid, now, result)
-            self._post(entries, mid, hi, now, result)
+            self._post(points, lo, mid, now, result)
+            self._post(points, mid, hi, now, result)
             return
         if status == 400:
             result.rejected[lo] = f"Flux 400: {_message(response)}"
@@ -208,7 +208,7 @@ class FluxSink:
 
 
 def _reject_named(
-    entries: Sequence[Entry],
+    points: Sequence[SinkPoint],
     lo: int,
     hi: int,
     names: set[str],
@@ -217,7 +217,7 @@ def _reject_named(
 ) -> None:
     reason = f"Flux {response.status_code}: {_message(response)}"
     for i in range(lo, hi):
-        if entries[i].metric in names:
+        if points[i].metric in names:
             result.rejected[i] = reason
     result.handled = hi
 
@@ -226,8 +226,8 @@ _ITEM_METRIC = re.compile(r"""'metric': '([^']*)'""")
 _ITEM_TIMESTAMP = re.compile(r"""'timestamp': '?(-?\d+)""")
 
 
-def offending_index(message: str, entries: Sequence[Entry], lo: int, hi: int) -> int | None:
-    """The entry a Flux 400 message names (Flux quotes the item as a Python dict:
+def offending_index(message: str, points: Sequence[SinkPoint], lo: int, hi: int) -> int | None:
+    """The point a Flux 400 message names (Flux quotes the item as a Python dict:
     "invalid timestamp - 1 - timestamp is too old ... - {'metric': 'a', 'timestamp': 1, ...}")."""
     metric = _ITEM_METRIC.search(message)
     timestamp = _ITEM_TIMESTAMP.search(message)
@@ -235,7 +235,7 @@ def offending_index(message: str, entries: Sequence[Entry], lo: int, hi: int) ->
         return None
     name, ts = metric.group(1), int(timestamp.group(1))
     for i in range(lo, hi):
-        if entries[i].metric == name and entries[i].timestamp == ts:
+        if points[i].metric == name and points[i].timestamp == ts:
             return i
     return None
 
