@@ -23,11 +23,11 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
 
+from skyline.vista.testing.servers import StartStop
 from tests.support.web import LocalApp
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -239,7 +239,7 @@ def serve_source(conn: multiprocessing.connection.Connection) -> None:
     asyncio.run(_serve_source(conn))
 
 
-class _Child:
+class _Child(StartStop):
     """A spawned helper process driven over a pipe."""
 
     target: Any = None
@@ -291,17 +291,6 @@ class _Child:
                 self._proc.kill()
                 self._proc.join(5)
         self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class SourceServer(_Child):

@@ -33,9 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from skyline.vista.testing.servers import StartStop
 
 __all__ = ["Answer", "Column", "FakeBigQuery", "ReceivedQuery"]
 
@@ -97,7 +98,7 @@ def _cell(value: object, kind: str) -> str | None:
 _LITERAL_DATE = re.compile(r"'(\d{4}-\d{2}-\d{2})'")
 
 
-class FakeBigQuery:
+class FakeBigQuery(StartStop):
     def __init__(self, *, page_size: int = 1000, require_auth: bool = False) -> None:
         self.page_size = page_size
         self.require_auth = require_auth
@@ -162,17 +163,6 @@ class FakeBigQuery:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-    def __enter__(self) -> FakeBigQuery:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- behaviour -------------------------------------------------------------------------------
 

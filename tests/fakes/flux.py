@@ -58,7 +58,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 
 import fakeredis
@@ -66,6 +65,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiMapping
 from redis import Redis
 
+from skyline.vista.testing.servers import StartStop
 from tests.fakes.flux_worker import (
     VISTA_METRICS_EVERY,
     FluxWorker,
@@ -203,7 +203,7 @@ def _falcon_params(query: MultiMapping[str]) -> dict[str, str | list[str]]:
     return params
 
 
-class FluxServer:
+class FluxServer(StartStop):
     """An in-process Flux listener (GET /metric_data, POST /metric_data_post).
 
     Both routes are also served under ``/flux/`` (the nginx path). With ``record=False``,
@@ -307,17 +307,6 @@ class FluxServer:
         self._local = None
         self.worker.wait_idle(timeout=10)
         self.worker.stop()
-
-    def __enter__(self) -> FluxServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run_loop(self) -> None:
         loop = self._loop

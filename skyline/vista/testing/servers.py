@@ -47,6 +47,7 @@ __all__ = [
     "PrometheusServer",
     "RedisServer",
     "Server",
+    "StartStop",
     "ServerError",
     "free_port",
     "poll_until",
@@ -179,10 +180,32 @@ atexit.register(_stop_all_at_exit)
 
 
 # --------------------------------------------------------------------------------------------
-# Base class
+# Base classes
 
 
-class Server:
+class StartStop:
+    """``with thing:`` starts it and stops it, for anything with ``start()`` and ``stop()``
+    (the servers here, the test doubles, the benchmarks' helper processes)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Server(StartStop):
     """One daemon: spawn, poll readiness, stop by PID.  Subclasses fill in the hooks."""
 
     name = "server"
@@ -329,17 +352,6 @@ class Server:
     def log_tail(self, lines: int = 40) -> str:
         tail = self.log_text(since_start=True).splitlines()[-lines:]
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(tail)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
