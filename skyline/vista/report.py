@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ def config_summary(config: VistaConfig) -> str:
     else:
         host, port = config.carbon.address
         lines.append(f"  sink: carbon {config.carbon.protocol} at {host}:{port}")
+    lines += budget_summary(config)
     lines.append(f"  redis: {config.redis.describe()}")
     from skyline.vista.history import history_path
 
@@ -63,6 +65,23 @@ def config_summary(config: VistaConfig) -> str:
     for warning in config.warnings:
         lines.append(f"  warning: {warning}")
     return "\n".join(lines)
+
+
+def budget_summary(config: VistaConfig) -> list[str]:
+    """The carbon create budget and the request budgets (check-config)."""
+    rate = config.carbon_max_creates_per_minute
+    if rate == float("inf"):
+        lines = ["  carbon create budget: off (VISTA_CARBON_MAX_CREATES_PER_MINUTE = inf)"]
+    else:
+        lines = [f"  carbon create budget: {rate:g} new metric names a minute (shared in Redis)"]
+    for host, options in sorted(config.remote_hosts.items()):
+        if options.requests_per_second:
+            burst = options.burst or max(1, math.ceil(options.requests_per_second))
+            lines.append(
+                f"  request budget {host}: {options.requests_per_second:g}/s, burst {burst} "
+                "(shared in Redis, live fetching first)"
+            )
+    return lines
 
 
 def process_lines(pid: int) -> list[str]:

@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 
 import redis.asyncio
 
-from skyline.vista import constants, redisconn
+from skyline.vista import constants, redisconn, telemetry
 from skyline.vista.config import HostOptions
 
 logger = logging.getLogger(__name__)
@@ -146,14 +146,19 @@ class RedisPacer:
         return HISTORY_YIELD if wait < 0 else wait
 
     async def wait(self) -> None:
+        waited = 0.0
         while True:
             delay = await self._ask()
             if delay <= 0:
-                return
+                break
             # A little jitter so that the waiters of one host do not all ask at once.
             delay = delay * (1 + 0.1 * random.random())  # noqa: S311 - not cryptographic
-            self.waited += delay
+            waited += delay
             await asyncio.sleep(delay)
+        if waited:
+            self.waited += waited
+            telemetry.BUDGET_WAITS.labels(self.host, self.priority).inc()
+            telemetry.BUDGET_WAIT_SECONDS.labels(self.host, self.priority).inc(waited)
 
 
 def pacer_for(

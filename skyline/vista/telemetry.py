@@ -69,6 +69,16 @@ DELIVERY_LAG = Histogram(
     "Acknowledgement at the sink minus the newest point of each delivered queue item",
     buckets=lag.BUCKETS,
 )
+BUDGET_WAITS = Counter(
+    "vista_request_budget_waits",
+    "Requests that waited for a token of their remote host's request budget",
+    ["host", "priority"],
+)
+BUDGET_WAIT_SECONDS = Counter(
+    "vista_request_budget_wait_seconds",
+    "Seconds requests waited for their remote host's request budget",
+    ["host", "priority"],
+)
 WORKER_RESTARTS = Counter("vista_worker_restarts", "Worker processes restarted by the agent")
 
 

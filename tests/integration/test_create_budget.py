@@ -158,6 +158,7 @@ def deliver_new_metrics(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(240 + METRICS * 60 / CARBON_BUDGET))
 def test_500_new_metrics_all_land_in_a_carbon_with_a_low_create_budget(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -19,11 +19,13 @@ import aiohttp
 import pytest
 import redis
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from skyline.vista import redisconn, request_budget
 from skyline.vista.config import HostOptions
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
+from skyline.vista.report import config_summary
 from skyline.vista.request_budget import LocalBucket
 from skyline.vista.sources.http import Credentials, HostState, get_json
 from skyline.vista.testing.servers import RedisServer, free_port
@@ -173,6 +175,20 @@ async def test_a_20_per_second_budget_holds_and_live_fetching_comes_first(
     # History went on before and after.
     assert history_done >= RATE * 2, history_done
     assert counts["live"] == LIVE and counts["history"] == history_done
+    # /metrics: the waits, by host and priority (history waited far more than live).
+    waited = {
+        p: REGISTRY.get_sample_value(
+            "vista_request_budget_wait_seconds_total", {"host": source.url, "priority": p}
+        )
+        or 0.0
+        for p in ("live", "history")
+    }
+    assert waited["history"] > waited["live"] > 0, waited
+    summary = config_summary(cfg)
+    assert (
+        f"  request budget {source.url}: 20/s, burst 20 (shared in Redis, live fetching first)"
+        in summary
+    )
     print(
         f"\nrequest budget {RATE}/s (burst {BURST}): {len(times)} requests in {span:.1f}s "
         f"({len(times) / span:.1f}/s); {LIVE} live metrics fetched in {live_took:.2f}s while "
