@@ -32,7 +32,7 @@ from skyline.vista.fetch_results import (
 )
 from skyline.vista.fetch_tasks import FetchTasks
 from skyline.vista.fetchqueue import AsyncFetchQueue
-from skyline.vista.holes import Hole
+from skyline.vista.outbox import Outbox
 from skyline.vista.redisconn import REDIS_ERRORS
 from skyline.vista.schedule import Limits, MetricState
 from skyline.vista.sources.http import (
@@ -82,7 +82,6 @@ class FetchCycle:
         # Templated entries (expand.py): the names each made before, and their watermarks.
         self.expansion_known: dict[str, set[str]] = {}
         self.name_watermarks: dict[str, int] = {}
-        self._owner: dict[str, str] = {}  # expanded name -> its entry's metric (in_flight)
         self.limits = Limits(
             fetch_max_points=config.fetch_max_points,
             max_backfill=config.max_backfill,
@@ -90,8 +89,7 @@ class FetchCycle:
         )
         self._tasks = FetchTasks(self._task_failed)
         self._finisher: Finisher | None = None  # made when the cycle starts (it knows `now`)
-        self._to_push: list[tuple[str, list[str]]] = []
-        self._hole_updates: dict[str, list[Hole]] = {}
+        self._outbox = Outbox()
         self._queued = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self.now = 0.0
@@ -234,16 +232,9 @@ class FetchCycle:
         if len(result.raw) != len(result.windows):
             return False
         self._finish(result)
-        if result.holes is not None:
-            self._hole_updates[result.metric] = result.holes
         if not result.items and result.holes is None:
             return False
-        if result.items and result.entry.name_template is not None:
-            self._to_push += result.chains
-            self._owner.update((name, result.metric) for name, _ in result.chains)
-        elif result.items:
-            self._to_push.append((result.metric, result.items))
-        if len(self._to_push) >= 500:
+        if self._outbox.add(result):
             return True
         if self._flush_timer is None and self.queue is not None:
             loop = asyncio.get_running_loop()
@@ -252,7 +243,7 @@ class FetchCycle:
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
-        if self._to_push or self._hole_updates:
+        if self._outbox:
             self.spawn(self._flush(final=False))
 
     def _finish(self, result: MetricResult) -> None:
@@ -271,28 +262,25 @@ class FetchCycle:
         """Push the finished metrics' items. If Redis fails mid-cycle they are kept for the
         final flush; if that fails too the error reaches the Fetcher (nothing is lost: the
         watermarks did not move, so the next cycle fetches the same points again)."""
-        if not (self._to_push or self._hole_updates) or self.queue is None:
+        if not self._outbox or self.queue is None:
             return
-        # Take the list before awaiting: other fetch tasks keep appending finished metrics
-        # while the push is in flight, and those must wait for the next push, not be dropped.
-        chains, self._to_push = self._to_push, []
-        updates, self._hole_updates = self._hole_updates, {}
+        # Taken before awaiting: other fetch tasks keep finishing metrics while the push is in
+        # flight, and those must wait for the next push, not be dropped.
+        batch = self._outbox.take()
         pushed = False
         try:
             # The items and the holes they leave behind are written in one transaction.
-            queued = await self.queue.push(chains, holes=updates)  # not `+=`: flushes overlap
+            queued = await self.queue.push(batch.chains, holes=batch.holes)  # flushes overlap
             self._queued += queued
             pushed = True
-            self.in_flight.difference_update(self._owner.get(m, m) for m, _ in chains)
-            self.in_flight.difference_update(updates)
+            self.in_flight.difference_update(batch.metrics(self._outbox.owner))
         except REDIS_ERRORS:
             if final:
                 raise
             logger.debug(
                 "Redis unavailable mid-cycle; %d metrics wait for the final push",
-                len(chains) + len(self._to_push),
+                len(batch.chains) + len(self._outbox.chains),
             )
         finally:
             if not pushed:  # failed or cancelled: pushed again later (a queued metric is skipped)
-                self._to_push = chains + self._to_push
-                self._hole_updates = {**updates, **self._hole_updates}
+                self._outbox.put_back(batch)
