@@ -163,8 +163,9 @@ def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
     day2 = dt.datetime.fromtimestamp(first + DAY, dt.UTC).date().isoformat()
     fake.set_answer(Answer("", date=day2, error=("notFound", "Table shop.daily was not found")))
     job = LocalJob(cfg, redis_client, params("shop", first, first + 2 * DAY))
-    with pytest.raises(JobFailed, match="2 of 3 interval"):
+    with pytest.raises(JobFailed, match="2 of 3 interval") as err:
         run_backfill(job)
+    assert f"{day2}: BigQuery job" in str(err.value) and "was not found" in str(err.value)
     failed = job.record.checkpoint["failed"]
     assert "was not found" in failed[day2]
     day3 = dt.datetime.fromtimestamp(first + 2 * DAY, dt.UTC).date().isoformat()

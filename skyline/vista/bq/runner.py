@@ -202,6 +202,10 @@ def _loop(
     metrics.JOB_SECONDS.labels(kind).observe(duration)
     metrics.send_self_metrics(ctx.config, params.account_name, kind, totals, duration)
     if totals.failed:
-        names = ", ".join(sorted(totals.failed))
-        raise JobFailed(f"{len(totals.failed)} of {len(starts)} interval(s) failed: {names}")
+        shown = sorted(totals.failed.items())
+        reasons = "; ".join(f"{label}: {why[:200]}" for label, why in shown[:5])
+        more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise JobFailed(
+            f"{len(totals.failed)} of {len(starts)} interval(s) failed: {reasons}{more}"
+        )
     return totals
