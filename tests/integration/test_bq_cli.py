@@ -123,6 +123,9 @@ def test_backfill_and_update_through_the_cli(
     assert "2 value(s) changed, 0 new, 0 removed; sent 2 point(s)" in update.stdout
 
     listing = h.cli("bq", "jobs")
+    print(listing.stdout)
+    assert f"vista_bq_account_key=shop {day(first)}..{day(first)} dry-run" in listing.stdout
+    assert f"vista_bq_account_key=shop {day(first)}..{day(last)}\n" in listing.stdout
     assert listing.returncode == 0
     assert listing.stdout.count(" done ") >= 3, listing.stdout  # the dry run, backfill, update
     expected = expected_points(metric_prefix, [tuple(r) for r in changed])

@@ -33,7 +33,22 @@ def describe(record: JobRecord) -> str:
     """A one-line summary of a job's parameters (never a secret: params hold none)."""
     keep = ("metric", "match", "all", "from", "until", "resolution", "vista_bq_account_key")
     shown = [f"{k}={record.params[k]}" for k in keep if record.params.get(k) not in (None, "")]
+    # BigQuery jobs (Skyline's parameter names): the range as UTC times, and a dry run
+    span = [_utc(record.params.get(k)) for k in ("from_timestamp", "until_timestamp")]
+    if all(span):
+        shown.append(f"{span[0]}..{span[1]}")
+    if record.params.get("dry_run") in (True, "true", "True"):
+        shown.append("dry-run")
     return " ".join(shown)
+
+
+def _utc(value: object) -> str:
+    try:
+        ts = int(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    text = time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+    return text.removesuffix(" 00:00")
 
 
 def table(records: Iterable[JobRecord], now: float | None = None) -> list[str]:
