@@ -185,7 +185,7 @@ def settings(args: argparse.Namespace, prom: PrometheusServer, redis_server: Red
         "VISTA_WORKER_PROCESSES": args.workers,
         # This carbon-cache creates without limit (MAX_CREATES_PER_MINUTE = inf): no pacing of
         # the 1,000 new whisper files, or the warm-up alone would last 20 minutes.
-        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
+        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": 1_000_000,
         "VISTA_FETCH_METRICS": entries,
     }
 
