@@ -42,7 +42,7 @@ from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.history import build_history_sink, history_path
 from skyline.vista.jobs.context import JobContext
-from skyline.vista.request_budget import pacer_for
+from skyline.vista.request_budget import pacer_for_entry
 from skyline.vista.sinks import Sink, SinkPoint
 from skyline.vista.sources import graphite, prometheus
 from skyline.vista.sources.http import Credentials, HostState, get_json, new_connector
@@ -213,7 +213,10 @@ class Backfill:
             options = self.config.host_options(entry.remote_host)
             state = HostState(entry.host, options)
             # The host's request budget, shared with the live fetcher, which goes first.
-            state.pacer = pacer_for(entry.host, options, self.budget_client, priority="history")
+            # Keyed by the exact remote_host, as the live fetcher's (sources/http.py).
+            state.pacer = pacer_for_entry(
+                entry, self.config, self.budget_client, priority="history"
+            )
             self.hosts[entry.remote_host] = state
         return state
 

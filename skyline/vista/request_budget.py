@@ -19,8 +19,7 @@ no faster than the budget from each process.
 
 Usage by a job (priority ``history``)::
 
-    state.pacer = pacer_for(entry.host, config.host_options(entry.remote_host), async_redis,
-                            priority="history")
+    state.pacer = pacer_for_entry(entry, config, async_redis, priority="history")
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ from typing import Literal, Protocol
 import redis.asyncio
 
 from skyline.vista import constants, redisconn, telemetry
-from skyline.vista.config import HostOptions
+from skyline.vista.config import HostOptions, VistaConfig
+from skyline.vista.entries import FetchEntry
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +161,26 @@ class RedisPacer:
             telemetry.BUDGET_WAIT_SECONDS.labels(self.host, self.priority).inc(waited)
 
 
+def pacer_for_entry(
+    entry: FetchEntry,
+    config: VistaConfig,
+    client: redis.asyncio.Redis | None,
+    priority: Priority = "live",
+) -> RedisPacer | None:
+    """The pacer of an entry's remote_host, the same in every process that fetches from it
+    (the bucket is keyed by the exact remote_host, as VISTA_REMOTE_HOSTS is)."""
+    return pacer_for(entry.remote_host, config.host_options(entry.remote_host), client, priority)
+
+
 def pacer_for(
     host: str,
     options: HostOptions,
     client: redis.asyncio.Redis | None,
     priority: Priority = "live",
 ) -> RedisPacer | None:
-    """The pacer of a host (``scheme://netloc``), or None when it has no request budget.
-    ``client=None`` paces this process alone (``vista fetch --once --dry-run``)."""
+    """The pacer of a remote_host, or None when it has no request budget. ``client=None``
+    paces this process alone (``vista fetch --once --dry-run``). Prefer
+    :func:`pacer_for_entry`, which keys the bucket the same way everywhere."""
     rate = options.requests_per_second
     if not rate:
         return None

@@ -27,7 +27,7 @@ from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.report import config_summary
 from skyline.vista.request_budget import LocalBucket
-from skyline.vista.sources.http import Credentials, HostState, get_json
+from skyline.vista.sources.http import Credentials, HostState, get_json, host_state_of
 from skyline.vista.testing.servers import RedisServer, free_port
 from tests.support.settings import make_config
 from tests.support.web import serving
@@ -240,3 +240,22 @@ def test_hosts_without_a_budget_get_no_pacer() -> None:
     assert request_budget.pacer_for("http://h:1", HostOptions(), None) is None
     pacer = request_budget.pacer_for("http://h:1", HostOptions(requests_per_second=2.5), None)
     assert pacer is not None and (pacer.rate, pacer.burst) == (2.5, 3.0)
+
+
+def test_live_and_history_share_one_bucket_for_a_remote_host_with_a_path(
+    tmp_path: Path,
+) -> None:
+    """The live fetcher (sources/http.host_state_of) and a history job (pacer_for_entry) key
+    the bucket by the same exact remote_host, path included."""
+    url = "http://gw.example:8080/proxy/prom"
+    cfg = make_config(
+        tmp_path,
+        entries=live_entries(url, 1),
+        VISTA_REMOTE_HOSTS={url: {"requests_per_second": 5}},
+    )
+    entry = cfg.fetch_metrics[0]
+    live = host_state_of({}, entry, cfg.host_options, None).pacer
+    history = request_budget.pacer_for_entry(entry, cfg, None, "history")
+    assert isinstance(live, request_budget.RedisPacer)
+    assert history is not None and history.keys == live.keys
+    assert history.keys[0].endswith(url)
