@@ -1,5 +1,5 @@
 """Small process helpers: parent-death signal, liveness checks, interruptible sleeps, fewer
-GC passes."""
+GC passes, a child process's start."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import errno
 import gc
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 
-from skyline.vista import constants
+from skyline.vista import constants, logs
+from skyline.vista.logs import LogSpec
 
 _PR_SET_PDEATHSIG = 1
 
@@ -95,3 +97,17 @@ def fewer_gc_passes(gen0: int = constants.GC_GEN0_THRESHOLD) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*saved)
+
+
+def start_child(parent_pid: int, log_spec: LogSpec, death_signal: int) -> None:
+    """What each child process of the agent (worker, job) does first: die with the agent (its
+    parent-death signal; exit at once if the agent is already gone), log as configured, run
+    the GC less often, and leave Ctrl-C and hangups to the agent, which coordinates stops and
+    reloads."""
+    set_parent_death_signal(death_signal)
+    if not parent_alive(parent_pid):
+        sys.exit(constants.EXIT_OK)
+    logs.configure(log_spec)
+    gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

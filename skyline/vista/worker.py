@@ -12,13 +12,11 @@ one value per (metric, timestamp).
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import multiprocessing.context
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -406,13 +404,7 @@ class Worker(multiprocessing.context.SpawnProcess):
         self.log_spec = log_spec
 
     def run(self) -> None:
-        procutil.set_parent_death_signal(PARENT_DEATH_SIGNAL)
-        if not procutil.parent_alive(self.parent_pid):
-            sys.exit(constants.EXIT_OK)
-        logs.configure(self.log_spec)
-        gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and reloads (a hangup of the group)
+        procutil.start_child(self.parent_pid, self.log_spec, PARENT_DEATH_SIGNAL)
         client = redisconn.connect(self.config.redis)
         loop = WorkerLoop(
             self.config,

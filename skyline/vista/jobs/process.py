@@ -12,7 +12,6 @@ Outcome, written atomically with the release of the running marker:
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing.context
 import os
@@ -25,7 +24,7 @@ from types import FrameType
 
 import redis
 
-from skyline.vista import constants, logs, procutil, redisconn
+from skyline.vista import constants, procutil, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.display import describe
@@ -134,13 +133,7 @@ class JobProcess(multiprocessing.context.SpawnProcess):
         self.token = token
 
     def run(self) -> None:
-        procutil.set_parent_death_signal(PARENT_DEATH_SIGNAL)
-        if not procutil.parent_alive(self.parent_pid):
-            sys.exit(constants.EXIT_OK)
-        logs.configure(self.log_spec)
-        gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent coordinates Ctrl-C
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        procutil.start_child(self.parent_pid, self.log_spec, PARENT_DEATH_SIGNAL)
         holder: list[JobContext] = []
         stop_early = threading.Event()
 
