@@ -50,6 +50,9 @@ def config_summary(config: VistaConfig) -> str:
         mine, total = len(config.shard_metrics), len(config.fetch_metrics)
         lines.append(f"  shard: {config.hostname} fetches {mine} of the {total} metrics "
                      f"({len(config.shards)} hosts)")  # fmt: skip
+    else:
+        lines.append(f"  fetch list: shared with the live Vista hosts on this Redis, as "
+                     f"{config.hostname!r} (VISTA_MEMBER_TTL {config.member_ttl:g}s)")  # fmt: skip
     lines.append(
         f"  workers: {config.worker_processes}; cycle deadline {config.fetcher_max_runtime:g}s"
     )

@@ -119,6 +119,13 @@ def test_three_hosts_share_the_fetch_list_and_survive_a_sigkill(
         shares = {h: (", ".join(HOSTS), sum(1 for m in names if owner[m] == h)) for h in HOSTS}
         shared = functools.partial(views_are, harnesses, logs, shares)
         wait_for(shared, 40, "the three hosts to share the fetch list")
+        status = harnesses["vista-a"].cli("status")
+        assert (
+            f"live Vista hosts: vista-a, vista-b, vista-c; this host (vista-a) fetches "
+            f"{shares['vista-a'][1]} of {COUNT} metric(s)" in status.stdout
+        ), str(status)
+        check = harnesses["vista-a"].cli("check-config")
+        assert "shared with the live Vista hosts on this Redis, as 'vista-a'" in check.stdout
         wait_for(
             lambda: caught_up(recorder, names, time.time(), STEP), 90, "every metric delivered"
         )
