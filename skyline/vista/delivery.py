@@ -21,7 +21,11 @@ it. Sent, it would be rejected and move the watermark past the points that arriv
 
 @dataclass
 class Planned:
-    """One claimed item, validated: its points occupy sink_points[start:end] of the batch."""
+    """One claimed item, validated: its points occupy sink_points[start:end] of the batch.
+
+    ``acked``/``settled``/``delivered`` record what :func:`settle` has already acknowledged, so
+    that a batch can be settled request by request: sink_points[start:acked] are acknowledged,
+    and a settled item is acknowledged in full."""
 
     raw: str
     item: QueueItem
@@ -30,6 +34,9 @@ class Planned:
     resolution: int | None
     start: int = 0
     end: int = 0
+    acked: int = 0
+    settled: bool = False
+    delivered: int = 0
 
 
 @dataclass
@@ -71,20 +78,26 @@ def plan_batch(
                 resolution=detect_resolution(item.points) or item.frequency,
                 start=start,
                 end=len(sink_points),
+                acked=start,
             )
         )
     return planned, sink_points
 
 
 def _dead_for(
-    plan: Planned, result: SinkResult, sink_points: Sequence[SinkPoint], worker: str, upto: int
+    plan: Planned,
+    result: SinkResult,
+    sink_points: Sequence[SinkPoint],
+    worker: str,
+    lo: int,
+    upto: int,
 ) -> tuple[tuple[DeadLetter, ...], int]:
-    """One dead letter per distinct reason among sink_points[plan.start:upto], holding that
-    reason's rejected points as an item. Returns the letters and the number of points."""
+    """One dead letter per distinct reason among sink_points[lo:upto] (of ``plan``), holding
+    that reason's rejected points as an item. Returns the letters and the number of points."""
     if not result.rejected:  # the usual case: no need to look at every point
         return (), 0
     by_reason: dict[str, list[Point]] = {}
-    for index in range(plan.start, upto):
+    for index in range(lo, upto):
         reason = result.rejected.get(index)
         if reason is not None:
             e = sink_points[index]
@@ -97,36 +110,62 @@ def _dead_for(
 
 
 def settle(
-    planned: Sequence[Planned], sink_points: Sequence[SinkPoint], result: SinkResult, worker: str
+    planned: Sequence[Planned],
+    sink_points: Sequence[SinkPoint],
+    result: SinkResult,
+    worker: str,
+    *,
+    final: bool = True,
 ) -> Settlement:
-    """Turn the sink's answer into queue operations.
+    """Turn the sink's answer so far into queue operations, for what is not acknowledged yet.
 
     * fully handled item → ack: watermark to its last point, rejected points dead-lettered;
-    * partly handled (the sink stopped inside it) → the same for the handled points, but the
-      item is kept and given back: its points at or below the new watermark are dropped when
-      it is claimed again, so nothing handled is sent twice and nothing unhandled is lost;
-    * untouched → given back as it is.
+    * partly handled (the sink has not got past it, or stopped inside it) → the same for the
+      handled points not acknowledged before, but the item is kept held; its points at or below
+      the new watermark are dropped when it is claimed again, so nothing handled is sent twice
+      and nothing unhandled is lost;
+    * nothing new handled → nothing.
+
+    Called after each request the sink answered (``final=False``), then once when the batch
+    is over (``final=True``), which also gives back every item that is not settled (partly
+    handled or untouched). It records its progress in the ``planned`` records.
     """
     out = Settlement()
+    handled = result.handled
     for plan in planned:
-        upto = min(plan.end, result.handled)
-        if plan.end > result.handled and plan.start >= result.handled:
-            out.release.append(plan.raw)
+        if plan.settled:
             continue
-        dead, rejected = _dead_for(plan, result, sink_points, worker, upto)
-        delivered = (upto - plan.start) - rejected
+        complete = plan.end <= handled
+        upto = min(plan.end, handled)
+        if not complete and upto <= plan.acked:
+            if final:
+                out.release.append(plan.raw)
+            continue
+        lo = plan.acked
+        dead, rejected = _dead_for(plan, result, sink_points, worker, lo, upto)
+        delivered = (upto - lo) - rejected
         mark = None
-        if upto > plan.start:
+        if upto > lo:
             last = sink_points[upto - 1]
             mark = Watermark(last.timestamp, last.value)
-        keep = upto < plan.end
         out.acks.append(
-            Ack(plan.raw, plan.item.metric, mark, plan.resolution, delivered > 0, dead, keep=keep)
+            Ack(
+                plan.raw,
+                plan.item.metric,
+                mark,
+                plan.resolution,
+                delivered > 0,
+                dead,
+                keep=not complete,
+            )
         )
-        if keep:
+        plan.acked = upto
+        plan.delivered += delivered
+        if complete:
+            plan.settled = True
+            out.delivered_items += 1 if plan.delivered > 0 else 0
+        elif final:
             out.release.append(plan.raw)
-        else:
-            out.delivered_items += 1 if delivered > 0 else 0
         out.delivered_points += delivered
         out.rejected_points += rejected
         out.dead_letters += len(dead)

@@ -2,12 +2,13 @@
 and deliver it to Flux or carbon, then acknowledge (watermark, ``vista.metrics``, item removal)
 in one atomic step.
 
-Exactly-once in what the sink stores: an item is claimed by one worker at a time; points at or
-below the metric's watermark are never sent; a worker that dies has its items recovered by the
-agent (at once) or by any other worker (when its lease expires). A batch the sink may have
-stored before the worker died is re-sent after recovery, which cannot duplicate anything: Flux
-drops points at or below its own ``flux.last`` for metrics in ``vista.metrics``, and carbon keeps
-one value per (metric, timestamp).
+What can be sent twice: an item is claimed by one worker at a time; points at or below the
+metric's watermark are never sent; each request the sink answers is acknowledged at once (see
+``WorkerLoop._submit``), and a stop ends a batch between two requests. A worker that dies has its
+items recovered by the agent (at once) or by any other worker (when its lease expires); only the
+one request it was waiting for can then be sent again. Carbon keeps one value per (metric,
+timestamp); Flux, with its default settings, forwards a resent point sent with ``fill`` again
+(docs/skyline-compatibility.md §3.3, README "Once at the sink").
 """
 
 from __future__ import annotations
@@ -259,12 +260,11 @@ class WorkerLoop:
             for reason, count in plan.dropped.as_dict().items():
                 telemetry.POINTS_DROPPED.labels(reason).inc(count)
         try:
-            result = self._submit(sink_points, now)
+            result = self._submit(planned, sink_points, now)
         except SinkAuthError as exc:
-            self._auth_failed(exc, [raw for raw, _ in items])
+            self._auth_failed(exc, [p.raw for p in planned if not p.settled])
             return
-        settlement = delivery.settle(planned, sink_points, result, self.wid)
-        self._acknowledge(settlement)
+        self._acknowledge(delivery.settle(planned, sink_points, result, self.wid, final=True))
         if result.error is not None:
             self._sink_failed(result.error)
         elif sink_points:
@@ -296,27 +296,47 @@ class WorkerLoop:
             procutil.interruptible_sleep(delay, lambda: self._stop)
         return keep
 
-    def _submit(self, sink_points: list[SinkPoint], now: float) -> SinkResult:
-        """Hand the batch to the sink in segments, renewing the lease between them, so that a
-        long delivery is not mistaken for a dead worker (whose items would be recovered)."""
+    def _submit(
+        self, planned: list[delivery.Planned], sink_points: list[SinkPoint], now: float
+    ) -> SinkResult:
+        """Hand the batch to the sink in segments, acknowledging what each request carried as
+        soon as the sink has taken it, and renewing the lease between segments, so that a long
+        delivery is not mistaken for a dead worker. A worker killed at any moment can then have
+        at most its one request in flight sent again. A stop (SIGTERM) ends it between two
+        requests; what was not sent goes back to the queue."""
         total = SinkResult()
         size = self.segment_points
-        for start in range(0, len(sink_points), size):
-            segment = sink_points[start : start + size]
+        offset = 0
+
+        def progress(partial: SinkResult) -> bool:
+            self._merge(total, partial, offset)
+            self._acknowledge(delivery.settle(planned, sink_points, total, self.wid, final=False))
+            return not self._stop
+
+        for offset in range(0, len(sink_points), size):
+            segment = sink_points[offset : offset + size]
             started = time.monotonic()
-            result = self.sink.submit(segment, now)
+            result = self.sink.submit(segment, now, progress)
             telemetry.SINK_LATENCY.labels(self.sink.name).observe(time.monotonic() - started)
-            total.handled = start + result.handled
-            total.rejected.update({start + i: reason for i, reason in result.rejected.items()})
+            self._merge(total, result, offset)
             if result.error is not None:
                 total.error = result.error
                 break
-            if start + size < len(sink_points):
+            self._acknowledge(delivery.settle(planned, sink_points, total, self.wid, final=False))
+            if self._stop or result.stopped:
+                break  # draining: the rest goes back to the queue
+            if offset + size < len(sink_points):
                 try:
                     self.queue.renew(self.wid, self.config.worker_lease)
                 except redisconn.REDIS_ERRORS:
                     logger.debug("lease not renewed (Redis unavailable)")
         return total
+
+    @staticmethod
+    def _merge(total: SinkResult, part: SinkResult, offset: int) -> None:
+        """Fold a segment's result (indexes from its first point) into the batch's."""
+        total.handled = max(total.handled, offset + part.handled)
+        total.rejected.update({offset + i: reason for i, reason in part.rejected.items()})
 
     def _acknowledge(self, settlement: delivery.Settlement) -> None:
         """Record what the sink handled. Retried while Redis is away: giving the items back

@@ -126,6 +126,8 @@ class RequestRecord:
     content_encoding: str | None
     test_only_header: bool  # a non-empty `x-test-only` header was sent
     body_size: int  # bytes on the wire, before any gzip decompression
+    number: int = 0  # the request's number for Flux's worker (ForwardedPoint.request); 0: none
+    peer: str = ""  # the client's address:port (one per connection)
 
 
 @dataclass(slots=True)
@@ -186,6 +188,13 @@ def _metric_name_error(metric: str) -> str | None:
     if len(_WHISPER_PATH) + 1 + len(metric) + 4 > 4096:
         return "name too long"
     return None
+
+
+def _peer(request: web.Request) -> str:
+    """The client's address:port, or '' once its connection is gone."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
 
 
 def _falcon_params(query: MultiMapping[str]) -> dict[str, str | list[str]]:
@@ -265,6 +274,7 @@ class FluxServer(StartStop):
         # time on the server's loop, without awaiting in between): handed to the worker once
         # the answer is written.
         self._batch: list[QueuedPoint] = []
+        self._request_number = 0  # requests that reached processing, in arrival order
         # Stand-ins for the Redis sets flux.quota.namespace_metrics.<ns> (the known metrics)
         # and flux.namespace_quota.<ns>.<minute> (the metrics seen this minute), and the hash
         # flux.prometheus.test_only.<prefix>.<minute>.
@@ -434,6 +444,11 @@ class FluxServer(StartStop):
         """Each metric's forwarded ``(timestamp, value)`` pairs, in order (record=True)."""
         return self.worker.forwarded_by_metric()
 
+    def forwarded_again_from(self) -> dict[int, int]:
+        """Requests (numbered from 1 in arrival order) whose points Flux forwarded again when
+        a later request carried them, with how many: what a client sent twice, as stored."""
+        return self.worker.forwarded_again_from()
+
     def points_by_metric(self) -> dict[str, list[tuple[int, float]]]:
         """The accepted ``(timestamp, value)`` pairs of each metric, in arrival order."""
         result: dict[str, list[tuple[int, float]]] = {}
@@ -444,7 +459,13 @@ class FluxServer(StartStop):
     # ------------------------------------------------------------------ HTTP handlers
 
     def _log_request(
-        self, request: web.Request, status: int, metric_count: int, body_size: int
+        self,
+        request: web.Request,
+        status: int,
+        metric_count: int,
+        body_size: int,
+        number: int = 0,
+        peer: str = "",
     ) -> None:
         self._request_count += 1
         if not self._record:
@@ -462,6 +483,8 @@ class FluxServer(StartStop):
                 content_encoding=headers.get("Content-Encoding"),
                 test_only_header=bool(headers.get("x-test-only")),
                 body_size=body_size,
+                number=number,
+                peer=peer or _peer(request),
             )
         )
 
@@ -474,8 +497,10 @@ class FluxServer(StartStop):
         metric_count: int,
         body_size: int = 0,
         extra_headers: Mapping[str, str] | None = None,
+        number: int = 0,
+        peer: str = "",
     ) -> web.Response:
-        self._log_request(request, status, metric_count, body_size)
+        self._log_request(request, status, metric_count, body_size, number, peer)
         if status == 204 or not payload:
             # falcon never sends a body with a 204. A 500 from the POST catch-all has none.
             return web.Response(status=status, headers=extra_headers)
@@ -495,17 +520,20 @@ class FluxServer(StartStop):
         if failure is not None:
             return self._failure_response(request, failure, metric_count, 0)
         self._batch = []
+        self._request_number += 1
+        number = self._request_number
         try:
             self._process_get(params, request.headers, int(self._now()))
         except _Reply as reply:
             self.worker.expect(len(self._batch))
             response = self._respond(
-                request, reply.status, reply.payload, metric_count=metric_count
+                request, reply.status, reply.payload, metric_count=metric_count, number=number
             )
-            return await self._answer_then_hand_over(request, response, self._batch)
+            return await self._answer_then_hand_over(request, response, self._batch, number)
         raise AssertionError("unreachable: _process_get always replies")  # pragma: no cover
 
     async def _handle_post(self, request: web.Request) -> web.Response:
+        peer = _peer(request)  # before the client can go away
         raw = await request.read()
         failure = self._take_failure()
         if failure is not None:
@@ -513,6 +541,8 @@ class FluxServer(StartStop):
             return self._failure_response(request, failure, count, len(raw))
         counter = [0]
         self._batch = []
+        self._request_number += 1
+        number = self._request_number
         try:
             self._process_post(raw, request.headers, int(self._now()), counter)
         except _Reply as reply:
@@ -527,15 +557,21 @@ class FluxServer(StartStop):
                     reply.payload,
                     metric_count=counter[0],
                     body_size=len(raw),
+                    number=number,
+                    peer=peer,
                 )
             except BaseException:
-                self.worker.hand_over(batch)  # Flux has queued them, whatever happens next
+                self.worker.hand_over(batch, number)  # Flux queued them, whatever happens next
                 raise
-            return await self._answer_then_hand_over(request, response, batch)
+            return await self._answer_then_hand_over(request, response, batch, number)
         raise AssertionError("unreachable: _process_post always replies")  # pragma: no cover
 
     async def _answer_then_hand_over(
-        self, request: web.Request, response: web.Response, batch: list[QueuedPoint]
+        self,
+        request: web.Request,
+        response: web.Response,
+        batch: list[QueuedPoint],
+        number: int,
     ) -> web.Response:
         """Write the answer, then give the request's queued items to Flux's worker (which
         moves flux.last): a client never sees flux.last move before its answer. The items go
@@ -543,8 +579,10 @@ class FluxServer(StartStop):
         try:
             await response.prepare(request)
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client has gone (killed while it waited): Flux goes on all the same
         finally:
-            self.worker.hand_over(batch)
+            self.worker.hand_over(batch, number)
         return response
 
     async def _handle_other(self, request: web.Request) -> web.Response:

@@ -20,7 +20,10 @@ the pickle batch for carbon, writing ``flux.last`` as it does. These are its rul
   was not checked (``fill`` with the default settings) does not move ``flux.last``.
 
 What it forwards is counted per (metric, timestamp): ``forwarded_twice`` is the number of points
-Flux would have sent to carbon again, which everything downstream of Flux sees twice.
+Flux would have sent to carbon again, which everything downstream of Flux sees twice, and
+``forwarded_again_from`` says which request (numbered in arrival order) had carried each of
+them the time before: a client that can only ever send its one unacknowledged request again has
+at most one such request per crash, and each holds at most one request's worth.
 
 The worker runs in its own thread, as Flux's runs in its own process. The listener hands it a
 request's items only once the answer has been written, so ``flux.last`` never moves before the
@@ -78,6 +81,7 @@ class ForwardedPoint:
     fill: bool
     checked: bool  # compared with flux.last (and so it moved flux.last)
     again: bool  # this (metric, timestamp) had been forwarded before
+    request: int  # the request that carried it (numbered from 1 in arrival order)
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -144,7 +148,7 @@ class FluxWorker:
         self.lag = lag
         self.record = record
         self._clock = clock
-        self._queue: queue.Queue[tuple[float, Sequence[QueuedPoint]] | tuple[()] | None] = (
+        self._queue: queue.Queue[tuple[float, int, Sequence[QueuedPoint]] | tuple[()] | None] = (
             queue.Queue()
         )
         self._lock = threading.Lock()
@@ -152,7 +156,8 @@ class FluxWorker:
         self._pending = 0  # points handed over and not processed yet
         self._vista_metrics: frozenset[str] = frozenset()
         self._next_vista_read = 0.0
-        self._seen: dict[str, set[int]] = {}
+        self._seen: dict[str, dict[int, int]] = {}  # metric -> timestamp -> last carrier
+        self._again_from: dict[int, int] = {}  # previous carrier -> its points forwarded again
         self._forwarded: list[ForwardedPoint] = []
         self.forwarded_count = 0
         self.forwarded_twice = 0
@@ -187,10 +192,11 @@ class FluxWorker:
             with self._lock:
                 self._pending += count
 
-    def hand_over(self, points: Sequence[QueuedPoint]) -> None:
-        """The listener's queued items of one request (announced with :meth:`expect`)."""
+    def hand_over(self, points: Sequence[QueuedPoint], request: int = 0) -> None:
+        """The listener's queued items of request number ``request`` (announced with
+        :meth:`expect`)."""
         if points:
-            self._queue.put((self._clock(), tuple(points)))
+            self._queue.put((self._clock(), request, tuple(points)))
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every point handed over has been processed. False on timeout."""
@@ -231,6 +237,12 @@ class FluxWorker:
         with self._lock:
             return {metric: set(stamps) for metric, stamps in self._seen.items()}
 
+    def forwarded_again_from(self) -> dict[int, int]:
+        """For each request whose points were forwarded again by a later request: how many
+        of them (each point is counted against the request that carried it just before)."""
+        with self._lock:
+            return dict(self._again_from)
+
     # ------------------------------------------------------------------ the worker
 
     def _reads_vista_metrics(self) -> bool:
@@ -261,13 +273,13 @@ class FluxWorker:
             if entry:
                 self._handle(*entry)
 
-    def _handle(self, handed_at: float, points: Sequence[QueuedPoint]) -> None:
+    def _handle(self, handed_at: float, request: int, points: Sequence[QueuedPoint]) -> None:
         if self.lag:
             wait = handed_at + self.lag - self._clock()
             if wait > 0:
                 time.sleep(wait)
         try:
-            self._process(points)
+            self._process(points, request)
         except redis.RedisError as exc:
             self.errors.append(f"processing: {exc}")
         finally:
@@ -281,7 +293,7 @@ class FluxWorker:
             check = True
         return check
 
-    def _process(self, points: Sequence[QueuedPoint]) -> None:
+    def _process(self, points: Sequence[QueuedPoint], request: int) -> None:
         checked_metrics = sorted({p.metric for p in points if self._must_check(p)})
         last: dict[str, int] = {}
         if checked_metrics:
@@ -304,7 +316,7 @@ class FluxWorker:
                     continue
                 last[point.metric] = point.timestamp
                 writes[point.metric] = (point.timestamp, point.value)
-            self._forward(point, checked)
+            self._forward(point, checked, request)
         if writes:
             pipe = self.client.pipeline(transaction=False)
             for metric, (ts, value) in writes.items():
@@ -315,17 +327,25 @@ class FluxWorker:
                 )
             pipe.execute()
 
-    def _forward(self, point: QueuedPoint, checked: bool) -> None:
+    def _forward(self, point: QueuedPoint, checked: bool, request: int) -> None:
         with self._lock:
-            stamps = self._seen.setdefault(point.metric, set())
-            again = point.timestamp in stamps
-            stamps.add(point.timestamp)
+            stamps = self._seen.setdefault(point.metric, {})
+            previous = stamps.get(point.timestamp)
+            stamps[point.timestamp] = request
+            again = previous is not None
             self.forwarded_count += 1
-            if again:
+            if previous is not None:
                 self.forwarded_twice += 1
+                self._again_from[previous] = self._again_from.get(previous, 0) + 1
             if self.record:
                 self._forwarded.append(
                     ForwardedPoint(
-                        point.metric, point.timestamp, point.value, point.fill, checked, again
+                        point.metric,
+                        point.timestamp,
+                        point.value,
+                        point.fill,
+                        checked,
+                        again,
+                        request,
                     )
                 )

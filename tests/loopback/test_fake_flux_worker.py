@@ -274,3 +274,18 @@ def test_record_false_still_counts_what_is_forwarded_twice(store: fakeredis.Fake
         server.wait_processed()
         assert server.forwarded == []
         assert (server.forwarded_count, server.forwarded_twice) == (20, 10)
+
+
+def test_points_forwarded_again_are_traced_to_the_request_that_carried_them_before(
+    flux: FluxServer,
+) -> None:
+    old = [item("v.q", NOW - 7200 + 60 * i, fill=True) for i in range(4)]
+    assert post(flux, old[:2]) == 204  # request 1
+    assert post(flux, old[2:]) == 204  # request 2
+    assert post(flux, old[1:3]) == 204  # request 3: one point of each, again
+    assert post(flux, old[3:]) == 204  # request 4: request 2's last point, again
+    assert post(flux, old[2:3]) == 204  # request 5: a point request 3 carried the last time
+    flux.wait_processed()
+    assert flux.forwarded_twice == 4
+    assert flux.forwarded_again_from() == {1: 1, 2: 2, 3: 1}
+    assert [p.request for p in flux.forwarded] == [1, 1, 2, 2, 3, 3, 4, 5]

@@ -17,7 +17,7 @@ import pytest
 from skyline.vista.config import CarbonConfig, FluxConfig
 from skyline.vista.errors import SinkAuthError
 from skyline.vista.secret import Secret
-from skyline.vista.sinks import SinkPoint
+from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.sinks.carbon import CarbonSink, pickle_message, plaintext_message
 from skyline.vista.sinks.flux import (
     FluxSink,
@@ -270,3 +270,21 @@ def test_flux_down_is_transient(flux: FluxServer) -> None:
     result = flux_sink(flux).submit(entries("vista.test.d", NOW, 3), NOW)
     assert result.handled == 0 and result.error is not None
     assert "cannot reach Flux" in str(result.error)
+
+
+def test_flux_sink_reports_each_request_and_stops_between_requests() -> None:
+    """progress() is called after each answered request with the result so far; when it
+    returns False the sink sends nothing more and says it stopped."""
+    with FluxServer(now=lambda: NOW) as server:
+        seen: list[int] = []
+
+        def progress(result: SinkResult) -> bool:
+            seen.append(result.handled)
+            return len(seen) < 2
+
+        batch = entries("vista.test.p", NOW - 600, 5)
+        sink = flux_sink(server, batch_size=2)
+        result = sink.submit(batch, NOW, progress)
+        assert seen == [2, 4]
+        assert (result.handled, result.stopped, result.error) == (4, True, None)
+        assert len(server.requests) == 2

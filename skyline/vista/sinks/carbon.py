@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from skyline.vista.config import CarbonConfig
 from skyline.vista.constants import CARBON_PICKLE_POINTS
 from skyline.vista.errors import SinkError
-from skyline.vista.sinks import SinkPoint, SinkResult
+from skyline.vista.sinks import Progress, SinkPoint, SinkResult
 from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,11 @@ class CarbonSink:
                 logger.debug("closing the carbon socket failed", exc_info=True)
             self._sock = None
 
-    def submit(self, points: Sequence[SinkPoint], now: float) -> SinkResult:
+    def submit(
+        self, points: Sequence[SinkPoint], now: float, progress: Progress | None = None
+    ) -> SinkResult:
+        """Carbon never answers, so there is no request to report: ``progress`` is not called
+        (the worker acknowledges each submit; carbon stores a (metric, timestamp) once)."""
         result = SinkResult()
         encode = pickle_message if self.config.protocol == "pickle" else plaintext_message
         size = self.points_per_message

@@ -29,7 +29,7 @@ import requests.adapters
 
 from skyline.vista.config import FluxConfig
 from skyline.vista.errors import SinkAuthError, SinkError
-from skyline.vista.sinks import SinkPoint, SinkResult
+from skyline.vista.sinks import Progress, SinkPoint, SinkResult
 from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)
@@ -129,13 +129,19 @@ class FluxSink:
         if config.protocol == "https":
             self.session.verify = config.ca_bundle or config.verify_ssl
         self.requests = 0
+        self._progress: Progress | None = None
 
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, points: Sequence[SinkPoint], now: float) -> SinkResult:
+    def submit(
+        self, points: Sequence[SinkPoint], now: float, progress: Progress | None = None
+    ) -> SinkResult:
+        """POST points in requests of at most batch_size. After each answer that took points,
+        ``progress`` (if given) is told how far it got, and may stop what follows."""
         result = SinkResult()
         size = self.config.batch_size
+        self._progress = progress
         try:
             for start in range(0, len(points), size):
                 self._post(points, start, min(len(points), start + size), now, result)
@@ -143,7 +149,16 @@ class FluxSink:
             raise
         except SinkError as exc:
             result.error = exc
+        except _Stopped:
+            result.stopped = True
+        finally:
+            self._progress = None
         return result
+
+    def _answered(self, result: SinkResult) -> None:
+        """One request was answered and result.handled moved: report it (see submit)."""
+        if self._progress is not None and not self._progress(result):
+            raise _Stopped
 
     def _send(self, points: Sequence[SinkPoint], now: float) -> requests.Response:
         assert self.config.key is not None
@@ -171,21 +186,25 @@ class FluxSink:
         status = response.status_code
         if status in (200, 204):
             result.handled = hi
+            self._answered(result)
             return
         if status == 207:
             _reject_named(points, lo, hi, rejected_names(_json(response)), response, result)
+            self._answered(result)
             return
         if status == 400:
             body = _json(response)
             if isinstance(body, dict) and "rejected metrics" in body:
                 # A namespace-quota rejection of a one-item request comes as 400, not 207.
                 _reject_named(points, lo, hi, rejected_names(body), response, result)
+                self._answered(result)
                 return
             bad = offending_index(_message(response), points, lo, hi)
             if bad is not None:
                 # Flux queues items in order until the bad one: those before it are taken.
                 result.rejected[bad] = f"Flux 400: {_message(response)}"
                 result.handled = bad + 1
+                self._answered(result)
                 if bad + 1 < hi:
                     self._post(points, bad + 1, hi, now, result)
                 return
@@ -198,6 +217,7 @@ class FluxSink:
         if status == 400:
             result.rejected[lo] = f"Flux 400: {_message(response)}"
             result.handled = hi
+            self._answered(result)
             return
         if status in (401, 403):
             raise SinkAuthError(
@@ -205,6 +225,10 @@ class FluxSink:
                 f"{_message(response)}); check the key in the settings"
             )
         raise SinkError(f"Flux answered HTTP {status}: {_message(response)}")
+
+
+class _Stopped(Exception):
+    """progress() asked the sink to stop before its next request."""
 
 
 def _reject_named(
