@@ -23,6 +23,7 @@ from skyline.vista import (
 )
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
+from skyline.vista.history import history_path
 from skyline.vista.holes import Hole
 
 
@@ -254,6 +255,10 @@ def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:
         if action == "requeue-dead":
             moved = queue.requeue_dead(ids)
             print(f"requeued {moved} dead-lettered item(s)")
+            if moved:
+                # Their points are usually below the watermark now: the live sink could
+                # discard them, so workers deliver them by the history path.
+                print(f"their points go {history_path(config).description}")
             return constants.EXIT_OK
         if action == "dead":
             letters = queue.dead_letters()

@@ -31,8 +31,9 @@ from skyline.vista.config import VistaConfig
 from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import PayloadError, SinkAuthError, SinkError
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
+from skyline.vista.history import build_history_sink
 from skyline.vista.logs import LogSpec
-from skyline.vista.model import DeadLetter, QueueItem
+from skyline.vista.model import DeadLetter, QueueItem, Watermark
 from skyline.vista.sinks import Sink, SinkPoint, SinkResult, build_sink
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,14 @@ class WorkerLoop:
         sink: Sink,
         *,
         parent_pid: int | None = None,
+        history_sink: Sink | None = None,
     ) -> None:
         self.config = config
         self.wid = wid
         self.client = client
         self.queue = FetchQueue(client, watermark_keys(config.sink))
         self.sink = sink
+        self._history_sink = history_sink
         self.parent_pid = parent_pid
         self._stop = False
         self.stats = WorkerStats()
@@ -93,7 +96,6 @@ class WorkerLoop:
         self._next_heartbeat = 0.0
         self._next_recover = 0.0
         self.host_stats_key = f"{constants.HOST_STATS_KEY_PREFIX}{config.hostname}"
-        self.segment_points = config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
         self.create_budget = CreateBudget(client, config.carbon_max_creates_per_minute)
 
     # --- control ------------------------------------------------------------------------
@@ -135,6 +137,8 @@ class WorkerLoop:
                 exc,
             )
         self.sink.close()
+        if self._history_sink is not None:
+            self._history_sink.close()
         logger.info("worker %s stopped", self.wid)
 
     # --- one iteration ------------------------------------------------------------------
@@ -249,9 +253,28 @@ class WorkerLoop:
                     letter.reason,
                 )
         items = self._admit_new_metrics(items)
-        if not items:
-            return
-        watermarks = self.queue.watermarks(sorted({item.metric for _, item in items}))
+        live = [(raw, item) for raw, item in items if not item.replay]
+        replay = [(raw, item) for raw, item in items if item.replay]
+        if live:
+            watermarks = self.queue.watermarks(sorted({item.metric for _, item in live}))
+            self._deliver(live, watermarks, self.sink)
+        if replay and not self._stop:
+            # Points below the watermark (requeued dead letters, refilled holes): the live sink
+            # may discard them (Flux drops a point at or below flux.last unless it is sent with
+            # fill, and with FLUX_CHECK_LAST_TIMESTAMP False even then), so they go by the
+            # history path, which really stores them (skyline/vista/history.py).
+            self._deliver(replay, {}, self.history_sink())
+        elif replay:
+            self.queue.release(self.wid, [raw for raw, _ in replay])
+
+    def history_sink(self) -> Sink:
+        if self._history_sink is None:
+            self._history_sink = build_history_sink(self.config)
+        return self._history_sink
+
+    def _deliver(
+        self, items: list[tuple[str, QueueItem]], watermarks: dict[str, Watermark], sink: Sink
+    ) -> None:
         now = time.time()
         planned, sink_points = delivery.plan_batch(
             items, watermarks, now, skip_current_minute=self.config.do_not_submit_current_minute
@@ -260,7 +283,7 @@ class WorkerLoop:
             for reason, count in plan.dropped.as_dict().items():
                 telemetry.POINTS_DROPPED.labels(reason).inc(count)
         try:
-            result = self._submit(planned, sink_points, now)
+            result = self._submit(planned, sink_points, now, sink)
         except SinkAuthError as exc:
             self._auth_failed(exc, [p.raw for p in planned if not p.settled])
             return
@@ -297,7 +320,11 @@ class WorkerLoop:
         return keep
 
     def _submit(
-        self, planned: list[delivery.Planned], sink_points: list[SinkPoint], now: float
+        self,
+        planned: list[delivery.Planned],
+        sink_points: list[SinkPoint],
+        now: float,
+        sink: Sink,
     ) -> SinkResult:
         """Hand the batch to the sink in segments, acknowledging what each request carried as
         soon as the sink has taken it, and renewing the lease between segments, so that a long
@@ -305,7 +332,7 @@ class WorkerLoop:
         at most its one request in flight sent again. A stop (SIGTERM) ends it between two
         requests; what was not sent goes back to the queue."""
         total = SinkResult()
-        size = self.segment_points
+        size = self.config.flux.batch_size if sink.name == "flux" else SEGMENT_POINTS
         offset = 0
 
         def progress(partial: SinkResult) -> bool:
@@ -316,8 +343,8 @@ class WorkerLoop:
         for offset in range(0, len(sink_points), size):
             segment = sink_points[offset : offset + size]
             started = time.monotonic()
-            result = self.sink.submit(segment, now, progress)
-            telemetry.SINK_LATENCY.labels(self.sink.name).observe(time.monotonic() - started)
+            result = sink.submit(segment, now, progress)
+            telemetry.SINK_LATENCY.labels(sink.name).observe(time.monotonic() - started)
             self._merge(total, result, offset)
             if result.error is not None:
                 total.error = result.error

@@ -391,6 +391,11 @@ class FluxServer(StartStop):
         with self._lock:
             self._rejected.add(metric)
 
+    def accept_metric(self, metric: str) -> None:
+        """Undo :meth:`reject_metric` (the quota was raised)."""
+        with self._lock:
+            self._rejected.discard(metric)
+
     # ------------------------------------------------------------------ results
 
     @property
