@@ -20,7 +20,7 @@ import datetime
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,13 +187,16 @@ class Backfill:
         params: BackfillParams,
         sink: Sink,
         *,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
+        on_chunk: Callable[[ChunkResult], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.config = config
         self.params = params
         self.sink = sink
         self.clock = clock
+        self.on_chunk = on_chunk
+        """Called after each chunk is delivered and checkpointed (benchmarks, tests)."""
         self.entries = {e.metric: e for e in config.fetch_metrics}
         self.hosts: dict[str, HostState] = {}
         self.chunks = chunks_of(config, params)
@@ -404,6 +407,20 @@ class Backfill:
             errors=errors,
             message=message,
         )
+        chunk = result.chunk
+        logger.info(
+            "backfill %s: chunk %d/%d done (%d metric(s), %d..%d): %d point(s), %d in all",
+            self.ctx.record.id,
+            chunk.index + 1,
+            len(self.chunks),
+            len(chunk.metrics),
+            chunk.start,
+            chunk.end,
+            len(result.entries) - rejected,
+            self.ctx.current_progress.points,
+        )
+        if self.on_chunk is not None:
+            self.on_chunk(result)
 
 
 def run_job(ctx: JobContext) -> None:

@@ -94,30 +94,28 @@ def wait(
     """Follow a job until it is finished; returns its last record (None if it vanished)."""
     tty = out.isatty() if tty is None else tty
     started = clock()
-    first_points: int | None = None
+    first: tuple[int, int] | None = None  # (units, points) when first seen running
     bar = None
     last_done = -1
     record = store.get(job_id)
     try:
         while record is not None:
             p = record.progress
-            if first_points is None and record.status is Status.RUNNING:
-                first_points = p.points
-                started = clock()
+            if first is None and record.status is Status.RUNNING:
+                first, started = (p.done, p.points), clock()
             elapsed = max(clock() - started, 1e-6)
-            rate = (p.points - (first_points or 0)) / elapsed if first_points is not None else 0.0
+            units = p.done - first[0] if first else 0
+            rate = (p.points - first[1]) / elapsed if first else 0.0
             if tty:
                 if bar is None and p.total:
                     from tqdm import tqdm
 
-                    bar = tqdm(total=p.total, unit="chunk", file=out, dynamic_ncols=True)
-                if bar is not None:
-                    bar.n = p.done
+                    bar = tqdm(total=p.total, initial=p.done, unit="chunk", file=out)
+                if bar is not None and p.done > bar.n:
                     bar.set_postfix_str(f"{p.points:,} points, {rate:,.0f} points/s", refresh=False)
-                    bar.refresh()
+                    bar.update(p.done - bar.n)
             elif p.done != last_done and p.total:
-                units_rate = (p.done - last_done) if last_done >= 0 else 0
-                eta = (elapsed / p.done * (p.total - p.done)) if p.done and units_rate else None
+                eta = elapsed / units * (p.total - p.done) if units > 0 else None
                 print(plain_line(record, rate, eta), file=out, flush=True)
             last_done = p.done
             if record.status.finished:
