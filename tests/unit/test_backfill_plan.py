@@ -184,3 +184,28 @@ def test_check_config_says_which_path_history_takes(tmp_path: Path) -> None:
     assert "history (vista backfill): POST to Flux at http://127.0.0.1:8000 with fill" in (
         config_summary(settings(tmp_path))
     )
+
+
+def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() -> None:
+    from skyline.vista.backfill import fast_points, matrix_values
+    from skyline.vista.sinks import Entry
+    from skyline.vista.validate import clean
+
+    values = [[1_000_020 + 60 * i, f"{i * 0.25!r}"] for i in range(50)]
+    body = {"status": "success", "data": {"resultType": "matrix", "result": [{"values": values}]}}
+    got = fast_points("m", matrix_values(body), 1_000_020, 1_000_020 + 60 * 49)
+    assert got == [Entry("m", ts, v) for ts, v in clean([(t, v) for t, v in values]).points]
+    assert fast_points("m", matrix_values({**body, "status": "error"}), 0, 10**10) is None
+    for odd in (
+        [[1, "1"], [1, "2"]],  # duplicate timestamp
+        [[2, "1"], [1, "2"]],  # out of order
+        [[1, "NaN"]],
+        [[1, "+Inf"]],
+        [[1, None]],
+        [[1, "x"]],
+        [[1, "1", 3]],
+    ):
+        assert fast_points("m", odd, 0, 10) is None, odd
+    assert fast_points("m", [[5, "1"]], 6, 10) is None  # before the window
+    assert fast_points("m", [[11, "1"]], 0, 10) is None  # after it
+    assert fast_points("m", [], 0, 10) == []
