@@ -52,7 +52,7 @@ from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.record import new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
-from skyline.vista.sinks import Entry, SinkResult
+from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.testing.servers import RedisServer
 from tests.support.web import LocalApp
 
@@ -155,7 +155,7 @@ class CountingSink:
         self.points = 0
         self.batches = 0
 
-    def submit(self, entries: Sequence[Entry], now: float) -> SinkResult:
+    def submit(self, entries: Sequence[SinkPoint], now: float) -> SinkResult:
         self.points += len(entries)
         self.batches += 1
         return SinkResult(handled=len(entries))

@@ -185,7 +185,9 @@ def matrix_values(body: object) -> list[Any] | None:
     return values if isinstance(values, list) else None
 
 
-def fast_points(metric: str, values: list[Any] | None, first: int, last: int) -> list[Entry] | None:
+def fast_points(
+    metric: str, values: list[Any] | None, first: int, last: int
+) -> list[SinkPoint] | None:
     """The points of a Prometheus matrix series as sink entries, when they are what Prometheus
     sends (``[ts, "value"]`` pairs, timestamps strictly increasing within [first, last], finite
     values); None as soon as one is not, and the caller then validates with ``clean``. History
@@ -206,7 +208,7 @@ def fast_points(metric: str, values: list[Any] | None, first: int, last: int) ->
         return None
     if not all(map(operator.lt, stamps, stamps[1:])) or not all(map(math.isfinite, floats)):
         return None
-    return list(map(_NEW_TUPLE, repeat(Entry), zip(repeat(metric), stamps, floats)))
+    return list(map(_NEW_TUPLE, repeat(SinkPoint), zip(repeat(metric), stamps, floats)))
 
 
 _FIRST = operator.itemgetter(0)

@@ -188,13 +188,13 @@ def test_check_config_says_which_path_history_takes(tmp_path: Path) -> None:
 
 def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() -> None:
     from skyline.vista.backfill import fast_points, matrix_values
-    from skyline.vista.sinks import Entry
+    from skyline.vista.sinks import SinkPoint
     from skyline.vista.validate import clean
 
     values = [[1_000_020 + 60 * i, f"{i * 0.25!r}"] for i in range(50)]
     body = {"status": "success", "data": {"resultType": "matrix", "result": [{"values": values}]}}
     got = fast_points("m", matrix_values(body), 1_000_020, 1_000_020 + 60 * 49)
-    assert got == [Entry("m", ts, v) for ts, v in clean([(t, v) for t, v in values]).points]
+    assert got == [SinkPoint("m", ts, v) for ts, v in clean([(t, v) for t, v in values]).points]
     assert fast_points("m", matrix_values({**body, "status": "error"}), 0, 10**10) is None
     for odd in (
         [[1, "1"], [1, "2"]],  # duplicate timestamp
