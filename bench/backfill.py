@@ -52,7 +52,7 @@ from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.record import new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
-from skyline.vista.sinks import SinkPoint, SinkResult
+from skyline.vista.sinks import Progress, SinkPoint, SinkResult
 from skyline.vista.testing.servers import RedisServer
 from tests.support.web import LocalApp
 
@@ -155,10 +155,12 @@ class CountingSink:
         self.points = 0
         self.batches = 0
 
-    def submit(self, entries: Sequence[SinkPoint], now: float) -> SinkResult:
-        self.points += len(entries)
+    def submit(
+        self, points: Sequence[SinkPoint], now: float, progress: Progress | None = None
+    ) -> SinkResult:
+        self.points += len(points)
         self.batches += 1
-        return SinkResult(handled=len(entries))
+        return SinkResult(handled=len(points))
 
     def close(self) -> None:
         pass
