@@ -26,7 +26,8 @@ from skyline.vista import codec, constants, holes, redisconn
 from skyline.vista.agent import Vista
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle
-from skyline.vista.fetcher import Fetcher, log_holes
+from skyline.vista.fetch_log import log_holes
+from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.holes import Hole
 from skyline.vista.logs import LogSpec
