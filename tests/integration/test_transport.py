@@ -19,7 +19,7 @@ import redis
 import redis.asyncio
 from aiohttp import web
 
-from skyline.vista import redisconn
+from skyline.vista import redisconn, request_budget
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue
@@ -230,22 +230,29 @@ async def test_ten_slow_hosts_do_not_starve_the_others(
 # -------------------------------------------------------------- restarted fetcher
 
 
+@pytest.mark.parametrize("budget", [False, True])
 def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     tmp_path: Path,
     redis_server: RedisServer,
     redis_client: redis.Redis,
     prometheus_server: PrometheusServer,
+    caplog: pytest.LogCaptureFixture,
+    budget: bool,
 ) -> None:
     """The agent hands a new fetcher thread the old one's state. Each thread has its own event
     loop (asyncio.run here): nothing of the old loop may be used by the new one (an
-    asyncio.Semaphore waited on in one loop refuses every other)."""
+    asyncio.Semaphore waited on in one loop refuses every other; a request budget's Redis
+    client belongs to the old loop's connection)."""
     prometheus_server.wait_for_series("up")
     now = [time.time()]
+    options: dict[str, object] = {"max_concurrency": 2}
+    if budget:
+        options.update(requests_per_second=1000, burst=1000)
     config = make_config(
         tmp_path,
         redis_server,
         [prom_entry(prometheus_server.url, f"m{i}", f"up + {i}") for i in range(6)],
-        VISTA_REMOTE_HOSTS={prometheus_server.url: {"max_concurrency": 2}},
+        VISTA_REMOTE_HOSTS={prometheus_server.url: options},
     )
 
     async def one_cycle(fetcher: Fetcher) -> CycleReport | None:
@@ -269,6 +276,10 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     assert [(r.metric, kind(r), r.skipped, r.requests) for r in after.results] == [
         (f"remote.m{i}", None, None, 1) for i in range(6)
     ]
+    if budget:  # the budget in Redis was used by the new loop, not given up for a local one
+        assert not [r for r in caplog.records if "request budget" in r.getMessage()]
+        counts = redis_client.hgetall(f"{request_budget.KEY_PREFIX}{prometheus_server.url}")
+        assert counts.get(b"live") == b"6", counts
 
 
 # ---------------------------------------------------------------------- a hung host
