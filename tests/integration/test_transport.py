@@ -255,8 +255,11 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
         VISTA_REMOTE_HOSTS={prometheus_server.url: options},
     )
 
+    clients: list[redis.asyncio.Redis] = []
+
     async def one_cycle(fetcher: Fetcher) -> CycleReport | None:
         client = redis.asyncio.Redis.from_url(redis_server.url)
+        clients.append(client)
         try:
             async with aiohttp.ClientSession(connector=new_connector()) as session:
                 return await fetcher.cycle(session, AsyncFetchQueue(client))
@@ -280,6 +283,9 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
         assert not [r for r in caplog.records if "request budget" in r.getMessage()]
         counts = redis_client.hgetall(f"{request_budget.KEY_PREFIX}{prometheus_server.url}")
         assert counts.get(b"live") == b"6", counts
+        # ...through the new fetcher's own client, not the old loop's (closed) one.
+        pacer = restarted.state.hosts[prometheus_server.url].pacer
+        assert isinstance(pacer, request_budget.RedisPacer) and pacer.client is clients[1]
 
 
 # ---------------------------------------------------------------------- a hung host

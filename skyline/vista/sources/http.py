@@ -109,8 +109,9 @@ class HostState:
     (scheme://netloc); two remote_hosts on one server share that label, never their options.
 
     Nothing here is bound to an event loop for good: the concurrency semaphore is made for the
-    loop that uses it, so a fetcher thread restarted with this state (a new loop) gets a fresh
-    one instead of one bound to the dead thread's loop.
+    loop that uses it, and the request budget's pacer for the Redis client that uses it (each
+    fetcher thread has its own), so a fetcher thread restarted with this state (a new loop)
+    never uses the dead thread's.
     """
 
     host: str
@@ -122,6 +123,7 @@ class HostState:
     latency_total: float = 0.0
     hold_until: float = 0.0  # time.monotonic() before which the host asked us not to call
     pacer: Pacer | None = None  # the request budget (skyline/vista/request_budget.py)
+    pacer_client: object = field(default=None, repr=False)  # the Redis client of ``pacer``
     _slots: LoopSemaphore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -347,10 +349,14 @@ def host_state_of(
     options, headers and credentials; only the connection pool is shared."""
     state = hosts.get(entry.remote_host)
     if state is None:
-        options = options_of(entry.remote_host)
-        state = HostState(entry.host, options)
-        state.pacer = request_budget.pacer_for(entry.remote_host, options, budget_client, "live")
+        state = HostState(entry.host, options_of(entry.remote_host))
         hosts[entry.remote_host] = state
+    if state.pacer is None or state.pacer_client is not budget_client:
+        # First use, or a new fetcher (its own loop and Redis client) took this state over.
+        state.pacer = request_budget.pacer_for(
+            entry.remote_host, state.options, budget_client, "live"
+        )
+        state.pacer_client = budget_client
     return state
 
 
