@@ -36,7 +36,7 @@ from skyline.vista import config, constants, redisconn
 from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.sources.http import new_session
-from tests.servers import RedisServer, free_port
+from skyline.vista.testing.servers import RedisServer, free_port
 
 STEP = 60
 

@@ -31,10 +31,10 @@ import pytest
 import redis
 
 from skyline.vista import constants
+from skyline.vista.testing.servers import PrometheusServer, poll_until
 from tests.conftest import PrometheusFactory, RedisFactory
-from tests.daemon_helpers import VistaHarness, children
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import PrometheusServer, poll_until
+from tests.support.daemon import VistaHarness, children
 
 SERIES = 50
 HOURS = 10

@@ -23,10 +23,10 @@ from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue
 from skyline.vista.model import QueueItem
 from skyline.vista.report import queue_command
 from skyline.vista.sinks.flux import FluxSink
+from skyline.vista.testing.servers import CarbonServer, RedisServer
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import WorkerLoop
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import CarbonServer, RedisServer
 
 Point = tuple[int, float]
 

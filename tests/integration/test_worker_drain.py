@@ -16,10 +16,10 @@ from skyline.vista import codec, config, constants
 from skyline.vista.fetchqueue import FetchQueue
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import QueueItem
+from skyline.vista.testing.servers import RedisServer, poll_until
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, worker_id
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import RedisServer, poll_until
 
 METRICS = 20
 POINTS = 540  # 10 s apart: 24 requests of 450 for one claim of 20 items
