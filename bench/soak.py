@@ -1,8 +1,9 @@
 """Soak: Vista under a long run of failures, then every point checked in whisper.
 
-Real servers (skyline/vista/testing/servers.py): a redis-server, a Prometheus, a carbon-cache (retention
-``60s:2d``), with the recording proxy of tests/carbon_proxy.py in front of carbon's pickle port,
-so a point sent twice is seen on the wire even though whisper keeps one value per slot. One
+Real servers (skyline/vista/testing/servers.py): a redis-server, a Prometheus, a carbon-cache
+(retention ``60s:2d``), with the recording proxy of tests/carbon_proxy.py in front of carbon's
+pickle port, so a point sent twice is seen on the wire even though whisper keeps one value per
+slot. One
 ``vista run`` daemon fetches ``--metrics`` series (default 1,000) at 60 s; each is
 ``vector(time() + i)``, so Prometheus holds every minute of every series for any past time and
 the value of each (``ts + i``) is known: a missing minute can only be Vista's.

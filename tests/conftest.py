@@ -103,7 +103,8 @@ def tmp_redis(tmp_path: Path) -> Iterator[RedisFactory]:
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
-    """A private primary + replica + three redis-sentinel processes (skyline/vista/testing/servers.py)."""
+    """A private primary + replica + three redis-sentinel processes
+    (skyline/vista/testing/servers.py)."""
     servers = SentinelSet(tmp_path / "sentinel-set")
     try:
         servers.start()
