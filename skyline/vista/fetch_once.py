@@ -122,14 +122,14 @@ def fetch_once(config: VistaConfig, *, dry_run: bool, metrics: Sequence[str] = (
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = asyncio.run(_run(config, dry_run, metrics))
-    except redisconn.REDIS_ERRORS as exc:
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         print(
             f"vista fetch: Redis unreachable ({exc}); use --dry-run to fetch without it",
             file=sys.stderr,
         )
         return constants.EXIT_FAILURE
-    except redis.exceptions.RedisError as exc:  # e.g. WRONGTYPE: a key replaced by something
-        print(f"vista fetch: Redis refused a command: {exc}", file=sys.stderr)
+    except redisconn.REDIS_ERRORS as exc:  # OOM, MISCONF, WRONGTYPE (a key replaced), ...
+        print(f"vista fetch: Redis refused a command: {redisconn.redis_text(exc)}", file=sys.stderr)
         return constants.EXIT_FAILURE
     for result in report.results:
         print(describe(result))

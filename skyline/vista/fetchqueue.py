@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 
 from skyline.vista import codec, constants, queue_scripts, secret
+from skyline.vista.errors import PayloadError
 from skyline.vista.holes import Hole
 from skyline.vista.holes import decode as decode_holes
 from skyline.vista.holes import encode as encode_holes
@@ -318,7 +319,7 @@ class FetchQueue:
 def _as_replay(raw: str) -> str:
     try:
         item = codec.decode_item(raw)
-    except ValueError:
+    except PayloadError:
         return raw  # undecodable: requeued as is, the operator asked for it
     return codec.encode_item(replace(item, id=new_id(), replay=True))
 

@@ -19,13 +19,13 @@ import redis.sentinel
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import RedisConfig
 
-REDIS_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-)
-"""Errors that mean "Redis is not reachable right now", as opposed to a bug in a command."""
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
+"""Every error from Redis or from talking to it: every loop survives all of them alike (log
+once with Redis' own text, back off, go on, say when it is back). Not only "unreachable"
+(connection, timeout, LOADING) but also a server that refuses commands: OOM (``maxmemory`` with
+``noeviction``), MISCONF (it cannot persist, ``stop-writes-on-bgsave-error``), READONLY (a
+replica, or a failed-over primary), and any other error reply. None of them is a reason for a
+daemon to die; an error reply that is a bug shows in the log line, with Redis' text."""
 
 
 def _options(config: RedisConfig) -> dict[str, Any]:
@@ -74,6 +74,16 @@ def connect_async(config: RedisConfig) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(config.url, **_options(config))
 
 
+def redis_text(exc: BaseException) -> str:
+    """The error as Redis said it: redis-py strips the code of the errors it maps to a class
+    (``OOM command not allowed ...`` becomes OutOfMemoryError('command not allowed ...'))."""
+    text = str(exc)
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code and not text.startswith(code):
+        return f"{code} {text}"
+    return text
+
+
 class RedisOutage:
     """Logs an outage once when it starts and once when it ends; computes the waits."""
 
@@ -91,11 +101,13 @@ class RedisOutage:
         delay = self.backoff.failure()
         if self.since is None:
             self.since = time.monotonic()
+            # "unavailable" covers a Redis that answers but refuses (OOM, MISCONF, READONLY):
+            # its own text says which.
             self.logger.warning(
                 "%s: Redis unavailable (%s: %s); retrying with backoff",
                 self.who,
                 type(exc).__name__,
-                exc,
+                redis_text(exc),
             )
         else:
             self.logger.debug("%s: Redis still unavailable; next try in %.1fs", self.who, delay)

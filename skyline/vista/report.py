@@ -156,7 +156,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         configured = prune.parse_configured(client.hgetall(constants.CONFIGURED_KEY))
         jobs = job_lines(client)
     except redisconn.REDIS_ERRORS as exc:
-        return [f"redis: unreachable at {config.redis.describe()} ({exc})"]
+        return [f"redis: error at {config.redis.describe()} ({redisconn.redis_text(exc)})"]
     finally:
         client.close()
     now = time.time()
@@ -276,7 +276,7 @@ def queue_command(config: VistaConfig, action: str, ids: list[str]) -> int:
         print(f"pending metrics: {counts.pending_metrics}")
         return constants.EXIT_OK
     except redisconn.REDIS_ERRORS as exc:
-        print(f"redis unreachable at {config.redis.describe()}: {exc}")
+        print(f"redis error at {config.redis.describe()}: {redisconn.redis_text(exc)}")
         return constants.EXIT_FAILURE
     finally:
         client.close()

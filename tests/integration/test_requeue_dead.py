@@ -17,10 +17,10 @@ from typing import Any
 
 import redis
 
-from skyline.vista import codec, config
+from skyline.vista import codec, config, constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue
-from skyline.vista.model import QueueItem
+from skyline.vista.model import DeadLetter, QueueItem
 from skyline.vista.report import queue_command
 from skyline.vista.sinks.flux import FluxSink
 from skyline.vista.testing.servers import CarbonServer, RedisServer
@@ -133,3 +133,13 @@ def test_requeued_points_go_to_the_carbon_beside_flux_when_flux_checks_fill_too(
     stored = carbon_server.wait_for_points(metric, 3, from_ts=points[0][0] - 60)
     assert sorted(stored) == points[:3]
     assert loop.stats.points == len(points)
+
+
+def test_an_undecodable_dead_letter_is_requeued_as_it_is(redis_client: redis.Redis) -> None:
+    """It was dead-lettered because it cannot be decoded; requeue-dead puts it back unchanged
+    (the operator asked for it) instead of failing with a traceback."""
+    queue = FetchQueue(redis_client)
+    letter = DeadLetter("d1", "undecodable item", time.time(), "w", '{"v": 0}', "vista.u")
+    redis_client.hset(constants.DEAD_KEY, letter.id, codec.encode_dead(letter))
+    assert queue.requeue_dead() == 1
+    assert redis_client.smembers(constants.QUEUE_KEY) == {b'{"v": 0}'}
