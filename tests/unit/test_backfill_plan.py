@@ -187,15 +187,28 @@ def test_check_config_says_which_path_history_takes(tmp_path: Path) -> None:
 
 
 def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() -> None:
+    import json
+
     from skyline.vista.backfill import fast_points, matrix_values
     from skyline.vista.sinks import SinkPoint
+    from skyline.vista.sources.http import Answer
     from skyline.vista.validate import clean
 
+    def answer(values: object, **changes: object) -> Answer:
+        body: dict[str, object] = {
+            "status": "success",
+            "data": {"resultType": "matrix", "result": [{"values": values}]},
+        }
+        body.update(changes)
+        return Answer(200, json.dumps(body).encode(), "application/json")
+
     values = [[1_000_020 + 60 * i, f"{i * 0.25!r}"] for i in range(50)]
-    body = {"status": "success", "data": {"resultType": "matrix", "result": [{"values": values}]}}
-    got = fast_points("m", matrix_values(body), 1_000_020, 1_000_020 + 60 * 49)
+    got = fast_points("m", matrix_values(answer(values)), 1_000_020, 1_000_020 + 60 * 49)
     assert got == [SinkPoint("m", ts, v) for ts, v in clean([(t, v) for t, v in values]).points]
-    assert fast_points("m", matrix_values({**body, "status": "error"}), 0, 10**10) is None
+    assert matrix_values(answer(values, status="error")) is None
+    assert matrix_values(Answer(200, b"<html>", "text/html")) is None
+    two = {"resultType": "matrix", "result": [{"values": values}, {"values": values}]}
+    assert matrix_values(answer(values, data=two)) is None  # several series: the full parser
     for odd in (
         [[1, "1"], [1, "2"]],  # duplicate timestamp
         [[2, "1"], [1, "2"]],  # out of order
@@ -204,8 +217,9 @@ def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() 
         [[1, None]],
         [[1, "x"]],
         [[1, "1", 3]],
+        [[1.5, "1"]],  # a timestamp off the second
     ):
-        assert fast_points("m", odd, 0, 10) is None, odd
-    assert fast_points("m", [[5, "1"]], 6, 10) is None  # before the window
-    assert fast_points("m", [[11, "1"]], 0, 10) is None  # after it
-    assert fast_points("m", [], 0, 10) == []
+        assert fast_points("m", matrix_values(answer(odd)), 0, 10) is None, odd
+    assert fast_points("m", [(5, 1.0)], 6, 10) is None  # before the window
+    assert fast_points("m", [(11, 1.0)], 0, 10) is None  # after it
+    assert fast_points("m", matrix_values(answer([])), 0, 10) == []
