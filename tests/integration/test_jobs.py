@@ -304,3 +304,20 @@ def test_jobs_listing_and_plain_wait_output(
     table = listing.getvalue().splitlines()
     assert table[0].startswith("JOB")
     assert job.id in table[1] and "done" in table[1] and "4/4 100%" in table[1]
+
+
+@pytest.mark.slow
+def test_the_parent_death_signal_then_sigterm_is_one_stop_not_a_forced_exit(
+    redis_client: redis.Redis, store: JobStore, supervised: Supervised
+) -> None:
+    """Linux sends the parent-death signal once per agent thread that exits; it must not count
+    as the first of the two SIGTERMs that make a job process leave at once."""
+    job = store.submit(new_job("count", {"units": 200, "pause": 0.05}))
+    pid = job_pid(supervised.pool, job.id)
+    poll_until(lambda: True if len(units_run(redis_client)) >= 3 else None, 20, what="3 units")
+    os.kill(pid, signal.SIGUSR1)
+    os.kill(pid, signal.SIGTERM)
+    record = wait_status(store, job.id, Status.PENDING)
+    assert record.error == "paused (stopping)"  # its own clean stop, not a give-back
+    assert record.checkpoint == {"next": record.progress.done}
+    assert len(units_run(redis_client)) == record.progress.done

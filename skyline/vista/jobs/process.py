@@ -136,12 +136,16 @@ class JobProcess(multiprocessing.context.SpawnProcess):
         procutil.start_child(self.parent_pid, self.log_spec, PARENT_DEATH_SIGNAL)
         holder: list[JobContext] = []
         stop_early = threading.Event()
+        terms = [0]
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
+            # The parent-death signal may come several times (once per agent thread that
+            # exits): only a second SIGTERM means "leave now".
+            if signum == signal.SIGTERM:
+                terms[0] += 1
+                if terms[0] > 1:
+                    os._exit(constants.EXIT_FAILURE)  # the supervisor gives the job back
             if holder:
-                if holder[0].stop_reason == "signal" and signum == signal.SIGTERM:
-                    # second SIGTERM: leave now; the supervisor gives it back
-                    os._exit(constants.EXIT_FAILURE)
                 holder[0].request_stop("signal")
             else:
                 stop_early.set()
