@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from skyline.vista import constants, procutil
+from skyline.vista import constants, proctree, procutil
 
 
 class State(Enum):
@@ -120,26 +120,16 @@ def remove_stale(path: str) -> bool:
     return False
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not procutil.pid_alive(pid) or _zombie(pid):
-            return True
-        time.sleep(0.05)
-    return not procutil.pid_alive(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+REAP_WAIT = 5.0
+"""After every process of the instance has exited, how long ``stop`` waits for the zombies to
+be reaped (by init: the agent is a daemon, and its orphans are reparented)."""
 
 
 def stop(path: str, timeout: float, *, echo: Callable[[str], None] = print) -> int:
-    """SIGTERM the agent, wait for its drain, SIGKILL it and its children after ``timeout``.
-    Leaves no process and no pidfile behind. LSB: 0 also when it was not running."""
+    """SIGTERM the agent and wait until every process of the instance (the agent, its workers,
+    the multiprocessing resource tracker, job processes and anything they started) has exited
+    and been reaped; SIGKILL what is left after ``timeout``. LSB: 0 when everything is gone
+    (also when it was not running), 1 when a process could not be stopped."""
     current = status(path)
     if current.state is State.NOT_RUNNING:
         echo("vista is not running")
@@ -150,33 +140,52 @@ def stop(path: str, timeout: float, *, echo: Callable[[str], None] = print) -> i
         return constants.EXIT_OK
     pid = current.pid
     assert pid is not None
-    children = procutil.children_of(pid)
-    os.kill(pid, signal.SIGTERM)
-    if wait_gone(pid, timeout):
-        _reap_children(children, 2.0)
+    instance = {info.pid: info for info in proctree.tree(pid)}
+    if pid not in instance:  # it exited between the two looks
+        remove_stale(path)
         echo(f"vista stopped (pid {pid})")
         return constants.EXIT_OK
-    echo(f"vista (pid {pid}) did not stop within {timeout:g}s; sending SIGKILL")
-    for victim in [*procutil.children_of(pid), *children, pid]:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-    wait_gone(pid, 5.0)
-    _reap_children(children, 5.0)
+    os.kill(pid, signal.SIGTERM)
+    if not _wait(instance, pid, timeout, proctree.exited):
+        echo(f"vista (pid {pid}) did not stop within {timeout:g}s; sending SIGKILL")
+        for info in list(instance.values()):
+            proctree.kill(info)
+        _wait(instance, pid, 5.0, proctree.exited)
+    running = sorted(p for p, info in instance.items() if not proctree.exited(info))
+    if running:
+        echo(f"vista (pid {pid}) could not be stopped: pid(s) {_pids(running)} still running")
+        return constants.EXIT_FAILURE
+    _wait(instance, pid, REAP_WAIT, proctree.gone)
     remove_stale(path)
-    return constants.EXIT_OK if not procutil.pid_alive(pid) else constants.EXIT_FAILURE
+    unreaped = sorted(p for p, info in instance.items() if not proctree.gone(info))
+    note = f"; pid(s) {_pids(unreaped)} exited, not yet reaped by their parent" if unreaped else ""
+    echo(f"vista stopped (pid {pid}){note}")
+    return constants.EXIT_OK
 
 
-def _reap_children(children: list[int], timeout: float) -> None:
-    """Children exit by themselves when the agent goes (parent-death signal); make sure."""
+def _wait(
+    instance: dict[int, proctree.ProcInfo],
+    agent: int,
+    timeout: float,
+    done: Callable[[proctree.ProcInfo], bool],
+) -> bool:
+    """Wait until ``done`` holds for every process of the instance; processes the agent starts
+    meanwhile (a worker respawned during the drain) join the instance while it lives."""
     deadline = time.monotonic() + timeout
-    for child in children:
-        if not wait_gone(child, max(0.0, deadline - time.monotonic())):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
+    while True:
+        root = proctree.same(instance[agent])
+        if root is not None and root.state != "Z":
+            for info in proctree.tree(agent):
+                instance.setdefault(info.pid, info)
+        if all(done(info) for info in instance.values()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _pids(pids: list[int]) -> str:
+    return ", ".join(str(p) for p in pids)
 
 
 def daemonize(
