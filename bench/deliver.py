@@ -62,9 +62,9 @@ from bench.common import (
 )
 from skyline.vista import codec, config, constants
 from skyline.vista.config import VistaConfig
-from skyline.vista.fetchqueue import FetchQueue, new_id
+from skyline.vista.fetchqueue import FetchQueue
 from skyline.vista.logs import LogSpec
-from skyline.vista.model import QueueItem
+from skyline.vista.model import QueueItem, new_id
 from skyline.vista.pool import ProcessPool
 from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
 from skyline.vista.worker import Worker, worker_id

@@ -1,5 +1,6 @@
 """Pure delivery logic for a worker's batch: which points to send, and what to acknowledge,
-advance or give back once the sink has answered. No I/O: tested with tables.
+advance or give back once the sink has answered. No I/O and no clock (the caller passes
+``now``): tested with tables. Its records (Ack, DeadLetter) and builders come from model.py.
 """
 
 from __future__ import annotations
@@ -8,8 +9,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from skyline.vista import codec
-from skyline.vista.fetchqueue import Ack, dead_letter, new_id
-from skyline.vista.model import DeadLetter, DropCounts, Point, QueueItem, Watermark
+from skyline.vista.model import (
+    Ack,
+    DeadLetter,
+    DropCounts,
+    Point,
+    QueueItem,
+    Watermark,
+    dead_letter,
+    new_id,
+)
 from skyline.vista.sinks import SinkPoint, SinkResult
 from skyline.vista.validate import clean, current_minute_start, detect_resolution
 
@@ -91,6 +100,7 @@ def _dead_for(
     worker: str,
     lo: int,
     upto: int,
+    now: float,
 ) -> tuple[tuple[DeadLetter, ...], int]:
     """One dead letter per distinct reason among sink_points[lo:upto] (of ``plan``), holding
     that reason's rejected points as an item. Returns the letters and the number of points."""
@@ -105,7 +115,8 @@ def _dead_for(
     letters = []
     for reason, points in by_reason.items():
         item = replace(plan.item, id=new_id(), points=tuple(points), replay=False, seq=0)
-        letters.append(dead_letter(codec.encode_item(item), reason, worker, plan.item.metric))
+        raw = codec.encode_item(item)
+        letters.append(dead_letter(raw, reason, worker, plan.item.metric, now=now))
     return tuple(letters), sum(len(p) for p in by_reason.values())
 
 
@@ -114,6 +125,7 @@ def settle(
     sink_points: Sequence[SinkPoint],
     result: SinkResult,
     worker: str,
+    now: float,
     *,
     final: bool = True,
 ) -> Settlement:
@@ -142,7 +154,7 @@ def settle(
                 out.release.append(plan.raw)
             continue
         lo = plan.acked
-        dead, rejected = _dead_for(plan, result, sink_points, worker, lo, upto)
+        dead, rejected = _dead_for(plan, result, sink_points, worker, lo, upto, now)
         delivered = (upto - lo) - rejected
         mark = None
         if upto > lo:
@@ -172,5 +184,6 @@ def settle(
     return out
 
 
-def undecodable(raw: str, reason: str, worker: str) -> DeadLetter:
-    return dead_letter(raw, f"undecodable item: {reason}", worker, codec.item_metric(raw) or "")
+def undecodable(raw: str, reason: str, worker: str, now: float) -> DeadLetter:
+    metric = codec.item_metric(raw) or ""
+    return dead_letter(raw, f"undecodable item: {reason}", worker, metric, now=now)

@@ -15,9 +15,8 @@ from skyline.vista import codec, expand, holes
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
-from skyline.vista.fetchqueue import new_id
 from skyline.vista.holes import Hole
-from skyline.vista.model import DropCounts, Point, QueueItem
+from skyline.vista.model import DropCounts, Point, QueueItem, new_id
 from skyline.vista.schedule import Limits, MetricState, Plan, Window, plan_metric, scanned_to
 from skyline.vista.sources.http import HostState
 from skyline.vista.validate import clean, current_minute_start

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,12 +19,12 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from skyline.vista import codec, constants, queue_scripts, secret
+from skyline.vista import codec, constants, queue_scripts
 from skyline.vista.errors import PayloadError
 from skyline.vista.holes import Hole
 from skyline.vista.holes import decode as decode_holes
 from skyline.vista.holes import encode as encode_holes
-from skyline.vista.model import DeadLetter, Watermark
+from skyline.vista.model import Ack, DeadLetter, Watermark, dead_letter, new_id
 
 
 @dataclass(frozen=True)
@@ -71,41 +70,12 @@ KEYS = script_keys(CARBON_WATERMARKS)
 
 
 @dataclass(frozen=True)
-class Ack:
-    """What a worker reports for one processed item."""
-
-    raw: str  # the item exactly as claimed
-    metric: str
-    watermark: Watermark | None  # advance to this (None: nothing new delivered or dead)
-    resolution: int | None = None
-    delivered: bool = False
-    dead: tuple[DeadLetter, ...] = ()
-    keep: bool = False  # partly delivered: advance the watermark but leave the item held
-
-
-@dataclass(frozen=True)
 class QueueCounts:
     queued: int
     inflight: int
     dead: int
     pending_metrics: int
     inflight_by_worker: dict[str, int] = field(default_factory=dict)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def dead_letter(raw: str, reason: str, worker: str, metric: str = "") -> DeadLetter:
-    return DeadLetter(
-        id=new_id(),
-        # The reason may quote a sink's or a remote's answer, which may echo a credential.
-        reason=secret.redact(reason),
-        dead_at=time.time(),
-        worker=worker,
-        item=raw,
-        metric=metric,
-    )
 
 
 # --- pure argument builders (tested without Redis) --------------------------------------------
@@ -157,11 +127,12 @@ def release_args(
     max_attempts: int,
     reason: str = "",
 ) -> list[str]:
+    now = time.time()
     args = [worker, "1" if count_attempt else "0", str(max_attempts), constants.CHAIN_KEY_PREFIX]
-    args.append(str(time.time()))
+    args.append(str(now))
     for raw in raws:
         metric = codec.item_metric(raw) or ""
-        dead = dead_letter(raw, f"failed {max_attempts} times: {reason}", worker, metric)
+        dead = dead_letter(raw, f"failed {max_attempts} times: {reason}", worker, metric, now=now)
         args += [raw, metric, dead.id, codec.encode_dead(dead)]
     return args
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal
+
+from skyline.vista import secret
 
 Point = tuple[int, float]
 """(epoch seconds UTC, finite value)."""
@@ -88,3 +91,34 @@ class DropCounts:
 class CleanSeries:
     points: tuple[Point, ...]
     dropped: DropCounts = field(default_factory=DropCounts)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What a worker reports for one processed item."""
+
+    raw: str  # the item exactly as claimed
+    metric: str
+    watermark: Watermark | None  # advance to this (None: nothing new delivered or dead)
+    resolution: int | None = None
+    delivered: bool = False
+    dead: tuple[DeadLetter, ...] = ()
+    keep: bool = False  # partly delivered: advance the watermark but leave the item held
+
+
+def new_id() -> str:
+    """A fresh id for an item or a dead letter."""
+    return uuid.uuid4().hex
+
+
+def dead_letter(raw: str, reason: str, worker: str, metric: str = "", *, now: float) -> DeadLetter:
+    """A dead letter of ``raw`` dated ``now``. The reason may quote a sink's or a remote's
+    answer, which may echo a credential: it is redacted."""
+    return DeadLetter(
+        id=new_id(),
+        reason=secret.redact(reason),
+        dead_at=now,
+        worker=worker,
+        item=raw,
+        metric=metric,
+    )

@@ -237,7 +237,7 @@ class WorkerLoop:
             try:
                 good.append((raw, decode_item(raw)))
             except PayloadError as exc:
-                bad.append((raw, delivery.undecodable(raw, str(exc), self.wid)))
+                bad.append((raw, delivery.undecodable(raw, str(exc), self.wid, time.time())))
         return good, bad
 
     def process(self, raws: list[str]) -> None:
@@ -287,7 +287,9 @@ class WorkerLoop:
         except SinkAuthError as exc:
             self._auth_failed(exc, [p.raw for p in planned if not p.settled])
             return
-        self._acknowledge(delivery.settle(planned, sink_points, result, self.wid, final=True))
+        self._acknowledge(
+            delivery.settle(planned, sink_points, result, self.wid, time.time(), final=True)
+        )
         if result.error is not None:
             self._sink_failed(result.error)
         elif sink_points:
@@ -337,7 +339,7 @@ class WorkerLoop:
 
         def progress(partial: SinkResult) -> bool:
             self._merge(total, partial, offset)
-            self._acknowledge(delivery.settle(planned, sink_points, total, self.wid, final=False))
+            self._settle_so_far(planned, sink_points, total)
             return not self._stop
 
         for offset in range(0, len(sink_points), size):
@@ -349,7 +351,7 @@ class WorkerLoop:
             if result.error is not None:
                 total.error = result.error
                 break
-            self._acknowledge(delivery.settle(planned, sink_points, total, self.wid, final=False))
+            self._settle_so_far(planned, sink_points, total)
             if self._stop or result.stopped:
                 break  # draining: the rest goes back to the queue
             if offset + size < len(sink_points):
@@ -358,6 +360,15 @@ class WorkerLoop:
                 except redisconn.REDIS_ERRORS:
                     logger.debug("lease not renewed (Redis unavailable)")
         return total
+
+    def _settle_so_far(
+        self, planned: list[delivery.Planned], sink_points: list[SinkPoint], total: SinkResult
+    ) -> None:
+        """Acknowledge what the sink has taken so far (keeping what is only partly sent)."""
+        settlement = delivery.settle(
+            planned, sink_points, total, self.wid, time.time(), final=False
+        )
+        self._acknowledge(settlement)
 
     @staticmethod
     def _merge(total: SinkResult, part: SinkResult, offset: int) -> None:

@@ -12,8 +12,8 @@ from dataclasses import replace
 import redis
 
 from skyline.vista import codec, constants
-from skyline.vista.fetchqueue import Ack, FetchQueue, dead_letter
-from skyline.vista.model import Watermark
+from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.model import Ack, Watermark, dead_letter
 from skyline.vista.testing.servers import RedisServer
 from tests.support.items import make_item, points
 
@@ -357,10 +357,10 @@ def test_dead_letter_and_ack_with_dead_points(redis_client: redis.Redis) -> None
     bad, good = make_item("vista.bad", points(T0, 2)), make_item("vista.good", points(T0, 3))
     queue.push([("vista.bad", [bad]), ("vista.good", [good])])
     queue.claim(W1, 5, lease=60)
-    letter = dead_letter(bad, "undecodable item: test", W1, "vista.bad")
+    letter = dead_letter(bad, "undecodable item: test", W1, "vista.bad", now=time.time())
     assert queue.dead_letter(W1, [(bad, letter)]) == 1
     rejected = dead_letter(
-        make_item("vista.good", [(T0, 0.5)]), "Flux 207: quota", W1, "vista.good"
+        make_item("vista.good", [(T0, 0.5)]), "Flux 207: quota", W1, "vista.good", now=T0
     )
     ack = replace(ack_of(good), dead=(rejected,))
     assert queue.ack(W1, [ack]) == 1
@@ -378,7 +378,8 @@ def test_requeue_dead_turns_dead_letters_into_replay_items(redis_client: redis.R
     queue.push([(f"vista.dead{n}", [raw]) for n, raw in enumerate(raws)])
     queue.claim(W1, 5, lease=60)
     letters = [
-        dead_letter(raw, "Flux 400: bad", W1, f"vista.dead{n}") for n, raw in enumerate(raws)
+        dead_letter(raw, "Flux 400: bad", W1, f"vista.dead{n}", now=time.time())
+        for n, raw in enumerate(raws)
     ]
     queue.dead_letter(W1, list(zip(raws, letters, strict=True)))
     assert queue.counts().dead == 3 and queued(redis_client) == set()
@@ -489,7 +490,7 @@ def test_counts_per_worker(redis_client: redis.Redis) -> None:
     queue.claim(W1, 3, lease=60)
     queue.claim(W2, 2, lease=60)
     redis_client.hset(constants.INFLIGHT_KEY, "orphan", "not json")
-    letter = dead_letter("x", "reason", W1)
+    letter = dead_letter("x", "reason", W1, now=time.time())
     redis_client.hset(constants.DEAD_KEY, letter.id, codec.encode_dead(letter))
 
     counts = queue.counts()

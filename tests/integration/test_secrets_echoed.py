@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -28,8 +29,9 @@ from aiohttp import web
 
 from skyline.vista import logs, redisconn, secret
 from skyline.vista.fetcher import Fetcher
-from skyline.vista.fetchqueue import AsyncFetchQueue, FetchQueue, dead_letter
+from skyline.vista.fetchqueue import AsyncFetchQueue, FetchQueue
 from skyline.vista.logs import LogSpec
+from skyline.vista.model import dead_letter
 from skyline.vista.sources.http import new_connector
 from skyline.vista.testing.servers import RedisServer
 from tests.support.remotes import graphite_entry, prom_entry, remotes
@@ -202,7 +204,8 @@ async def test_daemon_log_redis_and_metrics_hold_no_echoed_secret(
     assert report is not None and len(report.errors) == 5
     # A dead letter whose reason quotes an echo (as a sink's error text may).
     reason = f"HTTP 400: {echo_text_of(host.seen[0].headers)}"
-    FetchQueue(redis_client).dead_letter("w1", [("{}", dead_letter("{}", reason, "w1", "m"))])
+    letter = dead_letter("{}", reason, "w1", "m", now=time.time())
+    FetchQueue(redis_client).dead_letter("w1", [("{}", letter)])
     assert redis_client.hlen("vista.fetcher.metrics.dead") == 1
 
     logged = log_file.read_text()

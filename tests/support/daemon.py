@@ -26,8 +26,8 @@ from typing import IO, TypeVar
 import redis
 
 from skyline.vista.codec import encode_item
-from skyline.vista.fetchqueue import FetchQueue, new_id
-from skyline.vista.model import QueueItem
+from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.model import QueueItem, new_id
 from skyline.vista.procutil import cmdline
 from skyline.vista.testing.servers import poll_until
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
+from pathlib import Path
 
-from skyline.vista import codec
-from skyline.vista.delivery import Planned, plan_batch, settle
+from skyline.vista import codec, delivery
+from skyline.vista.delivery import Planned, plan_batch, settle, undecodable
 from skyline.vista.errors import SinkError
-from skyline.vista.fetchqueue import Ack
-from skyline.vista.model import Point, QueueItem, Watermark
+from skyline.vista.model import Ack, Point, QueueItem, Watermark
 from skyline.vista.sinks import SinkPoint, SinkResult
 
 T0 = 1_718_000_040  # a minute boundary
@@ -113,7 +114,7 @@ def test_plan_cleans_each_item() -> None:
 
 def test_all_handled_acks_each_item_with_its_last_point() -> None:
     planned, entries = plan([A, B])
-    out = settle(planned, entries, SinkResult(handled=5), WORKER)
+    out = settle(planned, entries, SinkResult(handled=5), WORKER, NOW)
     assert out.acks == [
         Ack(A[0], "vista.a", Watermark(T0 + 120, 2.0), 60, True, (), keep=False),
         Ack(B[0], "vista.b", Watermark(T0 + 120, 11.0), 60, True, (), keep=False),
@@ -127,7 +128,7 @@ def test_rejected_points_become_dead_letters_and_the_watermark_advances() -> Non
     planned, entries = plan([A, B])
     reason = "Flux 400: invalid value - {'metric': 'vista.a', 'timestamp': 1718000100}"
     result = SinkResult(handled=5, rejected={1: reason})
-    out = settle(planned, entries, result, WORKER)
+    out = settle(planned, entries, result, WORKER, NOW)
     ack_a, ack_b = out.acks
     assert ack_a.watermark == Watermark(T0 + 120, 2.0)
     assert ack_a.delivered is True
@@ -150,7 +151,7 @@ def test_rejected_points_become_dead_letters_and_the_watermark_advances() -> Non
 def test_rejected_points_are_grouped_by_reason() -> None:
     planned, entries = plan([C])
     result = SinkResult(handled=4, rejected={0: "quota", 2: "quota", 3: "too old"})
-    out = settle(planned, entries, result, WORKER)
+    out = settle(planned, entries, result, WORKER, NOW)
     (ack,) = out.acks
     by_reason = {d.reason: codec.decode_item(d.item).points for d in ack.dead}
     assert by_reason == {"quota": ((T0, 20.0), (T0 + 120, 22.0)), "too old": ((T0 + 180, 23.0),)}
@@ -161,7 +162,7 @@ def test_rejected_points_are_grouped_by_reason() -> None:
 
 def test_an_item_whose_every_point_is_rejected_still_advances() -> None:
     planned, entries = plan([B])
-    out = settle(planned, entries, SinkResult(handled=2, rejected={0: "x", 1: "x"}), WORKER)
+    out = settle(planned, entries, SinkResult(handled=2, rejected={0: "x", 1: "x"}), WORKER, NOW)
     (ack,) = out.acks
     assert ack.watermark == Watermark(T0 + 120, 11.0)
     assert ack.delivered is False
@@ -172,7 +173,7 @@ def test_an_item_whose_every_point_is_rejected_still_advances() -> None:
 def test_sink_stopping_inside_an_item_keeps_and_releases_it() -> None:
     planned, entries = plan([A, B, C])  # entries: a 0-2, b 3-4, c 5-8
     result = SinkResult(handled=4, error=SinkError("Flux answered HTTP 503"))
-    out = settle(planned, entries, result, WORKER)
+    out = settle(planned, entries, result, WORKER, NOW)
     assert out.acks == [
         Ack(A[0], "vista.a", Watermark(T0 + 120, 2.0), 60, True, (), keep=False),
         Ack(B[0], "vista.b", Watermark(T0 + 60, 10.0), 60, True, (), keep=True),
@@ -187,7 +188,7 @@ def test_sink_stopping_inside_an_item_keeps_and_releases_it() -> None:
 def test_partial_item_with_a_rejected_point_before_the_stop() -> None:
     planned, entries = plan([C])
     result = SinkResult(handled=2, rejected={1: "bad"}, error=SinkError("timeout"))
-    out = settle(planned, entries, result, WORKER)
+    out = settle(planned, entries, result, WORKER, NOW)
     (ack,) = out.acks
     assert ack.keep is True
     assert ack.watermark == Watermark(T0 + 60, 21.0)
@@ -199,7 +200,7 @@ def test_partial_item_with_a_rejected_point_before_the_stop() -> None:
 def test_untouched_items_are_released() -> None:
     planned, entries = plan([A, B])
     result = SinkResult(handled=0, error=SinkError("connection refused"))
-    out = settle(planned, entries, result, WORKER)
+    out = settle(planned, entries, result, WORKER, NOW)
     assert out.acks == []
     assert out.release == [A[0], B[0]]
     assert (out.delivered_points, out.delivered_items, out.dead_letters) == (0, 0, 0)
@@ -207,7 +208,7 @@ def test_untouched_items_are_released() -> None:
 
 def test_stop_exactly_between_items() -> None:
     planned, entries = plan([A, B])
-    out = settle(planned, entries, SinkResult(handled=3, error=SinkError("503")), WORKER)
+    out = settle(planned, entries, SinkResult(handled=3, error=SinkError("503")), WORKER, NOW)
     assert [a.metric for a in out.acks] == ["vista.a"]
     assert out.acks[0].keep is False
     assert out.release == [B[0]]
@@ -217,7 +218,7 @@ def test_item_with_nothing_new_is_acked_without_moving_the_watermark() -> None:
     stale = item("vista.a", series(T0, 2))
     planned, entries = plan([stale, B], {"vista.a": Watermark(T0 + 60, 1.0)})
     assert [(p.start, p.end) for p in planned] == [(0, 0), (0, 2)]
-    out = settle(planned, entries, SinkResult(handled=2), WORKER)
+    out = settle(planned, entries, SinkResult(handled=2), WORKER, NOW)
     assert out.acks[0] == Ack(stale[0], "vista.a", None, 60, False, (), keep=False)
     assert out.acks[1].watermark == Watermark(T0 + 120, 11.0)
     assert out.release == []
@@ -226,7 +227,7 @@ def test_item_with_nothing_new_is_acked_without_moving_the_watermark() -> None:
 def test_empty_item_after_the_stop_is_released() -> None:
     stale = item("vista.c", series(T0, 2, base=20.0))
     planned, entries = plan([A, stale], {"vista.c": Watermark(T0 + 60, 21.0)})
-    out = settle(planned, entries, SinkResult(handled=1, error=SinkError("503")), WORKER)
+    out = settle(planned, entries, SinkResult(handled=1, error=SinkError("503")), WORKER, NOW)
     assert [(a.metric, a.keep) for a in out.acks] == [("vista.a", True)]
     assert out.release == [A[0], stale[0]]
 
@@ -235,6 +236,31 @@ def test_replay_item_ack_carries_its_own_last_point() -> None:
     """(The ACK script only ever moves a watermark forward; that is tested against Redis.)"""
     replay = item("vista.a", series(T0, 2), replay=True, item_id="r")
     planned, entries = plan([replay], {"vista.a": Watermark(T0 + 3000, 9.0)})
-    (ack,) = settle(planned, entries, SinkResult(handled=2), WORKER).acks
+    (ack,) = settle(planned, entries, SinkResult(handled=2), WORKER, NOW).acks
     assert ack.watermark == Watermark(T0 + 60, 1.0)
     assert ack.delivered is True
+
+
+# --- purity -----------------------------------------------------------------------------------
+
+
+def test_dead_letters_are_dated_by_the_clock_passed_in() -> None:
+    planned, points = plan([B])
+    out = settle(planned, points, SinkResult(handled=2, rejected={0: "x"}), WORKER, NOW)
+    (letter,) = out.acks[0].dead
+    assert letter.dead_at == NOW
+    assert undecodable("nope", "not JSON", WORKER, NOW).dead_at == NOW
+
+
+def test_delivery_imports_no_redis_queue_and_reads_no_clock() -> None:
+    """delivery.py takes its records from model.py, not from the Redis queue module, and never
+    reads the time itself (the caller passes now)."""
+    source = Path(delivery.__file__).read_text()
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert not imported & {"time", "redis", "skyline.vista.fetchqueue", "uuid"}, imported
