@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -376,8 +377,30 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--from -30d`` read as ``--from=-30d``: argparse takes any word
+    that starts with '-' and is not a plain number for an option, so the README's relative
+    times would be refused ("expected one argument")."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    joined: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if (
+            word in ("--from", "--until")
+            and index + 1 < len(words)
+            and re.fullmatch(r"-\d\S*", words[index + 1])
+        ):
+            joined.append(f"{word}={words[index + 1]}")
+            index += 2
+            continue
+        joined.append(word)
+        index += 1
+    return build_parser().parse_args(joined)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     # Whatever a command prints (a remote's error text in `fetch --once`, a dead letter's
     # reason, a library's message), no form of a secret of the settings reaches the terminal.
     out, err = sys.stdout, sys.stderr
