@@ -50,6 +50,12 @@ CREDENTIAL_KEYS = (
     "service_credentials",
     "service_credentials_file",
 )
+CREDENTIALS_PRIORITY = (  # the order credential_source() looks at them
+    "service_credentials_file",
+    "service_credentials",
+    "oauth_credentials_file",
+    "oauth_credentials",
+)
 OAUTH_FIELDS = ("token", "refresh_token", "token_uri", "client_id", "client_secret")
 METRIC_FORMATS = ("graphite", "labelled_metrics", "prometheus", "victoriametrics")
 SCHEDULE_FIELDS = ("minute", "hour", "day_of_month", "month", "day_of_week")
@@ -73,6 +79,15 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
 SECRET_KEYS = ("flux_api_token",)
 
 
+CRON_RANGES = {
+    "minute": "0-59",
+    "hour": "0-23",
+    "day_of_month": "1-31",
+    "month": "1-12",
+    "day_of_week": "0-6",
+}
+
+
 def _check_schedule(where: str, value: object, problems: Problems) -> None:
     if not isinstance(value, Mapping):
         problems.bad(where, value, f"a dict with keys {', '.join(SCHEDULE_FIELDS)}")
@@ -80,6 +95,75 @@ def _check_schedule(where: str, value: object, problems: Problems) -> None:
     unknown = sorted(set(map(str, value)) - set(SCHEDULE_FIELDS))
     if unknown:
         problems.bad(where, unknown, f"only the keys {', '.join(SCHEDULE_FIELDS)}")
+        return
+    from skyline.vista.bq.cron import ScheduleError, cron_expression
+
+    try:
+        cron_expression(value)  # None when disabled (all fields 0)
+        return
+    except ScheduleError as exc:
+        whole = str(exc)
+    before = len(problems.errors)
+    for field_name in SCHEDULE_FIELDS:  # each field alone, so that the message names it
+        if field_name in value:
+            try:
+                cron_expression({field_name: value[field_name]} | _NOT_DISABLED[field_name])
+            except ScheduleError:
+                problems.bad(
+                    f"{where} field '{field_name}'",
+                    value[field_name],
+                    f"a cron {field_name} ({CRON_RANGES[field_name]}, '*', lists, ranges, steps)",
+                )
+    if len(problems.errors) == before:
+        problems.bad(where, dict(value), f"a valid cron schedule ({whole})")
+
+
+# A schedule of only zeros means "disabled" (Skyline's '0 0 0 0 0'); checking one field alone,
+# another field set to '*' keeps it from being read as that.
+_NOT_DISABLED = {
+    name: {("hour" if name == "minute" else "minute"): "*"} for name in SCHEDULE_FIELDS
+}
+
+
+def _check_values(where: str, account: Mapping[str, Any], problems: Problems) -> None:
+    prefix = account.get("metric_prefix")
+    if _text(prefix) and "" in str(prefix).split("."):
+        problems.bad(f"{where} key 'metric_prefix'", prefix, "no leading, trailing or double dot")
+    for key, least in (("update_data_period", 1), ("min_expected_results", 0)):
+        value = account.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            problems.bad(f"{where} key '{key}'", value, f"an integer >= {least}")
+
+
+def _check_usable(
+    name: str, where: str, account: Mapping[str, Any], load: bool, problems: Problems
+) -> None:
+    """What a job would find out first, checked before the agent starts: the query holds its
+    parameter or replace string and the date format makes safe labels, and a credentials file
+    loads (read and parsed, no network call)."""
+    from skyline.vista.bq.credentials import CredentialsError, load_credentials
+    from skyline.vista.bq.query import QuerySettings
+
+    if _text(account.get("query")):
+        found: list[str] = []
+        for settings in (QuerySettings.for_backfill(account), QuerySettings.for_update(account)):
+            found += [p for p in settings.problems() if p not in found]
+        for problem in found:
+            problems.error(f"{where} key 'query'", problem)
+    if not load:
+        return  # the credentials' keys are wrong: reported by _check_credentials
+    # The key credential_source() reads first. A file is read and its key loaded now (a
+    # missing, unreadable or malformed file is the usual mistake); the fields of credentials
+    # written inline are checked by _check_credentials.
+    key = next(k for k in CREDENTIALS_PRIORITY if account.get(k))
+    if not key.endswith("_file"):
+        return
+    try:
+        load_credentials(name, account)
+    except CredentialsError as exc:
+        problems.error(f"{where} key '{key}'", str(exc).removeprefix(f"account {name!r}: "))
+    except ImportError:
+        problems.error(where, "the 'bigquery' extra is not installed (pip install vista[bigquery])")
 
 
 def _check_credentials(where: str, account: Mapping[str, Any], problems: Problems) -> None:
@@ -121,14 +205,18 @@ def _check_account(name: str, account: object, problems: Problems) -> bool:
     for key, kind in OPTIONAL.items():
         if key in account and account[key] is not None and not isinstance(account[key], kind):
             shown = "<hidden>" if key in SECRET_KEYS else account[key]
-            problems.bad(f"{where} key '{key}'", shown, f"a {_kind_name(kind)}")
+            problems.bad(f"{where} key '{key}'", shown, _kind_name(kind))
+    _check_values(where, account, problems)
+    credentials_ok = len(problems.errors)
     _check_credentials(where, account, problems)
+    _check_usable(name, where, account, len(problems.errors) == credentials_ok, problems)
     return len(problems.errors) == before
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
+    names = {"str": "a string", "int": "an integer", "bool": "True or False"}
+    return " or ".join(names.get(k.__name__, f"a {k.__name__}") for k in kinds)
 
 
 def check_accounts(raw: object, problems: Problems) -> dict[str, Mapping[str, Any]]:

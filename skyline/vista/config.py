@@ -722,8 +722,13 @@ def _job_processes(r: _Reader) -> dict[str, int]:
     if not isinstance(raw, Mapping):
         r.problems.bad("VISTA_JOB_PROCESSES", raw, expected)
         return {}
+    from skyline.vista.jobs.registry import names as job_kinds
+
     found = {}
     for name, count in raw.items():
+        if isinstance(name, str) and name not in job_kinds():
+            r.problems.bad("VISTA_JOB_PROCESSES", name, f"a job kind: {', '.join(job_kinds())}")
+            continue
         if (
             not isinstance(name, str)
             or isinstance(count, bool)

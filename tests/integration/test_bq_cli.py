@@ -144,25 +144,40 @@ def test_check_config_loads_credentials_and_checks_the_query(
     harness: list[VistaHarness],
 ) -> None:
     good = account("biz", schedule={"minute": 5, "hour": 2})
-    bad = account(
-        "biz2",
-        query="SELECT * FROM t WHERE day = '2024-01-01'",
-        service_credentials={
-            "type": "service_account",
-            "private_key": "nope",
-            "client_email": "a@b",
-            "token_uri": "http://127.0.0.1:9/token",
-        },
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(
+        '{"type": "service_account", "private_key": "nope", "client_email": "a@b", '
+        '"token_uri": "http://127.0.0.1:9/token"}'
     )
+    bad = {
+        **{k: v for k, v in account("biz2").items() if k != "oauth_credentials"},
+        "query": "SELECT * FROM t WHERE day = '2024-01-01'",
+        "service_credentials_file": str(key_file),
+    }
     h = VistaHarness(
         tmp_path / "vista",
+        settings(tmp_path, redis_server, fake, daily_carbon, {"good": good}),
+    )
+    harness.append(h)
+    result = h.cli("check-config")
+    assert result.returncode == 0, str(result)
+    assert "bigquery account good: ok; credentials oauth; schedule '5 2 * * *' UTC" in result.stdout
+
+    # The same mistakes refuse check-config and the agent alike, each naming account and key.
+    h = VistaHarness(
+        tmp_path / "vista-bad",
         settings(tmp_path, redis_server, fake, daily_carbon, {"good": good, "bad": bad}),
     )
     harness.append(h)
     result = h.cli("check-config")
     assert result.returncode == 1, str(result)
-    assert "bigquery account good: ok; credentials oauth; schedule '5 2 * * *' UTC" in result.stdout
-    assert "bigquery account bad: 2 problem(s); credentials service_account" in result.stdout
-    assert "the query names no @date" in result.stdout
-    assert "the service account key cannot be loaded" in result.stdout
+    assert "2 problem(s)" in result.stdout, result.stdout
+    assert "VISTA_BQ_ACCOUNTS['bad'] key 'query': the query names no @date" in result.stdout
+    assert (
+        "VISTA_BQ_ACCOUNTS['bad'] key 'service_credentials_file': the service account key "
+        "cannot be loaded" in result.stdout
+    )
     assert "nope" not in result.stdout and "client-secret-value" not in result.stdout
+    run = h.cli("run")
+    assert run.returncode == 6, str(run)
+    assert "VISTA_BQ_ACCOUNTS['bad'] key 'query'" in run.stderr, str(run)

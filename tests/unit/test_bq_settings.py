@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,3 +47,90 @@ def test_bad_values_are_refused_by_name(name: str, value: object, expected: str)
     with pytest.raises(ConfigError) as err:
         config.validate({**BASE, name: value})
     assert any(name in p and expected in p for p in err.value.problems), err.value.problems
+
+
+def _account(**changes: Any) -> dict[str, Any]:
+    account: dict[str, Any] = {
+        "project_id": "shop-project",
+        "query": "SELECT day, country, signups FROM shop.daily WHERE day = @date",
+        "metric_prefix": "shop.daily",
+        "date_field": "day",
+        "primary_dimension": "country",
+        "metric_dimensions": ["signups"],
+        "schedule_interval": 86400,
+        "oauth_credentials": {
+            "token": "t",
+            "refresh_token": "r",
+            "token_uri": "http://127.0.0.1:9/token",
+            "client_id": "c",
+            "client_secret": "s",
+        },
+    }
+    account.update(changes)
+    return account
+
+
+def test_what_a_job_would_find_first_refuses_to_start_every_mistake_at_once(
+    tmp_path: Path,
+) -> None:
+    # Before, these passed validation (vista run started, vista check-config printed 'valid'
+    # and then the BigQuery lines), or were reported only once the other mistakes were fixed.
+    not_json = tmp_path / "sa.json"
+    not_json.write_text('{"private_key": "-----BEGIN PRIVATE KEY-----\\nKEY-SECRET-42\\n"')
+    with pytest.raises(ConfigError) as err:
+        config.validate(
+            {
+                **BASE,
+                "VISTA_JOB_PROCESSES": {"backfil": 2},
+                "VISTA_BQ_ACCOUNTS": {
+                    "shop": _account(
+                        project_id="",  # a plain mistake, reported together with the rest
+                        query="SELECT day, country, signups FROM shop.daily",
+                        metric_prefix="shop.daily.",
+                        schedule={"minute": 75, "hour": 1},
+                        update_data_schedule={"minute": 30, "hour": [6, 25]},
+                        update_data_period=-1,
+                        min_expected_results=-3,
+                    ),
+                    "missing": _account(service_credentials_file=str(tmp_path / "none.json")),
+                    "broken": _account(service_credentials_file=str(not_json)),
+                },
+            }
+        )
+    problems = err.value.problems
+    shop = "VISTA_BQ_ACCOUNTS['shop']"
+    for expected in (
+        f"{shop} key 'project_id': got '', expected a non-empty string",
+        f"{shop} key 'schedule' field 'minute': got 75, expected a cron minute (0-59",
+        f"{shop} key 'update_data_schedule' field 'hour': got [6, 25], expected a cron hour (0-23",
+        f"{shop} key 'query': the query names no @date/@interval_start/@interval_end parameter",
+        f"{shop} key 'metric_prefix': got 'shop.daily.', expected no leading, trailing or double",
+        f"{shop} key 'update_data_period': got -1, expected an integer >= 1",
+        f"{shop} key 'min_expected_results': got -3, expected an integer >= 0",
+        "VISTA_BQ_ACCOUNTS['missing'] key 'service_credentials_file': cannot read "
+        f"service_credentials_file '{tmp_path / 'none.json'}': No such file or directory",
+        "VISTA_BQ_ACCOUNTS['broken'] key 'service_credentials_file': service_credentials_file "
+        f"'{not_json}' is not JSON",
+        "VISTA_JOB_PROCESSES: got 'backfil', expected a job kind: ",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+    assert len(problems) == 10, problems
+    assert not any("KEY-SECRET-42" in p for p in problems)
+
+
+def test_a_good_account_and_a_disabled_schedule_pass() -> None:
+    cfg = config.validate(
+        {
+            **BASE,
+            "VISTA_JOB_PROCESSES": {"bq_backfill": 1},
+            "VISTA_BQ_ACCOUNTS": {
+                "shop": _account(
+                    schedule={"minute": 15, "hour": [1, 13], "day_of_week": "1-5"},
+                    update_data_schedule={
+                        f: 0 for f in ("minute", "hour", "day_of_month", "month", "day_of_week")
+                    },
+                )
+            },
+        }
+    )
+    assert list(cfg.bq_accounts) == ["shop"]

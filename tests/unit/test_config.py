@@ -46,13 +46,14 @@ BASE: dict[str, Any] = {
 
 BQ_ACCOUNT: dict[str, Any] = {
     "project_id": "my-project",
-    "query": "SELECT ts, host, requests FROM t",
+    "query": "SELECT ts, host, requests FROM t WHERE ts = @date",
     "metric_prefix": "bq.web",
     "date_field": "ts",
     "primary_dimension": "host",
     "metric_dimensions": ["requests"],
     "schedule_interval": 3600,
-    "service_credentials_file": "/etc/skyline/bq.json",
+    # read at validation: a file that loads (OAuth, no network call)
+    "oauth_credentials_file": str(Path(__file__).with_name("bq-oauth.json")),
 }
 
 
@@ -355,7 +356,7 @@ ONE_MISTAKE: list[tuple[str, dict[str, Any], str | list[str]]] = [
         "BigQuery account without credentials",
         {
             "VISTA_BQ_ACCOUNTS": {
-                "web": {k: v for k, v in BQ_ACCOUNT.items() if k != "service_credentials_file"}
+                "web": {k: v for k, v in BQ_ACCOUNT.items() if k != "oauth_credentials_file"}
             }
         },
         "VISTA_BQ_ACCOUNTS['web']: missing credentials: give one of oauth_credentials, "
@@ -880,7 +881,7 @@ LEAKY_MISTAKES: list[tuple[str, dict[str, Any], str]] = [
     (
         "flux_api_token of a wrong type",
         {"VISTA_BQ_ACCOUNTS": {"web": {**BQ_ACCOUNT, "flux_api_token": [SECRETS["bq_token"]]}}},
-        "VISTA_BQ_ACCOUNTS['web'] key 'flux_api_token': got '<hidden>', expected a str",
+        "VISTA_BQ_ACCOUNTS['web'] key 'flux_api_token': got '<hidden>', expected a string",
     ),
     (
         "oauth_credentials of a wrong type",
