@@ -727,3 +727,27 @@ def test_sigkilled_agent_takes_busy_workers_with_it(
     assert int(client.hlen(constants.VISTA_WATERMARK_HASH)) == delivered
     assert int(client.hlen(constants.WATERMARK_HASH)) == 0
     client.close()
+
+
+@pytest.mark.parametrize("command", ["run", "start"])
+def test_a_metrics_port_in_use_refuses_to_start_in_one_line(
+    vista: VistaHarness, command: str
+) -> None:
+    # Before: vista run died with an OSError traceback after its fetcher and workers had
+    # started (then tracebacks of the fetcher thread at interpreter shutdown).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        vista.write_settings(VISTA_METRICS_ADDRESS=f"127.0.0.1:{port}")
+        result = vista.cli(command, timeout=30)
+        output = result.stderr + (vista.logfile.read_text() if vista.logfile.exists() else "")
+        assert result.returncode == constants.EXIT_FAILURE, str(result)
+        assert (
+            f"cannot start: VISTA_METRICS_ADDRESS: cannot serve /metrics on 127.0.0.1:{port}: "
+            "Address already in use" in output
+        ), output
+        assert "Traceback" not in output, output
+        assert "worker 0 started" not in output and "fetcher started" not in output, output
+        assert _settings_processes(vista) == []
+        assert not vista.pidfile.exists()

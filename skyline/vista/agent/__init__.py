@@ -10,6 +10,7 @@ tests/unit/test_imports.py checks it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING
 
 from skyline.vista import constants, daemon, logs
 from skyline.vista.config import VistaConfig
+from skyline.vista.errors import ConfigError
 from skyline.vista.logs import LogSpec
 
 if TYPE_CHECKING:
     from skyline.vista.agent.supervisor import Vista
 
 __all__ = ["Vista", "serve"]
+
+logger = logging.getLogger("skyline.vista.agent")
 
 
 def serve(
@@ -58,7 +62,14 @@ def serve(
         logs.configure(spec)
         agent = Vista(config, spec, on_force_exit=pidfile.release)
         ready = (lambda: notify(f"ok {os.getpid()}")) if notify is not None else None
-        return agent.run(ready=ready)
+        try:
+            return agent.run(ready=ready)
+        except ConfigError as exc:  # found only when starting (a port in use): one line each
+            for problem in exc.problems:
+                logger.error("cannot start: %s", problem)
+            if notify is not None:
+                notify(f"error {'; '.join(exc.problems)}")
+            return constants.EXIT_FAILURE
     finally:
         pidfile.release()
         if metrics_dir:

@@ -107,18 +107,30 @@ class Vista:
 
     def start(self) -> None:
         """Start the workers, then the fetcher thread (as the original does)."""
+        if self.config.metrics_address:  # first: a port in use stops the start, no child runs
+            self._serve_metrics(self.config.metrics_address)
         self.state.workers = self.config.worker_processes
         for index in range(self.state.workers):
             self._start_worker(index)
         self._member_heartbeat(force=True)  # join before the first cycle, so others see us
         self._start_fetcher()
-        if self.config.metrics_address:
+
+    def _serve_metrics(self, address: tuple[str, int]) -> None:
+        try:
             telemetry.start_metrics_server(
-                self.config.metrics_address,
+                address,
                 self._queue_snapshot,
                 [BudgetCollector(self.client, self.config.carbon_max_creates_per_minute)],
             )
-            logger.info("serving /metrics on %s:%d", *self.config.metrics_address)
+        except OSError as exc:
+            raise ConfigError(
+                [
+                    f"VISTA_METRICS_ADDRESS: cannot serve /metrics on {address[0]}:{address[1]}: "
+                    f"{exc.strerror or exc}"
+                ],
+                self.config.path,
+            ) from None
+        logger.info("serving /metrics on %s:%d", *address)
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
         self.install_signal_handlers()
