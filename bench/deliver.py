@@ -62,7 +62,7 @@ from bench.common import (
 )
 from skyline.vista import codec, config, constants
 from skyline.vista.config import VistaConfig
-from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import QueueItem, new_id
 from skyline.vista.pool import ProcessPool
@@ -151,9 +151,11 @@ def queue_state(client: redis.Redis) -> tuple[int, int, int]:
     return int(queued), int(inflight), int(pending)
 
 
-def check_watermarks(client: redis.Redis, metrics: int, last_ts: int) -> list[str]:
+def check_watermarks(client: redis.Redis, sink: str, metrics: int, last_ts: int) -> list[str]:
+    """Every metric's watermark at its last point, in the hash Vista writes for ``sink`` (with
+    Flux: vista.last.metric_data; Flux itself writes flux.last.*)."""
     problems = []
-    marks = client.hgetall(constants.WATERMARK_HASH)
+    marks = client.hgetall(watermark_keys(sink).write)
     if len(marks) != metrics:
         problems.append(f"{len(marks)} watermarks for {metrics} metrics")
     wrong = 0
@@ -319,7 +321,7 @@ def run_flux(
     run.accepted, run.requests = accepted1 - accepted0, requests1 - requests0
     if run.accepted != run.points:
         run.problems.append(f"Flux accepted {run.accepted} of {run.points} points")
-    run.problems += check_watermarks(client, metrics, stamps[-1])
+    run.problems += check_watermarks(client, "flux", metrics, stamps[-1])
     run.problems += log_problems(log_file)
     run.checked = f"Flux accepted {run.accepted:,} in {run.requests:,} POSTs; watermarks"
     client.close()
@@ -407,7 +409,7 @@ def run_carbon(
             run.sink_cpu = proc_usage(carbon.pid).minus(sink0)
         finally:
             stop_workers(workers)
-        run.problems += check_watermarks(client, metrics, stamps[-1])
+        run.problems += check_watermarks(client, "graphite", metrics, stamps[-1])
         run.problems += log_problems(log_file)
         run.accepted, problems = check_carbon(carbon, metrics, stamps, sample)
         run.problems += problems
