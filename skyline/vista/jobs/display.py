@@ -31,12 +31,15 @@ def _age(seconds: float) -> str:
 
 def describe(record: JobRecord) -> str:
     """A one-line summary of a job's parameters (never a secret: params hold none)."""
-    keep = ("metric", "match", "all", "from", "until", "resolution", "vista_bq_account_key")
+    keep = ("metric", "match", "all", "vista_bq_account_key")
     shown = [f"{k}={record.params[k]}" for k in keep if record.params.get(k) not in (None, "")]
-    # BigQuery jobs (Skyline's parameter names): the range as UTC times, and a dry run
-    span = [_utc(record.params.get(k)) for k in ("from_timestamp", "until_timestamp")]
-    if all(span):
-        shown.append(f"{span[0]}..{span[1]}")
+    # The range as UTC times (history backfill: from/until; BigQuery: Skyline's names)
+    for start, end in (("from", "until"), ("from_timestamp", "until_timestamp")):
+        span = [_utc(record.params.get(k)) for k in (start, end)]
+        if all(span):
+            shown.append(f"{span[0]}..{span[1]}")
+    if record.params.get("resolution") not in (None, ""):
+        shown.append(f"resolution={record.params['resolution']}s")
     if record.params.get("dry_run") in (True, "true", "True"):
         shown.append("dry-run")
     return " ".join(shown)
