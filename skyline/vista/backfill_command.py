@@ -20,13 +20,18 @@ from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
 
 
+def _utc(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
 def describe_plan(config: VistaConfig, params: BackfillParams, out: TextIO) -> None:
     chunks = chunks_of(config, params)
     points = sum(c.expected_points() for c in chunks)
     sources = sorted({m.source for m in params.metrics})
     print(
-        f"{len(params.metrics)} metric(s) ({', '.join(sources)}), from {params.start} to "
-        f"{params.until}: {len(chunks):,} chunk(s) (one request each), up to {points:,} points",
+        f"{len(params.metrics)} metric(s) ({', '.join(sources)}), from {_utc(params.start)} to "
+        f"{_utc(params.until)} UTC: {len(chunks):,} chunk(s) (one request each), "
+        f"up to {points:,} points",
         file=out,
     )
     print(f"history goes {history_path(config).description}", file=out)
