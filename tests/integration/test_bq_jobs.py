@@ -170,6 +170,9 @@ def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
     assert "was not found" in failed[day2]
     day3 = dt.datetime.fromtimestamp(first + 2 * DAY, dt.UTC).date().isoformat()
     assert "fewer than min_expected_results 5" in failed[day3]
+    # the summary counts failed intervals as failed, not as bad rows (it said '2 bad row(s)')
+    assert "1 of 3 interval(s) done, 2 failed; 6 rows" in job.last["message"], job.last
+    assert "0 bad row(s)" in job.last["message"], job.last
     got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 3 * DAY, 18)
     assert got == expected_points(metric_prefix, rows[:6])
 

@@ -60,7 +60,7 @@ class IntervalReport:
 class Totals:
     rows: int = 0
     points: int = 0
-    errors: int = 0
+    errors: int = 0  # bad rows and failed intervals
     bytes_billed: int = 0
     done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
@@ -196,7 +196,7 @@ def _loop(
         message=(
             f"{kind} {params.account_name}: {totals.done} of {len(starts)} interval(s) done, "
             f"{len(totals.failed)} failed; {totals.rows:,} rows, {verb} {totals.points:,} "
-            f"points, {totals.errors} bad row(s){billed}"
+            f"points, {totals.errors - len(totals.failed)} bad row(s){billed}"
         )
     )
     metrics.JOB_SECONDS.labels(kind).observe(duration)
