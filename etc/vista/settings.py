@@ -120,6 +120,7 @@ VISTA_REMOTE_HOSTS = {
 }
 VISTA_REQUEST_TIMEOUT = 30  # (new) default per-request timeout, seconds
 VISTA_MAX_CONCURRENCY_PER_HOST = 10  # (new) default per-host concurrency
+VISTA_API_KEY_HEADER = 'X-API-Key'  # (new) default header of an entry's api_key
 # (new) Larger answers are refused and counted. Answers over 1 MiB are parsed as they arrive,
 # and points outside the window Vista asked for are dropped (and counted) before they are kept.
 VISTA_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -187,6 +188,9 @@ VISTA_BQ_API_ENDPOINT = None
 VISTA_BQ_ARCHIVE_DIR = '/var/lib/skyline/vista/bq_archives'
 # (new) Seconds a BigQuery query job may run before its interval fails (retried later).
 VISTA_BQ_QUERY_TIMEOUT = 300
+# Skyline's, accepted and ignored (with a warning): install the 'bigquery' extra into Vista's
+# own environment instead.
+# VISTA_BQ_VIRTUALENV_PATH = None
 
 # --- Redis ---------------------------------------------------------------------------------
 
@@ -243,3 +247,4 @@ SERVER_METRICS_NAME = ''
 
 LOG_PATH = '/var/log/skyline'  # vista.log, appended to; rotate with etc/logrotate.d/vista
 PID_PATH = '/var/run/skyline'  # vista.pid
+# SKYLINE_TMP_DIR = '/tmp/skyline'  # Skyline's; accepted and unused

@@ -1,4 +1,4 @@
-"""The VISTA_BQ_* settings beside the accounts (skyline/vista/config.py, bigquery_settings.py)."""
+"""The VISTA_BQ_* settings beside the accounts (skyline/vista/config/, bigquery_settings.py)."""
 
 from __future__ import annotations
 
