@@ -288,3 +288,31 @@ def test_no_credentials_means_application_default(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
     with pytest.raises(CredentialsError, match="Application Default Credentials"):
         load_credentials("shop", {})
+
+
+def test_an_unreachable_token_endpoint_fails_the_interval_in_one_line(
+    fake: FakeBigQuery,
+) -> None:
+    # Before: google.auth's TransportError went through every handler and failed the whole
+    # job with a 130-line traceback instead of failing (and retrying) the interval.
+    from skyline.vista.testing.servers import free_port
+
+    account = {
+        "oauth_credentials": {
+            "token": "ya29.old",
+            "refresh_token": "1//refresh",
+            "token_uri": f"http://127.0.0.1:{free_port()}/token",  # nothing listens
+            "client_id": "client-id",
+            "client_secret": "client-secret",
+            "expiry": "2020-01-01T00:00:00Z",
+        }
+    }
+    with pytest.raises(QueryUnavailable) as err:
+        runner(fake, load_credentials("shop", account), attempts=2).run(
+            build_query("SELECT @date", JAN1, 86400)
+        )
+    message = str(err.value)
+    assert message.startswith("BigQuery unavailable after 2 attempts: getting a token from "), (
+        message
+    )
+    assert "\n" not in message and "client-secret" not in message

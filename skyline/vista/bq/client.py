@@ -131,27 +131,46 @@ class BigQueryRunner:
 
         from skyline.vista.bq.credentials import CredentialsError
 
-        transient = _transient_errors()
+        retried: tuple[type[BaseException], ...] = (
+            *_transient_errors(),
+            auth_exceptions.TransportError,
+        )
         for attempt in range(1, self.attempts + 1):
             try:
                 return self._run_once(query)
             except auth_exceptions.RefreshError as exc:
                 raise CredentialsError(f"getting a token failed: {_message(exc)}") from None
-            except transient as exc:
+            except retried as exc:
+                # TransportError: the token endpoint could not be reached (a network failure,
+                # retried like the others), not a refused refresh.
+                what = _message(exc)
+                if isinstance(exc, auth_exceptions.TransportError):
+                    what = f"getting a token from {_token_uri(self.client)} failed: {_reason(exc)}"
                 if attempt == self.attempts:
                     raise QueryUnavailable(
-                        f"BigQuery unavailable after {attempt} attempts: {_message(exc)}"
+                        f"BigQuery unavailable after {attempt} attempts: {what}"
                     ) from None
                 delay = compute_backoff(attempt, base=1.0, cap=30.0)
                 logger.warning(
                     "BigQuery query for %s failed (%s); retry %d in %.1f s",
                     query.label,
-                    _message(exc),
+                    what,
                     attempt,
                     delay,
                 )
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+
+def _token_uri(client: Any) -> str:
+    return str(getattr(getattr(client, "_credentials", None), "token_uri", None) or "Google")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause's message, on one line (urllib3 nests three levels deep)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _message(exc: BaseException) -> str:
