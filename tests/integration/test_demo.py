@@ -1,0 +1,46 @@
+"""bin/vista-demo (make demo): Ctrl-C stops it cleanly, leaving no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from skyline.vista.procutil import cmdline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _processes_under(directory: Path) -> list[int]:
+    needle = str(directory)
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and needle in cmdline(int(e))]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_servers_start_stops_them_without_a_traceback(tmp_path: Path) -> None:
+    # Before: a KeyboardInterrupt traceback from inside subprocess/servers code.
+    var = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("[demo] starting"), first
+    time.sleep(0.3)  # Redis is up, Prometheus or carbon starting
+    proc.send_signal(signal.SIGINT)
+    output = first + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output, output
+    assert "[demo] interrupted while starting; stopping the servers" in output, output
+    deadline = time.monotonic() + 10
+    while _processes_under(var) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_under(var) == []
