@@ -23,6 +23,7 @@ from skyline.vista.testing.servers import RedisServer
 from tests.support.proxy import Certificate, TinyProxy, self_signed
 from tests.support.remotes import Remote, Request, prom_entry, remotes, time_series
 from tests.support.settings import make_config
+from tests.support.web import serving
 
 PROXY_USER = "vista-proxy"
 PROXY_PASSWORD = "pr0xy-SECRET-pw"
@@ -93,15 +94,9 @@ async def tls_remote(cert: Certificate) -> AsyncIterator[TlsRemote]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=cert.server_context())
-    await site.start()
-    remote.port = runner.addresses[0][1]
-    try:
+    async with serving(app, ssl_context=cert.server_context(), shutdown_timeout=0.5) as local:
+        remote.port = local.port
         yield remote
-    finally:
-        await runner.cleanup()
 
 
 # --------------------------------------------------------------------------------- tests

@@ -9,6 +9,7 @@ own (the Flux double) or that stop listening and listen again on the same port (
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,21 +42,33 @@ class LocalApp:
             **runner_options,
         )
         self._site: web.TCPSite | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
-    async def start(self, port: int = 0, *, backlog: int = 128) -> LocalApp:
-        """Listen on ``port`` (0: a free one)."""
+    async def start(
+        self, port: int = 0, *, backlog: int = 128, ssl_context: ssl.SSLContext | None = None
+    ) -> LocalApp:
+        """Listen on ``port`` (0: a free one); with ``ssl_context``, over TLS."""
         await self.runner.setup()
+        self._ssl = ssl_context
         await self.listen(port, backlog=backlog)
         return self
 
     async def listen(self, port: int, *, backlog: int = 128) -> None:
         """Listen (again) on ``port``; the address is reused, so a port just left is free."""
-        self._site = web.TCPSite(self.runner, LOOPBACK, port, backlog=backlog, reuse_address=True)
+        self._site = web.TCPSite(
+            self.runner,
+            LOOPBACK,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            ssl_context=self._ssl,
+        )
         await self._site.start()
         self.port = self._site.port
 
@@ -74,9 +87,16 @@ class LocalApp:
 
 
 @asynccontextmanager
-async def serving(app: web.Application, port: int = 0, **options: Any) -> AsyncIterator[LocalApp]:
-    """``app`` served on 127.0.0.1 for the ``with`` block (see :class:`LocalApp`)."""
-    local = await LocalApp(app, **options).start(port)
+async def serving(
+    app: web.Application,
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
+) -> AsyncIterator[LocalApp]:
+    """``app`` served on 127.0.0.1 for the ``with`` block (see :class:`LocalApp`); with
+    ``ssl_context``, over TLS."""
+    local = await LocalApp(app, **options).start(port, ssl_context=ssl_context)
     try:
         yield local
     finally:
