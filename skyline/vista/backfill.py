@@ -147,6 +147,16 @@ class BackfillParams:
         )
 
 
+TEMPLATES_NOT_BACKFILLED = (
+    "an entry with a name template ({label}/{node[N]}) is not backfilled yet: its answer holds "
+    "many series, which only the live fetcher expands into metrics"
+)
+
+
+def templated_entries(entries: Sequence[FetchEntry]) -> list[str]:
+    return [e.metric for e in entries if e.name_template is not None]
+
+
 def resolve(
     config: VistaConfig,
     request: BackfillRequest,
@@ -161,6 +171,10 @@ def resolve(
         return f"not in VISTA_FETCH_METRICS: {', '.join(unknown)}"
     if not entries:
         return "no metric matches"
+    templated = templated_entries(entries)
+    entries = [e for e in entries if e.metric not in templated]
+    if not entries:
+        return f"{', '.join(templated)}: {TEMPLATES_NOT_BACKFILLED}"
     until = request.until
     if config.do_not_submit_current_minute:
         until = min(until, current_minute_start(now) - 1)  # never the open minute

@@ -10,7 +10,16 @@ from typing import TextIO
 import redis
 
 from skyline.vista import constants, redisconn
-from skyline.vista.backfill import KIND, BackfillParams, BackfillRequest, chunks_of, resolve
+from skyline.vista.backfill import (
+    KIND,
+    TEMPLATES_NOT_BACKFILLED,
+    BackfillParams,
+    BackfillRequest,
+    chunks_of,
+    resolve,
+    templated_entries,
+)
+from skyline.vista.backfill_plan import select_entries
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import read_watermarks_sync, watermark_keys
 from skyline.vista.history import history_carbon, history_path
@@ -86,6 +95,15 @@ def _submit(
     if isinstance(params, str):
         print(f"vista backfill: {params}", file=sys.stderr)
         return constants.EXIT_FAILURE
+    selected, _unknown = select_entries(
+        config.fetch_metrics, metrics=request.metrics, match=request.match, all_=request.all_
+    )
+    skipped = templated_entries(selected)
+    if skipped:
+        print(
+            f"vista backfill: skipped {', '.join(skipped)}: {TEMPLATES_NOT_BACKFILLED}",
+            file=sys.stderr,
+        )
     describe_plan(config, params, out)
     if dry_run:
         print("dry run: no job added", file=out)

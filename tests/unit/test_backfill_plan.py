@@ -223,3 +223,25 @@ def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() 
     assert fast_points("m", [(5, 1.0)], 6, 10) is None  # before the window
     assert fast_points("m", [(11, 1.0)], 0, 10) is None  # after it
     assert fast_points("m", matrix_values(answer([])), 0, 10) == []
+
+
+def test_a_name_template_entry_is_left_out_not_run_to_fail(tmp_path: Path) -> None:
+    # Before: the job asked the template's query, got many series and failed every chunk
+    # ("the query returned 20 series; it must return one ... or give the entry a name
+    # template"), and `--wait` still ended 'done' with 0 points.
+    template = {
+        "remote_host": "http://p:9090",
+        "remote_host_type": "prometheus",
+        "remote_target": "node_load1",
+        "graphite_target": "{instance}.load1",
+        "namespace_prefix": "nodes",
+    }
+    plain = ("http://p:9090", "prometheus", 60, "up", "m0", "default", "a", *[None] * 4, ())
+    cfg = settings(tmp_path, VISTA_FETCH_METRICS=(plain, template))
+    until = int(NOW) - 3600
+    everything = resolve(cfg, BackfillRequest(all_=True, start=until - 600, until=until), {}, NOW)
+    assert not isinstance(everything, str)
+    assert [m.metric for m in everything.metrics] == ["a.m0"]
+    only = resolve(cfg, BackfillRequest(match="nodes.*", start=until - 600, until=until), {}, NOW)
+    assert isinstance(only, str)
+    assert only.startswith("nodes.{instance}.load1: an entry with a name template"), only
