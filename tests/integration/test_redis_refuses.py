@@ -21,11 +21,11 @@ import redis
 from skyline.vista import codec, constants
 from skyline.vista.model import DeadLetter
 from skyline.vista.redisconn import redis_text
+from skyline.vista.testing.servers import PrometheusServer, poll_until
 from skyline.vista.validate import current_minute_start
 from tests.conftest import RedisFactory
-from tests.daemon_helpers import VistaHarness
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.servers import PrometheusServer, poll_until
+from tests.support.daemon import VistaHarness
 
 QUERIES = {"up": "sum(up)", "samples": "sum(scrape_samples_scraped)", "count": "count(up)"}
 STEP = 10

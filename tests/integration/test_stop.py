@@ -11,8 +11,7 @@ import pytest
 
 from skyline.vista import proctree
 from tests.conftest import RedisFactory
-from tests.daemon_helpers import VistaHarness
-from tests.support.daemon import REPO
+from tests.support.daemon import REPO, VistaHarness
 
 VISTA_D = REPO / "bin" / "vista.d"
 
