@@ -1,8 +1,9 @@
 """Showing jobs: the ``vista jobs`` table and the ``--wait`` progress display.
 
 ``--wait`` draws a tqdm progress bar (percent, units, points, points/s, ETA) when the output
-is a terminal, and writes one plain line per finished unit otherwise (logs, CI), so that the
-output of a job run under systemd or cron stays readable.
+is a terminal, and otherwise (logs, CI) one plain line whenever units finished since the last
+look (fast units share a line), so that the output of a job run under systemd or cron stays
+readable.
 """
 
 from __future__ import annotations
