@@ -33,6 +33,7 @@ import redis.asyncio
 
 from skyline.vista import redisconn
 from skyline.vista.backfill_plan import (
+    GRAPHITE_POINTS,
     BackfillMetric,
     Chunk,
     backfill_metrics,
@@ -126,6 +127,9 @@ class BackfillParams:
     until: int
     resolution: int | None
     asked: str  # what the user asked for, for `vista jobs`
+    graphite_batch: int = 20
+    """Graphite targets per render request, fixed when the job is added: the plan (and so the
+    meaning of the checkpoint) must not change if the settings do."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +138,7 @@ class BackfillParams:
             "until": self.until,
             "resolution": self.resolution,
             "metric": self.asked,
+            "graphite_batch": self.graphite_batch,
         }
 
     @classmethod
@@ -144,6 +149,7 @@ class BackfillParams:
             until=int(raw["until"]),
             resolution=raw.get("resolution"),
             asked=str(raw.get("metric", "")),
+            graphite_batch=int(raw.get("graphite_batch", 20)),
         )
 
 
@@ -182,11 +188,15 @@ def resolve(
         return f"--from ({request.start}) is after --until ({until})"
     metrics = backfill_metrics(entries, until, resolution=request.resolution, watermarks=watermarks)
     asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
-    return BackfillParams(tuple(metrics), request.start, until, request.resolution, asked)
+    # A render answer of a full batch stays within VISTA_MAX_RESPONSE_BYTES (about 40 bytes
+    # a point in graphite-web's JSON).
+    fits = max(1, config.max_response_bytes // (GRAPHITE_POINTS * 40))
+    batch = max(1, min(config.graphite_batch_size, fits))
+    return BackfillParams(tuple(metrics), request.start, until, request.resolution, asked, batch)
 
 
 def chunks_of(config: VistaConfig, params: BackfillParams) -> list[Chunk]:
-    return plan(params.metrics, params.start, config.graphite_batch_size)
+    return plan(params.metrics, params.start, params.graphite_batch)
 
 
 # --- the usual answer, quickly -------------------------------------------------------------------

@@ -245,3 +245,13 @@ def test_a_name_template_entry_is_left_out_not_run_to_fail(tmp_path: Path) -> No
     only = resolve(cfg, BackfillRequest(match="nodes.*", start=until - 600, until=until), {}, NOW)
     assert isinstance(only, str)
     assert only.startswith("nodes.{instance}.load1: an entry with a name template"), only
+
+
+def test_the_graphite_batch_is_fixed_in_the_job_and_fits_the_body_cap(tmp_path: Path) -> None:
+    request = BackfillRequest(all_=True, start=0, until=int(NOW))
+    small = resolve(settings(tmp_path, VISTA_GRAPHITE_BATCH_SIZE=5), request, {}, NOW)
+    big = resolve(settings(tmp_path, VISTA_GRAPHITE_BATCH_SIZE=500), request, {}, NOW)
+    assert not isinstance(small, str) and not isinstance(big, str)
+    assert small.graphite_batch == 5
+    assert big.graphite_batch == 16 * 1024 * 1024 // (GRAPHITE_POINTS * 40)  # 41 a request
+    assert BackfillParams.from_json(big.as_json()) == big
