@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 KIND = "backfill"
 FETCH_ATTEMPTS = 4
 """Tries of one chunk's request before the chunk is counted as an error and skipped."""
+CHECKPOINT_EVERY = 0.5
+"""Seconds between two checkpoint writes while chunks are delivered (see Backfill._checkpoint):
+a job killed at any moment sends again at most the chunks of that last half second."""
 
 _RELATIVE = re.compile(r"^-(\d+)\s*(s|sec|seconds?|m|min|minutes?|h|hours?|d|days?|w|weeks?)$")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)?$")
@@ -301,6 +304,14 @@ class Backfill:
         self.entries = {e.metric: e for e in config.fetch_metrics}
         self.hosts: dict[str, HostState] = {}
         self.chunks = chunks_of(config, params)
+        progress = ctx.current_progress
+        self._next = int(ctx.record.checkpoint.get("next", 0))
+        self._points, self._errors, self._message = (
+            progress.points,
+            progress.errors,
+            progress.message,
+        )
+        self._written = 0.0
         self.budget_client: redis.asyncio.Redis | None = None
         # Carbon's create budget, shared with the workers, when history goes to a carbon.
         self.create_budget = (
@@ -496,6 +507,7 @@ class Backfill:
         try:
             await self._run(start, total, concurrency)
         finally:
+            self._flush()  # what was delivered is recorded, however the run ends
             if self.budget_client is not None:
                 await self.budget_client.aclose()
 
@@ -522,21 +534,25 @@ class Backfill:
                 await asyncio.gather(*pending.values(), return_exceptions=True)
 
     def _checkpoint(self, result: ChunkResult, rejected: int) -> None:
-        p = self.ctx.current_progress
-        errors = p.errors + result.errors + rejected
-        message = result.message or p.message
-        if result.message:
-            logger.warning(
-                "backfill %s chunk %d: %s", self.ctx.record.id, result.chunk.index, result.message
-            )
-        self.ctx.checkpoint(
-            {"next": result.chunk.index + 1},
-            done=result.chunk.index + 1,
-            points=p.points + len(result.entries) - rejected,
-            errors=errors,
-            message=message,
-        )
+        """Count a delivered chunk; save the checkpoint and progress (one write) at most every
+        CHECKPOINT_EVERY seconds, at once after an error, and always for the last chunk (and
+        when the run ends: _flush). The job record carries the job's whole metric list, so a
+        write per chunk cost more than the chunk itself with thousands of metrics."""
         chunk = result.chunk
+        points = len(result.entries) - rejected
+        self._next = chunk.index + 1
+        self._points += points
+        self._errors += result.errors + rejected
+        if result.message:
+            self._message = result.message
+            logger.warning(
+                "backfill %s chunk %d: %s", self.ctx.record.id, chunk.index, result.message
+            )
+        now = time.monotonic()
+        if result.message or rejected or self._next == len(self.chunks):
+            self._flush()
+        elif now - self._written >= CHECKPOINT_EVERY:
+            self._flush()
         logger.info(
             "backfill %s: chunk %d/%d done (%d metric(s), %d..%d): %d point(s), %d in all",
             self.ctx.record.id,
@@ -545,11 +561,26 @@ class Backfill:
             len(chunk.metrics),
             chunk.start,
             chunk.end,
-            len(result.entries) - rejected,
-            self.ctx.current_progress.points,
+            points,
+            self._points,
         )
         if self.on_chunk is not None:
             self.on_chunk(result)
+
+    def _flush(self) -> None:
+        if (
+            self._next == self.ctx.current_progress.done
+            and self._points == self.ctx.current_progress.points
+        ):
+            return
+        self.ctx.checkpoint(
+            {"next": self._next},
+            done=self._next,
+            points=self._points,
+            errors=self._errors,
+            message=self._message,
+        )
+        self._written = time.monotonic()
 
 
 def run_job(ctx: JobContext) -> None:
