@@ -39,14 +39,19 @@ METRICS = 50
 RETENTION = "60s:35d"
 
 _WHISPER_WRITE = r"""
-import json, sys, whisper
+import json, os, struct, sys, whisper
 root, spec = sys.argv[1], json.load(sys.stdin)
 for path, points in spec.items():
     full = root + "/" + path
-    import os
     os.makedirs(os.path.dirname(full), exist_ok=True)
     whisper.create(full, [(60, 35 * 1440)], xFilesFactor=0, aggregationMethod="average")
-    whisper.update_many(full, points)
+    # What update_many writes for consecutive steps (the first point is the archive's base),
+    # in one write instead of its per-point work (40 s for the 50 files on a loaded machine).
+    offset = whisper.info(full)["archives"][0]["offset"]
+    data = struct.pack("!" + "Ld" * len(points), *[x for point in points for x in point])
+    with open(full, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
 """
 
 _WHISPER_READ = r"""
@@ -121,7 +126,7 @@ def graphite_source(
         input=json.dumps(spec),
         text=True,
         check=True,
-        timeout=120,
+        timeout=300,
     )
     carbon.start()
     web = GraphiteWebServer(tmp_path_factory.mktemp("graphite-src"), carbon)
