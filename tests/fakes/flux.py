@@ -539,7 +539,10 @@ class FluxServer(StartStop):
 
     async def _handle_post(self, request: web.Request) -> web.Response:
         peer = _peer(request)  # before the client can go away
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionResetError:  # the client died while sending: Flux never saw it
+            return web.Response(status=400)
         failure = self._take_failure()
         if failure is not None:
             count = self._count_metrics(raw, request.headers.get("Content-Encoding"))
