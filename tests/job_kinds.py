@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from skyline.vista.errors import VistaError
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.registry import JobKind
 from skyline.vista.jobs.store import JobKeys
@@ -27,6 +28,8 @@ def count_job(ctx: JobContext) -> None:
         if ctx.should_stop():
             return
         if fail_at is not None and unit == int(fail_at):
+            if ctx.params.get("expected"):  # a failure the job reports on purpose
+                raise VistaError(f"unit {unit} has too few rows")
             raise RuntimeError(f"unit {unit} is broken")
         time.sleep(pause)
         ctx.client.hincrby(UNITS_KEY, str(unit), 1)

@@ -230,12 +230,20 @@ def test_a_sigkilled_job_process_is_resumed_from_its_checkpoint(
 
 @pytest.mark.slow
 def test_a_job_that_raises_is_failed_with_its_error(
-    store: JobStore, supervised: Supervised
+    store: JobStore, supervised: Supervised, tmp_path: Path
 ) -> None:
     job = store.submit(new_job("count", {"units": 5, "fail_at": 2}))
     record = wait_status(store, job.id, Status.FAILED)
     assert record.error == "RuntimeError: unit 2 is broken"
     assert record.progress.done == 2 and record.finished is not None
+    # A job failing on purpose (a VistaError: a BigQuery interval with too few rows) says so
+    # in one ERROR line; before, its end logged a traceback as a bug does.
+    expected = store.submit(new_job("count", {"units": 5, "fail_at": 1, "expected": True}))
+    record = wait_status(store, expected.id, Status.FAILED)
+    assert record.error == "VistaError: unit 1 has too few rows"
+    log = (tmp_path / "vista.log").read_text()
+    assert f"job {expected.id} (count) failed: VistaError: unit 1 has too few rows\n" in log
+    assert log.count("Traceback") == 1, log  # the RuntimeError's, a bug's
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ import redis
 
 from skyline.vista import constants, procutil, redisconn
 from skyline.vista.config import VistaConfig
+from skyline.vista.errors import VistaError
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.display import describe
 from skyline.vista.jobs.record import Status
@@ -63,6 +64,9 @@ def run_job(
     error = ""
     try:
         job_kind.load_entry()(ctx)
+    except VistaError as exc:  # a job that ends failed on purpose: its message says why
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        logger.error("job %s (%s) failed: %s", job_id, job_kind.name, error)
     except Exception as exc:  # noqa: BLE001 - any bug in a job fails that job, not the agent
         logger.exception("job %s (%s) failed", job_id, job_kind.name)
         error = f"{type(exc).__name__}: {exc}"[:500]
