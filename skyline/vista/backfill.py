@@ -188,7 +188,8 @@ def resolve(
     if config.do_not_submit_current_minute:
         until = min(until, current_minute_start(now) - 1)  # never the open minute
     if request.start > until:
-        return f"--from ({request.start}) is after --until ({until})"
+        shown = [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) for t in (request.start, until)]
+        return f"--from ({shown[0]} UTC) is after --until ({shown[1]} UTC)"
     metrics = backfill_metrics(entries, until, resolution=request.resolution, watermarks=watermarks)
     asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
     # A render answer of a full batch stays within VISTA_MAX_RESPONSE_BYTES (about 40 bytes

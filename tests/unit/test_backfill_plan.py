@@ -149,8 +149,8 @@ def test_resolve_selects_names_globs_or_all_and_stops_at_watermarks(tmp_path: Pa
     assert resolve(cfg, BackfillRequest(metrics=("nope",), start=0, until=1), {}, NOW) == (
         "not in VISTA_FETCH_METRICS: nope"
     )
-    assert "after --until" in str(
-        resolve(cfg, BackfillRequest(all_=True, start=10, until=5), {}, NOW)
+    assert resolve(cfg, BackfillRequest(all_=True, start=10, until=5), {}, NOW) == (
+        "--from (1970-01-01 00:00:10 UTC) is after --until (1970-01-01 00:00:05 UTC)"
     )
 
 

@@ -134,3 +134,16 @@ def test_a_good_account_and_a_disabled_schedule_pass() -> None:
         }
     )
     assert list(cfg.bq_accounts) == ["shop"]
+
+
+def test_an_empty_bigquery_range_is_named_in_utc() -> None:
+    # Before: 'empty range: from 1793836800 until 1793491200 by 86400'
+    from skyline.vista.bq.job import JobParams, JobParamsError
+
+    cfg = config.validate({**BASE, "VISTA_BQ_ACCOUNTS": {"shop": _account()}})
+    params = {"vista_bq_account_key": "shop", "from_timestamp": 1793836800}
+    with pytest.raises(JobParamsError) as err:
+        JobParams.parse({**params, "until_timestamp": 1793491200}, cfg, update=False)
+    assert str(err.value) == (
+        "empty range: from 2026-11-05 until 2026-11-01 UTC by 86400 s (--from is after --until)"
+    )

@@ -113,7 +113,10 @@ class JobParams:
             start, until = start_or, until_or
             interval = _int(params, "interval") or interval
         if interval <= 0 or until < start:
-            raise JobParamsError(f"empty range: from {start} until {until} by {interval}")
+            raise JobParamsError(
+                f"empty range: from {_utc(start)} until {_utc(until)} UTC by {interval} s"
+                f"{' (--from is after --until)' if until < start else ''}"
+            )
         return cls(
             account_name=name,
             account=account,
@@ -315,3 +318,7 @@ def open_sink(config: VistaConfig, account: Mapping[str, Any], *, flux_test: boo
 
 def job_folder(started: float) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(started))
+
+
+def _utc(ts: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)).removesuffix(" 00:00")
