@@ -44,7 +44,7 @@ from skyline.vista.backoff import Backoff
 from skyline.vista.config import VistaConfig
 from skyline.vista.create_budget import CreateBudget
 from skyline.vista.entries import FetchEntry
-from skyline.vista.errors import SourceError
+from skyline.vista.errors import SourceError, VistaError
 from skyline.vista.history import build_history_sink, history_path
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.request_budget import pacer_for_entry
@@ -274,6 +274,12 @@ class _Stopped(Exception):
     """The job was told to stop (SIGTERM, cancel) while waiting to retry."""
 
 
+class BackfillFailed(VistaError):
+    """The job ran to its last chunk but some chunks failed (as a BigQuery job whose intervals
+    failed: skyline/vista/bq/runner.py): it ends ``failed``, naming how many and the last error;
+    the points of the chunks that succeeded were delivered."""
+
+
 @dataclass
 class ChunkResult:
     chunk: Chunk
@@ -312,6 +318,9 @@ class Backfill:
             progress.errors,
             progress.message,
         )
+        self._failed = int(ctx.record.checkpoint.get("failed", 0))
+        """Chunks with at least one metric that could not be fetched (kept in the checkpoint)."""
+        self._last_error = str(ctx.record.checkpoint.get("last_error", ""))
         self._written = 0.0
         self.budget_client: redis.asyncio.Redis | None = None
         # Carbon's create budget, shared with the workers, when history goes to a carbon.
@@ -511,6 +520,11 @@ class Backfill:
             self._flush()  # what was delivered is recorded, however the run ends
             if self.budget_client is not None:
                 await self.budget_client.aclose()
+        if self._next >= total and self._failed:
+            raise BackfillFailed(
+                f"{self._failed} of {total} chunk(s) failed, {self._points:,} point(s) "
+                f"delivered; last error: {self._last_error}"[:500]
+            )
 
     async def _run(self, start: int, total: int, concurrency: int) -> None:
         async with aiohttp.ClientSession(connector=new_connector()) as session:
@@ -544,6 +558,9 @@ class Backfill:
         self._next = chunk.index + 1
         self._points += points
         self._errors += result.errors + rejected
+        if result.errors:
+            self._failed += 1
+            self._last_error = result.message
         if result.message:
             self._message = result.message
             logger.warning(
@@ -572,10 +589,14 @@ class Backfill:
         if (
             self._next == self.ctx.current_progress.done
             and self._points == self.ctx.current_progress.points
+            and self._errors == self.ctx.current_progress.errors
         ):
             return
+        checkpoint: dict[str, Any] = {"next": self._next}
+        if self._failed:
+            checkpoint |= {"failed": self._failed, "last_error": self._last_error[:300]}
         self.ctx.checkpoint(
-            {"next": self._next},
+            checkpoint,
             done=self._next,
             points=self._points,
             errors=self._errors,

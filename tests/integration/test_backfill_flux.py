@@ -3,6 +3,7 @@ Flux's FLUX_CHECK_LAST_TIMESTAMP (the Flux double applies Flux's worker rules)."
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from skyline.vista import config, constants
+from skyline.vista import backfill, config, constants
 from skyline.vista.backfill import BackfillRequest, resolve
 from skyline.vista.config import VistaConfig
+from skyline.vista.jobs.commands import list_jobs, wait_exit_code
 from skyline.vista.jobs.process import run_job
 from skyline.vista.jobs.record import Status, new_job
 from skyline.vista.jobs.registry import kind
@@ -59,14 +61,20 @@ def expected(span: tuple[int, int]) -> dict[str, list[tuple[int, float]]]:
 
 
 def settings(
-    tmp_path: Path, redis_server: RedisServer, prom: PrometheusServer, **extra: Any
+    tmp_path: Path,
+    redis_server: RedisServer,
+    prom: PrometheusServer,
+    targets: dict[int, tuple[str, str]] | None = None,
+    **extra: Any,
 ) -> VistaConfig:
+    """``targets``: metric number -> (remote_host, remote_target) in place of the real ones."""
+    targets = targets or {}
     entries = [
         {
-            "remote_host": prom.url,
+            "remote_host": targets.get(n, (prom.url, ""))[0],
             "remote_host_type": "prometheus",
             "frequency": STEP,
-            "remote_target": f'fh{{n="{n}"}}',
+            "remote_target": targets.get(n, ("", f'fh{{n="{n}"}}'))[1],
             "graphite_target": f"m{n}",
             "uri": "default",
             "namespace_prefix": "fh",
@@ -172,3 +180,44 @@ def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
                 name, len(points), timeout=20, from_ts=span[0] - 1, until_ts=span[1]
             )
             assert stored == points
+
+
+def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_error(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    span: tuple[int, int],
+    flux_default: FluxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backfill, "FETCH_ATTEMPTS", 1)  # no retries with backoff
+    already_delivered(redis_client, span[1] + 600)
+    store = JobStore(redis_client, "backfill", kind("backfill").keys)
+    # Every chunk fails: the source does not answer (nothing listens on port 1).
+    dead = {n: ("http://127.0.0.1:1", f'fh{{n="{n}"}}') for n in range(METRICS)}
+    cfg = settings(tmp_path, redis_server, prom, dead, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, redis_client, span) is Status.FAILED
+    (record,) = store.all()
+    assert record.status is Status.FAILED and wait_exit_code(record) == constants.EXIT_FAILURE
+    assert record.error.startswith(
+        "BackfillFailed: 2 of 2 chunk(s) failed, 0 point(s) delivered; last error: fh.m1: "
+    )
+    assert record.progress.done == record.progress.total == 2
+    listing = io.StringIO()
+    list_jobs(redis_client, listing)
+    assert "failed             2/2 100%" in listing.getvalue()
+    assert "(BackfillFailed: 2 of 2 chunk(s) failed" in listing.getvalue()
+    assert flux_default.accepted_count == 0
+    # Some chunks fail (a query Prometheus refuses): the others are delivered, the job fails.
+    bad = {1: (prom.url, 'fh{n="1"')}
+    cfg = settings(tmp_path, redis_server, prom, bad, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, redis_client, span) is Status.FAILED
+    (record,) = [r for r in store.all() if r.id != record.id]
+    points = len(expected(span)["fh.m0"])
+    assert record.error.startswith(
+        f"BackfillFailed: 1 of 2 chunk(s) failed, {points:,} point(s) delivered; "
+        "last error: fh.m1: "
+    )
+    flux_default.wait_processed()
+    assert flux_default.forwarded_by_metric() == {"fh.m0": expected(span)["fh.m0"]}
