@@ -170,6 +170,11 @@ VISTA_JOB_PROCESSES = {}  # e.g. {'backfill': 2}
 # host has a request budget, see VISTA_REMOTE_HOSTS).
 VISTA_BACKFILL_CONCURRENCY = 4
 
+# `vista backfill` and `vista bq backfill`/`update`: the longest range (--from..--until) a job
+# may ask for, seconds; a longer one is refused with a message (a typo such as -100000d would
+# otherwise plan 13,091 chunks per metric). 0: no bound.
+VISTA_BACKFILL_MAX_RANGE = 730 * 86400
+
 # Where history goes with the Flux sink. Set FLUX_CHECK_LAST_TIMESTAMP to the value Flux uses
 # (Flux's default: True): with True history is POSTed to Flux with fill (Flux never checks such
 # points); with False Flux would drop every point at or below flux.last even with fill, so

@@ -38,6 +38,7 @@ from skyline.vista.backfill_plan import (
     Chunk,
     backfill_metrics,
     plan,
+    range_too_long,
     select_entries,
 )
 from skyline.vista.backoff import Backoff
@@ -190,6 +191,9 @@ def resolve(
     if request.start > until:
         shown = [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) for t in (request.start, until)]
         return f"--from ({shown[0]} UTC) is after --until ({shown[1]} UTC)"
+    too_long = range_too_long(request.start, until, config.backfill_max_range)
+    if too_long:
+        return too_long
     metrics = backfill_metrics(entries, until, resolution=request.resolution, watermarks=watermarks)
     asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
     # A render answer of a full batch stays within VISTA_MAX_RESPONSE_BYTES (about 40 bytes

@@ -18,6 +18,7 @@ checkpoint — the index of the next chunk — stays meaningful.
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,3 +154,20 @@ def plan(metrics: Sequence[BackfillMetric], start: int, graphite_batch: int) -> 
                 keyed.append((first, order[batch[0].metric], last, batch))
     keyed.sort(key=lambda k: (k[0], k[1]))
     return [Chunk(index, first, last, batch) for index, (first, _, last, batch) in enumerate(keyed)]
+
+
+MAX_RANGE_SETTING = "VISTA_BACKFILL_MAX_RANGE"
+
+
+def range_too_long(start: int, until: int, bound: int) -> str | None:
+    """Why the range ``start``..``until`` (epochs) is refused, or None when it is within
+    ``bound`` seconds (``VISTA_BACKFILL_MAX_RANGE``; 0: no bound). A typo such as
+    ``--from -100000d`` would otherwise plan tens of thousands of requests per metric."""
+    if bound <= 0 or until - start <= bound:
+        return None
+    shown = [time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) for t in (start, until)]
+    return (
+        f"the range {shown[0]}..{shown[1]} UTC spans {(until - start) / 86400:,.1f} days, more "
+        f"than {MAX_RANGE_SETTING} ({bound / 86400:,.1f} days = {bound} s): ask for a shorter "
+        f"range, or raise {MAX_RANGE_SETTING} in the settings (seconds; 0: no bound)"
+    )

@@ -181,3 +181,40 @@ def test_check_config_loads_credentials_and_checks_the_query(
     run = h.cli("run")
     assert run.returncode == 6, str(run)
     assert "VISTA_BQ_ACCOUNTS['bad'] key 'query'" in run.stderr, str(run)
+
+
+def test_a_range_beyond_vista_backfill_max_range_is_refused_by_both_backfill_commands(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fake: FakeBigQuery,
+    daily_carbon: CarbonServer,
+    metric_prefix: str,
+    harness: list[VistaHarness],
+) -> None:
+    values = settings(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    values["VISTA_FETCH_METRICS"] = (
+        {
+            "remote_host": "http://127.0.0.1:1",
+            "remote_host_type": "prometheus",
+            "frequency": 60,
+            "remote_target": "up",
+            "graphite_target": "up",
+            "uri": "default",
+            "namespace_prefix": "p",
+        },
+    )
+    h = VistaHarness(tmp_path / "vista", values)
+    harness.append(h)
+
+    def job_ids() -> list[str]:
+        return [line.split()[0] for line in h.cli("jobs").stdout.splitlines()]
+
+    before = job_ids()
+    bound = "more than VISTA_BACKFILL_MAX_RANGE (730.0 days = 63072000 s): ask for a shorter range"
+    history = h.cli("backfill", "p.up", "--from", "-100000d")
+    assert history.returncode != 0 and bound in history.stderr, str(history)
+    assert history.stderr.startswith("vista backfill: the range "), str(history)
+    bq = h.cli("bq", "backfill", "shop", "--from", "1800-01-01", "--until", "2026-01-01")
+    assert bq.returncode != 0 and bound in bq.stderr, str(bq)
+    assert bq.stderr.startswith("vista bq backfill: the range 1800-01-01 00:00..2026"), str(bq)
+    assert job_ids() == before  # nothing was added

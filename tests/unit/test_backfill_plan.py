@@ -143,7 +143,9 @@ def test_resolve_selects_names_globs_or_all_and_stops_at_watermarks(tmp_path: Pa
     )
     assert not isinstance(params, str)
     assert [(m.metric, m.until) for m in params.metrics] == [("a.m0", until), ("a.m1", until - 600)]
-    everything = resolve(cfg, BackfillRequest(all_=True, start=0, until=int(NOW) + 999), {}, NOW)
+    everything = resolve(
+        cfg, BackfillRequest(all_=True, start=int(NOW) - 86400, until=int(NOW) + 999), {}, NOW
+    )
     assert not isinstance(everything, str)
     assert everything.until == int(NOW) // 60 * 60 - 1  # never the open minute
     assert resolve(cfg, BackfillRequest(metrics=("nope",), start=0, until=1), {}, NOW) == (
@@ -248,10 +250,30 @@ def test_a_name_template_entry_is_left_out_not_run_to_fail(tmp_path: Path) -> No
 
 
 def test_the_graphite_batch_is_fixed_in_the_job_and_fits_the_body_cap(tmp_path: Path) -> None:
-    request = BackfillRequest(all_=True, start=0, until=int(NOW))
+    request = BackfillRequest(all_=True, start=int(NOW) - 86400, until=int(NOW))
     small = resolve(settings(tmp_path, VISTA_GRAPHITE_BATCH_SIZE=5), request, {}, NOW)
     big = resolve(settings(tmp_path, VISTA_GRAPHITE_BATCH_SIZE=500), request, {}, NOW)
     assert not isinstance(small, str) and not isinstance(big, str)
     assert small.graphite_batch == 5
     assert big.graphite_batch == 16 * 1024 * 1024 // (GRAPHITE_POINTS * 40)  # 41 a request
     assert BackfillParams.from_json(big.as_json()) == big
+
+
+def test_a_range_beyond_vista_backfill_max_range_is_refused_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    until = int(NOW) // 60 * 60 - 1
+    huge = BackfillRequest(all_=True, start=until - 100_000 * 86400, until=until)
+    refused = resolve(settings(tmp_path), huge, {}, NOW)
+    assert isinstance(refused, str)
+    assert refused.endswith(
+        "UTC spans 100,000.0 days, more than VISTA_BACKFILL_MAX_RANGE (730.0 days = 63072000 s): "
+        "ask for a shorter range, or raise VISTA_BACKFILL_MAX_RANGE in the settings "
+        "(seconds; 0: no bound)"
+    )
+    at_bound = BackfillRequest(all_=True, start=until - 730 * 86400, until=until)
+    assert not isinstance(resolve(settings(tmp_path), at_bound, {}, NOW), str)
+    unbounded = settings(tmp_path, VISTA_BACKFILL_MAX_RANGE=0)
+    assert not isinstance(resolve(unbounded, huge, {}, NOW), str)
+    raised = settings(tmp_path, VISTA_BACKFILL_MAX_RANGE=200_000 * 86400)
+    assert not isinstance(resolve(raised, huge, {}, NOW), str)

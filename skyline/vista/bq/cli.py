@@ -87,6 +87,7 @@ def run(config: VistaConfig, args: argparse.Namespace) -> int:
 
 
 def _add(config: VistaConfig, client: Any, args: argparse.Namespace) -> int:
+    from skyline.vista.backfill_plan import range_too_long
     from skyline.vista.bq import submit
     from skyline.vista.bq.job import JobParams, JobParamsError
     from skyline.vista.bq.query import interval_label
@@ -109,6 +110,10 @@ def _add(config: VistaConfig, client: Any, args: argparse.Namespace) -> int:
         params = JobParams.parse(probe, config, update=kind == submit.UPDATE)
     except JobParamsError as exc:
         print(f"vista bq {args.bq_action}: {exc}", file=sys.stderr)
+        return constants.EXIT_USAGE
+    too_long = range_too_long(params.start, params.until, config.backfill_max_range)
+    if too_long:
+        print(f"vista bq {args.bq_action}: {too_long}", file=sys.stderr)
         return constants.EXIT_USAGE
     record, created = submit.submit(
         client,

@@ -267,6 +267,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         job_processes=_job_processes(r),
         member_ttl=r.read(table.MEMBER_TTL),
         backfill_concurrency=r.read(table.BACKFILL_CONCURRENCY),
+        backfill_max_range=r.read(table.BACKFILL_MAX_RANGE),
         flux_check_last_timestamp=r.read(table.FLUX_CHECK_LAST_TIMESTAMP),
         flux_carbon_host=r.read(table.FLUX_CARBON_HOST),
         flux_carbon_pickle_port=r.read(table.FLUX_CARBON_PICKLE_PORT),

@@ -150,6 +150,7 @@ class VistaConfig:
     member_ttl: float  # VISTA_MEMBER_TTL: a silent host is gone after this
     job_processes: Mapping[str, int]  # VISTA_JOB_PROCESSES
     backfill_concurrency: int  # VISTA_BACKFILL_CONCURRENCY: requests in flight per job
+    backfill_max_range: int  # VISTA_BACKFILL_MAX_RANGE: seconds, 0 = no bound
     flux_check_last_timestamp: bool  # mirrors Flux's FLUX_CHECK_LAST_TIMESTAMP
     flux_carbon_host: str | None  # FLUX_CARBON_HOST: the carbon beside Flux
     flux_carbon_pickle_port: int | None  # FLUX_CARBON_PICKLE_PORT

@@ -207,6 +207,14 @@ BACKFILL_CONCURRENCY = Setting(
     "`vista backfill`: requests in flight per job",
     maximum=64,
 )
+BACKFILL_MAX_RANGE = Setting(
+    "VISTA_BACKFILL_MAX_RANGE",
+    "int",
+    730 * 86400,
+    "`vista backfill` and `vista bq backfill`/`update`: the longest range a job may ask for, "
+    "seconds (default 730 days); a longer one is refused; 0: no bound",
+    minimum=0,
+)
 CARBON_MAX_CREATES_PER_MINUTE = Setting(
     "VISTA_CARBON_MAX_CREATES_PER_MINUTE",
     "number",
