@@ -17,7 +17,7 @@ from skyline.vista.backfill import BackfillRequest, resolve
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.commands import list_jobs, wait_exit_code
 from skyline.vista.jobs.process import run_job
-from skyline.vista.jobs.record import Status, new_job
+from skyline.vista.jobs.record import Progress, Status, new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
 from skyline.vista.testing.servers import CarbonServer, PrometheusServer, RedisServer
@@ -221,3 +221,37 @@ def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_e
     )
     flux_default.wait_processed()
     assert flux_default.forwarded_by_metric() == {"fh.m0": expected(span)["fh.m0"]}
+
+
+def test_a_resumed_backfill_remembers_the_chunks_that_failed_before(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    prom: PrometheusServer,
+    span: tuple[int, int],
+    flux_default: FluxServer,
+) -> None:
+    already_delivered(redis_client, span[1] + 600)
+    cfg = settings(tmp_path, redis_server, prom, FLUX_PORT=flux_default.port)
+    params = resolve(cfg, BackfillRequest(all_=True, start=span[0], until=span[1]), {}, time.time())
+    assert not isinstance(params, str)
+    store = JobStore(redis_client, "backfill", kind("backfill").keys)
+    # A run stopped (SIGTERM) after chunk 0 (fh.m0) failed: it resumes at chunk 1.
+    earlier = {"next": 1, "failed": 1, "last_error": "fh.m0: cannot connect (earlier run)"}
+    job = store.submit(
+        new_job("backfill", params.as_json()).with_(
+            checkpoint=earlier, progress=Progress(done=1, total=2, errors=1)
+        )
+    )
+    claimed = store.claim()
+    assert claimed is not None and claimed[0].id == job.id
+    assert run_job(kind("backfill"), job.id, claimed[1], cfg, redis_client) is Status.FAILED
+    record = store.get(job.id)
+    assert record is not None
+    points = len(expected(span)["fh.m1"])
+    assert record.error == (
+        f"BackfillFailed: 1 of 2 chunk(s) failed, {points:,} point(s) delivered; "
+        "last error: fh.m0: cannot connect (earlier run)"
+    )
+    flux_default.wait_processed()
+    assert flux_default.forwarded_by_metric() == {"fh.m1": expected(span)["fh.m1"]}
