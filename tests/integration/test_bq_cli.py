@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from skyline.vista.testing.servers import CarbonServer, RedisServer
-from tests.bq_helpers import (
+from tests.fakes.bigquery import FakeBigQuery
+from tests.support.bigquery import (
     COLUMNS,
     DAY,
     account,
@@ -22,7 +23,6 @@ from tests.bq_helpers import (
     read_whisper_tree,
     wait_whisper,
 )
-from tests.fakes.bigquery import FakeBigQuery
 from tests.support.daemon import VistaHarness
 
 

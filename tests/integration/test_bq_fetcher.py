@@ -15,8 +15,8 @@ import redis
 from skyline.vista.bq import submit
 from skyline.vista.bq_fetcher import BqScheduler
 from skyline.vista.testing.servers import RedisServer
-from tests.bq_helpers import DAY, account, make_config
 from tests.fakes.bigquery import FakeBigQuery
+from tests.support.bigquery import DAY, account, make_config
 
 
 def utc(text: str) -> int:

@@ -19,7 +19,8 @@ from skyline.vista.bq import submit
 from skyline.vista.jobs.record import JobRecord, Status
 from skyline.vista.jobs.store import JobStore
 from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
-from tests.bq_helpers import (
+from tests.fakes.bigquery import FakeBigQuery
+from tests.support.bigquery import (
     COLUMNS,
     DAY,
     Supervised,
@@ -31,7 +32,6 @@ from tests.bq_helpers import (
     read_whisper_tree,
     wait_whisper,
 )
-from tests.fakes.bigquery import FakeBigQuery
 
 DAYS, VALUES = 60, 200
 

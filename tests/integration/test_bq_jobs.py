@@ -20,7 +20,9 @@ from skyline.vista.bq_update import change_record_key
 from skyline.vista.bq_update import run_job as run_update
 from skyline.vista.create_budget import GRANTED_KEY
 from skyline.vista.testing.servers import CarbonServer, RedisServer
-from tests.bq_helpers import (
+from tests.fakes.bigquery import Answer, FakeBigQuery
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.support.bigquery import (
     COLUMNS,
     DAY,
     LocalJob,
@@ -32,8 +34,6 @@ from tests.bq_helpers import (
     read_whisper_tree,
     wait_whisper,
 )
-from tests.fakes.bigquery import Answer, FakeBigQuery
-from tests.fakes.flux import DEFAULT_KEY, FluxServer
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from skyline.vista.jobs.supervisor import JobSupervisor
 from skyline.vista.logs import LogSpec
 from skyline.vista.pool import ProcessPool
 from skyline.vista.testing.servers import RedisServer, poll_until
-from tests.job_kinds import COUNT, PIDS_KEY, UNITS_KEY
+from tests.support.job_kinds import COUNT, PIDS_KEY, UNITS_KEY
 from tests.support.settings import make_config
 
 

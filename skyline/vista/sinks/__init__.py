@@ -32,10 +32,6 @@ class SinkPoint(NamedTuple):
     value: float
 
 
-Entry = SinkPoint
-"""The old name, kept for branches written before the rename (to be removed)."""
-
-
 @dataclass
 class SinkResult:
     handled: int = 0

@@ -39,5 +39,5 @@ def count_job(ctx: JobContext) -> None:
 COUNT = JobKind(
     name="count",
     keys=JobKeys("test.count.work", "test.count.job_status", "test.count.running"),
-    entry="tests.job_kinds:count_job",
+    entry="tests.support.job_kinds:count_job",
 )
