@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 CATCH_UP = 24 * 3600
 """Due minutes further back than this (the agent was down longer) are not run any more."""
 CLAIM_TTL = 7 * 86400
+CLAIM_PENDING_TTL = 120
+"""A due minute is claimed for this long until its job is enqueued, then for CLAIM_TTL: a
+failure in between (Redis lost after the claim) never leaves the minute claimed and not run."""
 LAST_KEY = constants.BQ_FETCHER_LAST_KEY
 DUE_KEY = constants.BQ_FETCHER_DUE_KEY
 SCHEDULES = (("bq_backfill", "schedule"), ("bq_update", "update_data_schedule"))
@@ -108,10 +111,23 @@ class BqScheduler:
             last = int(raw) if raw is not None else None
             for due in due_minutes(expr, last, minute):
                 claim = DUE_KEY.format(account=account, kind=kind, minute=due)
-                if self.client.set(claim, "1", nx=True, ex=CLAIM_TTL):
-                    enqueued.append(self._enqueue(account, kind, due))
+                if self.client.set(claim, "1", nx=True, ex=CLAIM_PENDING_TTL):
+                    try:
+                        enqueued.append(self._enqueue(account, kind, due))
+                    except BaseException:
+                        self._unclaim(claim)
+                        raise
+                    self.client.expire(claim, CLAIM_TTL)
             self.client.set(last_key, str(max(minute, last or 0)))
         return enqueued
+
+    def _unclaim(self, claim: str) -> None:
+        """Give a due minute back after its job could not be enqueued (best effort: if Redis
+        is gone, the claim expires after CLAIM_PENDING_TTL)."""
+        try:
+            self.client.delete(claim)
+        except redisconn.REDIS_ERRORS:
+            pass
 
     def _enqueue(self, account_name: str, kind: str, minute: int) -> Enqueued:
         from skyline.vista.bq import cron, submit

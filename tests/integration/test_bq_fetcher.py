@@ -97,6 +97,28 @@ def test_a_redis_outage_does_not_lose_the_minute(
     assert len(s.tick(utc("2024-01-31 02:06"))) == 1
 
 
+def test_a_failure_between_the_claim_and_the_job_does_not_lose_the_minute(
+    tmp_path: Path, redis_server: RedisServer, clean: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The due minute is claimed, then Redis fails while its job is added: the claim must not
+    stay behind, or the minute would be skipped for good."""
+    s = scheduler(tmp_path, redis_server, schedule=DAILY)
+    s.tick(utc("2024-01-31 02:04"))
+    real_submit = submit.submit
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("lost after the claim")
+
+    monkeypatch.setattr(submit, "submit", failing)
+    assert s.tick(utc("2024-01-31 02:05")) == []
+    monkeypatch.setattr(submit, "submit", real_submit)
+    done = s.tick(utc("2024-01-31 02:06"))
+    assert len(done) == 1 and done[0].created is True
+    assert len(jobs(clean, "bq_backfill")) == 1
+    claims = list(clean.scan_iter(match="vista.bq_fetcher.due.*"))
+    assert len(claims) == 1 and clean.ttl(claims[0]) > 86400  # claimed for good once enqueued
+
+
 def test_update_schedule_enqueues_the_update_period(
     tmp_path: Path, redis_server: RedisServer, clean: redis.Redis
 ) -> None:
