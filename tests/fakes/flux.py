@@ -6,7 +6,7 @@ resources ``MetricData`` (``GET /metric_data``) and ``MetricDataPost``
 (the one that adds ``SAVE_DEBUG_INFO``). Flux runs falcon 3 (it sets ``resp.text``), so
 uncaught errors get falcon 3's default answers.
 
-Where the source and ``/work/shared/spec/ORIGINAL.md`` §5 disagree, this double follows the
+Where the source and Flux's documentation disagree, this double follows the
 source. The comments marked ``SOURCE != SPEC`` show where. The main differences are:
 
 * No name normalisation. The listen.py read never replaces ``' '``, ``'..'``, ``'*'`` or

@@ -202,7 +202,8 @@ def test_a_bad_item_after_good_ones_leaves_the_good_ones_ingested(flux: FluxServ
 
 
 def test_names_are_not_normalised(flux: FluxServer) -> None:
-    # ORIGINAL.md §5.2 says ' ', '..', '*' and "'" are rewritten. listen.py does not do it.
+    # Flux's docs say ' ', '..', '*' and "'" are rewritten (docs/skyline-compatibility.md
+    # §3.1). listen.py does not do it.
     quote = item("a'b")
     dots = post(flux, {"key": KEY, "metrics": [item("a..b")]})  # only allowed characters
     quoted = post(flux, {"key": KEY, "metrics": [quote]})
