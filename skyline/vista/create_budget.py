@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from skyline.vista import constants, redisconn
+from skyline.vista.redisconn import text
 
 BUDGET_KEY = constants.CREATE_BUDGET_KEY
 """Hash: ``tokens``, ``at`` (Redis TIME of the last refill), ``granted``, ``deferred`` (totals)."""
@@ -150,8 +151,8 @@ class CreateBudget:
         keys = [BUDGET_KEY, GRANTED_KEY, WAITING_KEY, constants.VISTA_METRICS_KEY]
         rate, capacity = bucket_shape(self.per_minute)
         reply = self._admit(keys=keys, args=[repr(rate), repr(capacity), *names])
-        flags = [_text(x) for x in reply[: len(names)]]
-        tokens, wait = float(_text(reply[-2])), float(_text(reply[-1]))
+        flags = [text(x) for x in reply[: len(names)]]
+        tokens, wait = float(text(reply[-2])), float(text(reply[-1]))
         by: dict[str, set[str]] = {"k": set(), "g": set(), "d": set()}
         for name, flag in zip(names, flags, strict=True):
             by[flag].add(name)
@@ -172,8 +173,8 @@ def read_status(
     pipe.hgetall(BUDGET_KEY)
     pipe.hgetall(WAITING_KEY)
     raw, waiting_raw = pipe.execute()
-    bucket = {_text(k): _text(v) for k, v in raw.items()}
-    waiting = {_text(k): float(_text(v)) for k, v in waiting_raw.items()}
+    bucket = {text(k): text(v) for k, v in raw.items()}
+    waiting = {text(k): float(text(v)) for k, v in waiting_raw.items()}
     rate, capacity = bucket_shape(per_minute) if math.isfinite(per_minute) else (0.0, per_minute)
     tokens = capacity
     if math.isfinite(per_minute) and "tokens" in bucket:
@@ -209,10 +210,6 @@ def status_lines(status: BudgetStatus) -> list[str]:
             + (", ..." if status.waiting > len(status.waiting_sample) else "")
         )
     return lines
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class BudgetCollector(Collector):

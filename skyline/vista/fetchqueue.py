@@ -25,6 +25,7 @@ from skyline.vista.holes import Hole
 from skyline.vista.holes import decode as decode_holes
 from skyline.vista.holes import encode as encode_holes
 from skyline.vista.model import Ack, DeadLetter, Watermark, dead_letter, new_id
+from skyline.vista.redisconn import text
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,6 @@ def dead_args(worker: str, dead: Iterable[tuple[str, DeadLetter]]) -> list[str]:
     return args
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # --- synchronous queue (workers, CLI, agent) --------------------------------------------------
 
 
@@ -172,7 +169,7 @@ class FetchQueue:
     def claim(self, worker: str, count: int, lease: float) -> list[str]:
         now = time.time()
         items = self._claim(keys=self.keys, args=[worker, count, now, now + lease])
-        return [_text(i) for i in items]
+        return [text(i) for i in items]
 
     def held_by(self, worker: str, raws: Sequence[str]) -> list[str]:
         """The items of ``raws`` that the in-flight hash still records as ``worker``'s."""
@@ -261,7 +258,7 @@ class FetchQueue:
         entries = self.client.hgetall(constants.DEAD_KEY)
         moved = 0
         for key, raw in entries.items():
-            dead_id = _text(key)
+            dead_id = text(key)
             if ids and dead_id not in ids:
                 continue
             try:
@@ -282,7 +279,7 @@ class FetchQueue:
     def failing_windows(self) -> dict[str, list[Hole]]:
         """Every metric's failed windows being retried (holes.py)."""
         return {
-            _text(metric): decode_holes(raw)
+            text(metric): decode_holes(raw)
             for metric, raw in self.client.hgetall(constants.HOLES_KEY).items()
         }
 

@@ -38,6 +38,7 @@ import redis.asyncio
 from skyline.vista import constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
+from skyline.vista.redisconn import text
 
 LEASE_MARGIN = 15.0
 """Seconds a fetch lease lasts beyond the cycle deadline (the final push after it)."""
@@ -128,12 +129,8 @@ def fetch_list(config: VistaConfig, members: Iterable[str]) -> tuple[FetchEntry,
     return owned(config.fetch_metrics, members, config.hostname)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _names(values: Sequence[bytes | str]) -> tuple[str, ...]:
-    return tuple(_text(v) for v in values)
+    return tuple(text(v) for v in values)
 
 
 def member_key(hostname: str) -> str:

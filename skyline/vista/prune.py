@@ -20,6 +20,7 @@ import redis.asyncio
 
 from skyline.vista import constants, expand, queue_scripts
 from skyline.vista.config import VistaConfig
+from skyline.vista.redisconn import text
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ def pending_removal(
     return sorted(found, key=lambda r: (r.removed_at, r.metric))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def read_configured(client: redis.asyncio.Redis) -> dict[str, float]:
     return parse_configured(await client.hgetall(constants.CONFIGURED_KEY))
 
@@ -64,7 +61,7 @@ def parse_configured(raw: Mapping[bytes | str, bytes | str]) -> dict[str, float]
     found = {}
     for metric, seen in raw.items():
         try:
-            found[_text(metric)] = float(seen)
+            found[text(metric)] = float(seen)
         except ValueError:
             continue
     return found
@@ -107,7 +104,7 @@ async def maintain(client: redis.asyncio.Redis, config: VistaConfig, now: float)
         await client.hset(constants.CONFIGURED_KEY, mapping={m: int(now) for m in chunk})
     configured = await read_configured(client)
     # Metrics Vista delivered before this record existed: their grace period starts now.
-    legacy = {_text(m) for m in await client.smembers(constants.VISTA_METRICS_KEY)}
+    legacy = {text(m) for m in await client.smembers(constants.VISTA_METRICS_KEY)}
     for metric in sorted(legacy - configured.keys()):
         await client.hsetnx(constants.CONFIGURED_KEY, metric, int(now))
     grace = config.prune_removed_after
@@ -135,7 +132,7 @@ async def maintain(client: redis.asyncio.Redis, config: VistaConfig, now: float)
     pruned: list[str] = []
     for start in range(0, len(due), 500):
         done = await script(keys=keys, args=args + due[start : start + 500])
-        pruned += [_text(m) for m in done]
+        pruned += [text(m) for m in done]
     if pruned:
         shown = ", ".join(pruned[:20]) + (
             f" and {len(pruned) - 20} more" if len(pruned) > 20 else ""

@@ -28,6 +28,11 @@ replica, or a failed-over primary), and any other error reply. None of them is a
 daemon to die; an error reply that is a bug shows in the log line, with Redis' text."""
 
 
+def text(value: object) -> str:
+    """A Redis reply as text: redis-py gives bytes unless the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _options(config: RedisConfig) -> dict[str, Any]:
     return {
         "password": config.password.reveal() if config.password else None,

@@ -31,6 +31,7 @@ import redis
 from skyline.vista import constants
 from skyline.vista.errors import PayloadError
 from skyline.vista.jobs.record import JobRecord, Status, decode, encode
+from skyline.vista.redisconn import text
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class JobStore:
 
     def _records(self, key: str) -> Iterator[tuple[str, JobRecord]]:
         for raw_id, raw in self.client.hgetall(key).items():
-            job_id = _text(raw_id)
+            job_id = text(raw_id)
             try:
                 yield job_id, decode(raw, self.kind, job_id)
             except PayloadError as exc:
@@ -210,7 +211,7 @@ class JobStore:
     def recover_orphans(self) -> list[str]:
         """Put back the jobs whose holder vanished without a trace (its marker expired)."""
         recovered = []
-        work = {_text(k) for k in self.client.hkeys(self.keys.work)}
+        work = {text(k) for k in self.client.hkeys(self.keys.work)}
         for job_id, record in self._records(self.keys.status):
             if record.status.finished or job_id in work or self.held(job_id):
                 continue
@@ -276,7 +277,7 @@ class JobStore:
             keys=[self.keys.work, self.keys.status, constants.JOBS_CANCEL_KEY],
             args=[job_id, encode(cancelled)],
         )
-        return _text(result)
+        return text(result)
 
     def prune(
         self,
@@ -297,7 +298,3 @@ class JobStore:
             self.client.hdel(self.keys.status, *doomed)
             self.client.srem(constants.JOBS_CANCEL_KEY, *doomed)
         return len(doomed)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
