@@ -44,3 +44,42 @@ def test_ctrl_c_while_the_servers_start_stops_them_without_a_traceback(tmp_path:
     while _processes_under(var) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_under(var) == []
+
+
+@pytest.mark.slow
+def test_a_second_demo_in_the_same_directory_is_refused_and_leaves_the_first_running(
+    tmp_path: Path,
+) -> None:
+    # Before: the second demo wiped the first one's directory (its Redis, Prometheus and
+    # carbon files) and failed on the fixed metrics port 9313.
+    var = tmp_path / "demo"
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert first.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("[demo] running Vista") for line in lines):
+            line = first.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        settings = var / "settings.py"
+        assert settings.exists()
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second
+        assert f"another demo (pid {first.pid}) runs in {var}" in second.stderr, second.stderr
+        assert settings.exists()  # the first demo's files are untouched
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        output = "".join(lines) + first.communicate(timeout=90)[0]
+    assert first.returncode == 0, output
+    assert "[demo] stopped; Vista exited with 0" in output, output
