@@ -4,23 +4,16 @@ templated entry's names start after their own watermarks in both."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import redis
 
 from skyline.vista import constants, expand
 from skyline.vista.fetch_once import fetch_once
-from skyline.vista.testing.servers import RedisServer
 from tests.conftest import PrometheusFactory
-from tests.integration.test_fetch_prometheus import queued_chain
-from tests.support.settings import make_config
+from tests.support.cycle import queued_chain
+from tests.support.rig import Rig
 
 
 def test_fetch_once_starts_each_name_of_a_templated_entry_after_its_watermark(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    tmp_prometheus: PrometheusFactory,
+    rig: Rig, tmp_prometheus: PrometheusFactory
 ) -> None:
     minute = int(time.time()) // 60 * 60
     first = minute - 1800
@@ -37,18 +30,18 @@ def test_fetch_once_starts_each_name_of_a_templated_entry_after_its_watermark(
         "graphite_target": "{instance}",
         "namespace_prefix": "tmpl",
     }
-    cfg = make_config(tmp_path, redis_server, [entry])
+    cfg = rig.config([entry])
     # Both names were delivered up to 10 minutes ago, by the Fetcher's earlier cycles.
     mark = minute - 600
     names = ["tmpl.a", "tmpl.b"]
     entry_metric = cfg.fetch_metrics[0].metric
-    redis_client.hset(expand.key(entry_metric), mapping={n: repr(time.time()) for n in names})
+    rig.redis.hset(expand.key(entry_metric), mapping={n: repr(time.time()) for n in names})
     for name in names:
-        redis_client.hset(constants.WATERMARK_HASH, name, f'{{"timestamp": {mark}, "value": 1}}')
+        rig.redis.hset(constants.WATERMARK_HASH, name, f'{{"timestamp": {mark}, "value": 1}}')
 
     assert fetch_once(cfg, dry_run=False) == constants.EXIT_OK
 
     for name in names:
-        points = [p for item in queued_chain(redis_client, name) for p in item.points]
+        points = [p for item in queued_chain(rig.redis, name) for p in item.points]
         assert points, name
         assert points[0][0] == mark + 60, (name, points[:2])  # nothing at or below the mark

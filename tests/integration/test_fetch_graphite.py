@@ -9,32 +9,23 @@ runs one cycle and compares the queued items with the points sent or with graphi
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import pytest
-import redis
 
-from skyline.vista import codec, constants, redisconn
-from skyline.vista.config import VistaConfig
-from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista import constants
 from skyline.vista.fetch_once import describe
-from skyline.vista.fetchqueue import AsyncFetchQueue
-from skyline.vista.model import Point, QueueItem
+from skyline.vista.model import Point
 from skyline.vista.schedule import Window
 from skyline.vista.testing.servers import (
-    CarbonServer,
     GraphiteWebServer,
-    RedisServer,
     ServerError,
     poll_until,
 )
-from tests.support.settings import make_config
+from tests.support.cycle import Requests, by_metric, cycle_into_redis, queued_chain, queued_points
+from tests.support.rig import GraphiteRig
 
 STEP = 10  # the finest archive of the test carbon
 
@@ -59,68 +50,6 @@ def graphite_entry(
         "uri": uri,
         "namespace_prefix": "gw",
     }
-
-
-@dataclass
-class Requests:
-    """The URLs the cycle asked for, in order."""
-
-    urls: list[str] = field(default_factory=list)
-
-    def targets(self) -> list[list[str]]:
-        return [parse_qs(urlsplit(u).query)["target"] for u in self.urls]
-
-    def params(self, n: int) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.urls[n]).query)
-
-
-@asynccontextmanager
-async def traced_session(seen: Requests) -> AsyncIterator[aiohttp.ClientSession]:
-    trace = aiohttp.TraceConfig()
-
-    async def on_start(
-        session: aiohttp.ClientSession,
-        context: object,
-        params: aiohttp.TraceRequestStartParams,
-    ) -> None:
-        seen.urls.append(str(params.url))
-
-    trace.on_request_start.append(on_start)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        yield session
-
-
-async def run_cycle(
-    cfg: VistaConfig,
-    now: float,
-    watermarks: dict[str, int] | None = None,
-    *,
-    seen: Requests | None = None,
-) -> CycleReport:
-    """One cycle over every configured metric (clock fixed at ``now``) into Redis."""
-    client = redisconn.connect_async(cfg.redis)
-    try:
-        async with traced_session(seen or Requests()) as session:
-            cycle = FetchCycle(cfg, session, {}, queue=AsyncFetchQueue(client), clock=lambda: now)
-            return await cycle.run(cfg.fetch_metrics, watermarks or {}, set())
-    finally:
-        await client.aclose()
-
-
-def queued_chain(client: redis.Redis, metric: str) -> list[QueueItem]:
-    head = client.hget(constants.PENDING_KEY, metric)
-    assert isinstance(head, bytes), f"{metric} has no pending item"
-    assert client.sismember(constants.QUEUE_KEY, head.decode())
-    rest = client.lrange(constants.CHAIN_KEY_PREFIX + metric, 0, -1)
-    return [codec.decode_item(raw) for raw in [head, *rest]]
-
-
-def queued_points(client: redis.Redis, metric: str) -> list[Point]:
-    return [p for item in queued_chain(client, metric) for p in item.points]
-
-
-def by_metric(report: CycleReport) -> dict[str, MetricResult]:
-    return {r.metric: r for r in report.results}
 
 
 def rendered(body: list[dict[str, Any]]) -> list[Point]:
@@ -174,26 +103,19 @@ def value_of(series: int, ts: int) -> float:
 # --------------------------------------------------------------------------------- tests
 
 
-async def test_single_metric_relative_window(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-) -> None:
+async def test_single_metric_relative_window(graphite: GraphiteRig) -> None:
     c = clock()
     m = c.minute
-    metric = f"{metric_prefix}.single"
+    metric = f"{graphite.prefix}.single"
     recent = [(ts, value_of(1, ts)) for ts in range(m - 480, m, STEP)]
     old = [(ts, value_of(1, ts)) for ts in range(m - 900, m - 660, STEP)]  # outside -10minutes
     current = (m, 99.5)  # the current minute: fetched, never queued
-    carbon_server.send_plaintext(f"{metric} {v} {ts}" for ts, v in [*old, *recent, current])
-    wait_rendered(graphite_web, [metric], m - 1000, m, len(old) + len(recent) + 1)
+    graphite.carbon.send_plaintext(f"{metric} {v} {ts}" for ts, v in [*old, *recent, current])
+    wait_rendered(graphite.web, [metric], m - 1000, m, len(old) + len(recent) + 1)
 
-    cfg = make_config(tmp_path, redis_server, [graphite_entry(graphite_web.url, metric, "single")])
+    cfg = graphite.config([graphite_entry(graphite.web.url, metric, "single")])
     seen = Requests()
-    report = await run_cycle(cfg, c.now, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, seen=seen)
 
     result = by_metric(report)["gw.single"]
     assert result.error is None and result.windows == [Window(None, None)]
@@ -203,30 +125,23 @@ async def test_single_metric_relative_window(
     assert params["target"] == [metric]  # a single target is not wrapped in alias()
     assert list(result.points) == recent
     assert result.dropped.current_minute == 1
-    items = queued_chain(redis_client, "gw.single")
+    items = queued_chain(graphite.redis, "gw.single")
     assert len(items) == 1
     item = items[0]
     assert (item.metric, item.source, item.host, item.target) == (
         "gw.single",
         "graphite",
-        graphite_web.url,
+        graphite.web.url,
         metric,
     )
     assert item.frequency == STEP and item.seq == 0
     assert list(item.points) == recent
 
 
-async def test_functions_match_graphite_web_render(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-) -> None:
+async def test_functions_match_graphite_web_render(graphite: GraphiteRig) -> None:
     c = clock()
     m = c.minute
-    p = metric_prefix
+    p = graphite.prefix
     names = [f"{p}.fn.{node}.b" for node in ("x", "y", "z")]
     lines = []
     for n, name in enumerate(names):
@@ -236,23 +151,21 @@ async def test_functions_match_graphite_web_render(
             for ts in range(m - 1200, m - STEP + 1, STEP)
             if (ts // STEP + n) % 7
         ]
-    carbon_server.send_plaintext(lines)
-    wait_rendered(graphite_web, names, m - 1300, m, 100)
+    graphite.carbon.send_plaintext(lines)
+    wait_rendered(graphite.web, names, m - 1300, m, 100)
 
     targets = {
         "summed": f"sumSeries({p}.fn.*.b)",
         "bynode": f"aliasByNode({p}.fn.y.b, 2)",
         "scaled": f"scale(averageSeries({p}.fn.{{x,z}}.b), 0.5)",
     }
-    cfg = make_config(
-        tmp_path,
-        redis_server,
-        [graphite_entry(graphite_web.url, t, name) for name, t in targets.items()],
+    cfg = graphite.config(
+        [graphite_entry(graphite.web.url, t, name) for name, t in targets.items()],
     )
     start = (m - 900) // 300 * 300
     mark = start + 5  # the window starts on a multiple of 300 s at or before the watermark
     seen = Requests()
-    report = await run_cycle(cfg, c.now, {f"gw.{n}": mark for n in targets}, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, {f"gw.{n}": mark for n in targets}, seen=seen)
 
     # One batched request for all three (same window), mapped back by alias.
     assert len(seen.urls) == 1
@@ -264,31 +177,24 @@ async def test_functions_match_graphite_web_render(
         assert result.error is None and result.requests == 1
         assert result.windows == [Window(start, int(c.now))]
         reference = [
-            (ts, v) for ts, v in rendered(graphite_web.render(target, mark, m - 1)) if ts > mark
+            (ts, v) for ts, v in rendered(graphite.web.render(target, mark, m - 1)) if ts > mark
         ]
         assert len(reference) > 70 and reference[-1][0] >= m - 2 * STEP  # y has holes
         assert list(result.points) == reference, name
-        assert queued_points(redis_client, f"gw.{name}") == reference
+        assert queued_points(graphite.redis, f"gw.{name}") == reference
 
 
-async def test_batch_of_26_targets_maps_each_series_back(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-) -> None:
+async def test_batch_of_26_targets_maps_each_series_back(graphite: GraphiteRig) -> None:
     c = clock()
     m = c.minute
-    p = metric_prefix
+    p = graphite.prefix
     count = 25
     stamps = list(range(m - 300, m, STEP))
     metrics = [f"{p}.batch.m{i:02d}" for i in range(count)]
-    carbon_server.send_plaintext(
+    graphite.carbon.send_plaintext(
         f"{metric} {value_of(i, ts)} {ts}" for i, metric in enumerate(metrics) for ts in stamps
     )
-    wait_rendered(graphite_web, metrics, m - 400, m, len(stamps))
+    wait_rendered(graphite.web, metrics, m - 400, m, len(stamps))
 
     def target(i: int) -> str:
         # graphite-web rewrites these: whitespace removed, aliasByNode renames the series.
@@ -299,27 +205,27 @@ async def test_batch_of_26_targets_maps_each_series_back(
             f'alias({metrics[i]}, "x y")',
         ][i % 4]
 
-    entries = [graphite_entry(graphite_web.url, target(i), f"m{i:02d}") for i in range(count)]
+    entries = [graphite_entry(graphite.web.url, target(i), f"m{i:02d}") for i in range(count)]
     # A target that matches nothing, in the middle of the first batch.
-    entries.insert(12, graphite_entry(graphite_web.url, f"{p}.batch.missing", "missing"))
-    cfg = make_config(tmp_path, redis_server, entries)
+    entries.insert(12, graphite_entry(graphite.web.url, f"{p}.batch.missing", "missing"))
+    cfg = graphite.config(entries)
     assert cfg.graphite_batch_size == 20
     seen = Requests()
-    report = await run_cycle(cfg, c.now, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, seen=seen)
 
     sent = seen.targets()
     # Two batches (20 + 6 targets), then the missing target alone.
     assert sorted(len(t) for t in sent) == [1, 6, 20]
     assert [t for t in sent if len(t) == 1] == [[f"{p}.batch.missing"]]
-    assert report.hosts[graphite_web.url].requests == 3
+    assert report.hosts[graphite.web.url].requests == 3
     results = by_metric(report)
     for i in range(count):
         result = results[f"gw.m{i:02d}"]
         assert result.error is None and result.requests == 1, (i, result.error)
         want = [(ts, value_of(i, ts)) for ts in stamps]
         assert list(result.points) == want, i
-        assert queued_points(redis_client, f"gw.m{i:02d}") == want
-        assert queued_chain(redis_client, f"gw.m{i:02d}")[0].target == target(i)
+        assert queued_points(graphite.redis, f"gw.m{i:02d}") == want
+        assert queued_chain(graphite.redis, f"gw.m{i:02d}")[0].target == target(i)
     missing = results["gw.missing"]
     # Re-fetched on its own, and reported as what it is: no series, no error, nothing queued.
     assert missing.requests == 2
@@ -327,38 +233,31 @@ async def test_batch_of_26_targets_maps_each_series_back(
     assert missing.raw == {0: []} and missing.points == () and missing.items == []
     shown = describe(missing)  # what `vista fetch --once` prints for it
     assert "no new points" in shown and "2 request(s)" in shown, shown
-    assert redis_client.hget(constants.PENDING_KEY, "gw.missing") is None
-    assert redis_client.scard(constants.QUEUE_KEY) == count
+    assert graphite.redis.hget(constants.PENDING_KEY, "gw.missing") is None
+    assert graphite.redis.scard(constants.QUEUE_KEY) == count
 
 
-async def test_a_failing_batch_is_fetched_target_by_target(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-) -> None:
+async def test_a_failing_batch_is_fetched_target_by_target(graphite: GraphiteRig) -> None:
     """An unknown function answers 400 for the whole batch: the others must not be lost."""
     c = clock()
     m = c.minute
-    p = metric_prefix
+    p = graphite.prefix
     stamps = list(range(m - 120, m, STEP))
     metrics = [f"{p}.ok.a", f"{p}.ok.b", f"{p}.many.x", f"{p}.many.y"]
-    carbon_server.send_plaintext(
+    graphite.carbon.send_plaintext(
         f"{metric} {value_of(i, ts)} {ts}" for i, metric in enumerate(metrics) for ts in stamps
     )
-    wait_rendered(graphite_web, metrics, m - 400, m, len(stamps))
+    wait_rendered(graphite.web, metrics, m - 400, m, len(stamps))
 
     entries = [
-        graphite_entry(graphite_web.url, metrics[0], "a"),
-        graphite_entry(graphite_web.url, f"noSuchFunction({metrics[1]})", "bad"),
-        graphite_entry(graphite_web.url, f"{p}.many.*", "many"),
-        graphite_entry(graphite_web.url, metrics[1], "b"),
+        graphite_entry(graphite.web.url, metrics[0], "a"),
+        graphite_entry(graphite.web.url, f"noSuchFunction({metrics[1]})", "bad"),
+        graphite_entry(graphite.web.url, f"{p}.many.*", "many"),
+        graphite_entry(graphite.web.url, metrics[1], "b"),
     ]
-    cfg = make_config(tmp_path, redis_server, entries)
+    cfg = graphite.config(entries)
     seen = Requests()
-    report = await run_cycle(cfg, c.now, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, seen=seen)
 
     assert [len(t) for t in seen.targets()] == [4, 1, 1, 1, 1]
     results = by_metric(report)
@@ -371,22 +270,16 @@ async def test_a_failing_batch_is_fetched_target_by_target(
     assert "returned 2 series" in str(many)
     assert f"{p}.many.x, {p}.many.y" in str(many)
     assert {k for k, r in results.items() if r.items} == {"gw.a", "gw.b"}
-    assert redis_client.scard(constants.QUEUE_KEY) == 2
+    assert graphite.redis.scard(constants.QUEUE_KEY) == 2
 
 
 @pytest.mark.parametrize("batch_size", [1, 20], ids=["single", "batched"])
 async def test_names_with_plus_percent_and_space_are_fetched_exactly(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-    batch_size: int,
+    graphite: GraphiteRig, batch_size: int
 ) -> None:
     c = clock()
     m = c.minute
-    p = f"{metric_prefix}.odd"
+    p = f"{graphite.prefix}.odd"
     stamps = list(range(m - 200, m, STEP))
     # whisper path element -> (remote target, local name). graphite-web's grammar has no way
     # to write a space or an unescaped bracket in a path: a glob or a backslash reaches them.
@@ -398,23 +291,21 @@ async def test_names_with_plus_percent_and_space_are_fetched_exactly(
         "par(en)": (r"par\(en\)", "par_en"),
         "pctAname": ("pctAname", "decoy"),  # what a decoded %41 would fetch
     }
-    carbon_server.send_pickle(
+    graphite.carbon.send_pickle(
         (f"{p}.{path}", (float(ts), value_of(i, ts))) for i, path in enumerate(odd) for ts in stamps
     )
     targets = [f"{p}.{remote}" for remote, _ in odd.values()]
-    wait_rendered(graphite_web, targets, m - 400, m, len(stamps))
+    wait_rendered(graphite.web, targets, m - 400, m, len(stamps))
 
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = graphite.config(
         [
-            graphite_entry(graphite_web.url, t, local)
+            graphite_entry(graphite.web.url, t, local)
             for t, (_, local) in zip(targets, odd.values(), strict=True)
         ],
         VISTA_GRAPHITE_BATCH_SIZE=batch_size,
     )
     seen = Requests()
-    report = await run_cycle(cfg, c.now, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, seen=seen)
 
     assert len(seen.urls) == (len(odd) if batch_size == 1 else 1)
     results = by_metric(report)
@@ -423,48 +314,38 @@ async def test_names_with_plus_percent_and_space_are_fetched_exactly(
         assert result.error is None, (path, result.error)
         want = [(ts, value_of(i, ts)) for ts in stamps]
         assert list(result.points) == want, path
-        assert queued_points(redis_client, f"gw.{local}") == want
+        assert queued_points(graphite.redis, f"gw.{local}") == want
     # The whisper files are named exactly as sent.
     for path in odd:
-        assert (carbon_server.whisper_dir / p.replace(".", "/") / f"{path}.wsp").exists()
+        assert (graphite.carbon.whisper_dir / p.replace(".", "/") / f"{path}.wsp").exists()
 
 
 @pytest.mark.parametrize("hours", [2, 8], ids=["finest-archive", "both-archives"])
-async def test_gap_longer_than_one_chunk(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-    hours: int,
-) -> None:
+async def test_gap_longer_than_one_chunk(graphite: GraphiteRig, hours: int) -> None:
     """A watermark hours back: absolute from/until chunks of ≤ 200 points at 10 s, each point
     once. Beyond 6 h graphite-web answers from the 60 s archive: compared with its own render."""
     c = clock()
     m = c.minute
-    metric = f"{metric_prefix}.gap"
+    metric = f"{graphite.prefix}.gap"
     mark = m - hours * 3600 + 130
     stamps = list(range(m - hours * 3600 - 600, m + 1, STEP))  # up to and including m
-    carbon_server.send_plaintext(f"{metric} {value_of(3, ts)} {ts}" for ts in stamps)
+    graphite.carbon.send_plaintext(f"{metric} {value_of(3, ts)} {ts}" for ts in stamps)
     recent = [ts for ts in stamps if ts > m - 6 * 3600 + 60]
-    wait_rendered(graphite_web, [metric], m - 6 * 3600 + 60, m, len(recent))
+    wait_rendered(graphite.web, [metric], m - 6 * 3600 + 60, m, len(recent))
     # Everything in whisper, nothing left in carbon's cache (graphite-web merges cached points
     # into its answers itself, which could differ from whisper's own roll-up to 60 s).
     poll_until(
-        lambda: True if not carbon_server.cache_query(metric) else None,
+        lambda: True if not graphite.carbon.cache_query(metric) else None,
         30,
         what="carbon to write every point",
     )
 
-    cfg = make_config(
-        tmp_path,
-        redis_server,
-        [graphite_entry(graphite_web.url, metric, "gap")],
+    cfg = graphite.config(
+        [graphite_entry(graphite.web.url, metric, "gap")],
         VISTA_QUEUE_ITEM_MAX_POINTS=200,
     )
     seen = Requests()
-    report = await run_cycle(cfg, c.now, {"gw.gap": mark}, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, {"gw.gap": mark}, seen=seen)
 
     result = by_metric(report)["gw.gap"]
     assert result.error is None
@@ -488,7 +369,7 @@ async def test_gap_longer_than_one_chunk(
     reference: list[Point] = []
     for w in result.windows:
         assert w.start is not None and w.end is not None
-        answer = [(ts, v) for ts, v in rendered(graphite_web.render(metric, w.start, w.end))]
+        answer = [(ts, v) for ts, v in rendered(graphite.web.render(metric, w.start, w.end))]
         if w.start > boundary:  # the finest archive: exactly the values sent
             assert answer == [(ts, value_of(3, ts)) for ts in stamps if w.start < ts <= w.end]
         else:
@@ -502,7 +383,7 @@ async def test_gap_longer_than_one_chunk(
     if hours == 2:
         assert list(result.points) == [(ts, value_of(3, ts)) for ts in stamps if mark < ts < m]
 
-    items = queued_chain(redis_client, "gw.gap")
+    items = queued_chain(graphite.redis, "gw.gap")
     assert [i.seq for i in items] == list(range(len(items)))
     assert all(len(i.points) <= 200 for i in items)
     assert [len(i.points) for i in items[:-1]] == [200] * (len(items) - 1)
@@ -510,12 +391,7 @@ async def test_gap_longer_than_one_chunk(
 
 
 async def test_pre_populate_honours_max_backfill_and_fetch_max_points(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
+    graphite: GraphiteRig,
 ) -> None:
     """('365days', '7days') with a 1-hour VISTA_MAX_BACKFILL and 100 points per cycle: no
     request reaches back a year or asks for more than 100 points; the points queued are
@@ -523,22 +399,20 @@ async def test_pre_populate_honours_max_backfill_and_fetch_max_points(
     from the watermark."""
     c = clock()
     m = c.minute
-    metric = f"{metric_prefix}.populate"
+    metric = f"{graphite.prefix}.populate"
     stamps = list(range(m - 3600 - 600, m - STEP + 1, STEP))
-    carbon_server.send_plaintext(f"{metric} {value_of(4, ts)} {ts}" for ts in stamps)
-    wait_rendered(graphite_web, [metric], m - 3600 - 700, m, len(stamps))
-    entry = {**graphite_entry(graphite_web.url, metric, "populate")}
+    graphite.carbon.send_plaintext(f"{metric} {value_of(4, ts)} {ts}" for ts in stamps)
+    wait_rendered(graphite.web, [metric], m - 3600 - 700, m, len(stamps))
+    entry = {**graphite_entry(graphite.web.url, metric, "populate")}
     entry["populate_at_resolutions"] = ("365days", "7days")
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = graphite.config(
         [entry],
         VISTA_MAX_BACKFILL=3600,
         VISTA_FETCH_MAX_POINTS=100,
         VISTA_QUEUE_ITEM_MAX_POINTS=40,
     )
     seen = Requests()
-    report = await run_cycle(cfg, c.now, seen=seen)
+    report = await cycle_into_redis(cfg, c.now, seen=seen)
     result = by_metric(report)["gw.populate"]
     assert result.error is None
     t = int(c.now)

@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
-from skyline.vista import codec, constants, redisconn
-from skyline.vista.config import VistaConfig
-from skyline.vista.fetch_cycle import CycleReport, FetchCycle, MetricResult
+from skyline.vista import codec, constants
+from skyline.vista.fetch_cycle import FetchCycle
 from skyline.vista.fetch_once import fetch_once
-from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point, QueueItem
 from skyline.vista.schedule import Window
-from skyline.vista.testing.servers import PrometheusServer, RedisServer
+from skyline.vista.testing.servers import PrometheusServer
 from tests.conftest import PrometheusFactory
-from tests.support.settings import make_config
+from tests.support.cycle import (
+    by_metric,
+    cycle_into_redis,
+    fetch_queue,
+    queued_chain,
+    queued_metrics,
+    run_cycle,
+)
+from tests.support.rig import Rig
 
 LOOKBACK = 300
 
@@ -107,10 +110,8 @@ def history() -> History:
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory, history: History) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(tmp_path_factory.mktemp("prom-history"), history=history.text)
-    server.start()
-    yield server
-    server.stop()
+    with PrometheusServer(tmp_path_factory.mktemp("prom-history"), history=history.text) as server:
+        yield server
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -143,52 +144,6 @@ def entry(
     )
 
 
-@asynccontextmanager
-async def fetch_queue(cfg: VistaConfig) -> AsyncIterator[AsyncFetchQueue]:
-    client = redisconn.connect_async(cfg.redis)
-    try:
-        yield AsyncFetchQueue(client)
-    finally:
-        await client.aclose()
-
-
-async def run_cycle(
-    cfg: VistaConfig,
-    now: float,
-    watermarks: dict[str, int] | None = None,
-    *,
-    queue: AsyncFetchQueue | None = None,
-) -> CycleReport:
-    """One cycle over every configured metric with the clock fixed at ``now``."""
-    async with aiohttp.ClientSession() as session:
-        cycle = FetchCycle(cfg, session, {}, queue=queue, clock=lambda: now)
-        return await cycle.run(cfg.fetch_metrics, watermarks or {}, set())
-
-
-async def cycle_into_redis(
-    cfg: VistaConfig, now: float, watermarks: dict[str, int] | None = None
-) -> CycleReport:
-    async with fetch_queue(cfg) as queue:
-        return await run_cycle(cfg, now, watermarks, queue=queue)
-
-
-def queued_chain(client: redis.Redis, metric: str) -> list[QueueItem]:
-    """The metric's items in delivery order: the queued head, then its chain list."""
-    head = client.hget(constants.PENDING_KEY, metric)
-    assert isinstance(head, bytes), f"{metric} has no pending item"
-    assert client.sismember(constants.QUEUE_KEY, head.decode())
-    rest = client.lrange(constants.CHAIN_KEY_PREFIX + metric, 0, -1)
-    return [codec.decode_item(raw) for raw in [head, *rest]]
-
-
-def queued_metrics(client: redis.Redis) -> set[str]:
-    return {codec.decode_item(raw).metric for raw in client.smembers(constants.QUEUE_KEY)}
-
-
-def by_metric(report: CycleReport) -> dict[str, MetricResult]:
-    return {r.metric: r for r in report.results}
-
-
 def prom_points(body: dict[str, Any]) -> list[Point]:
     """query_range's one series as (int ts, float value), NaN/Inf included."""
     assert body["status"] == "success", body
@@ -217,14 +172,10 @@ def check_item(item: QueueItem, metric: str, host: str, target: str, seq: int = 
 
 
 async def test_single_metric_without_watermark_fetches_the_last_five_minutes(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     target = 'vista_gauge{job="g"}'
-    cfg = make_config(tmp_path, redis_server, [entry(prom.url, target, "gauge")])
+    cfg = rig.config([entry(prom.url, target, "gauge")])
     report = await cycle_into_redis(cfg, history.now)
 
     m = history.minute
@@ -241,31 +192,24 @@ async def test_single_metric_without_watermark_fetches_the_last_five_minutes(
     assert result.dropped.as_dict() == {"current_minute": 1}
     assert want == prom_points(prom.query_range(target, m - 300, m - 60, 60))
 
-    items = queued_chain(redis_client, "prom.gauge")
+    items = queued_chain(rig.redis, "prom.gauge")
     assert len(items) == 1 and report.queued == 1
     check_item(items[0], "prom.gauge", prom.url, target)
     assert list(items[0].points) == want
     assert items[0].fetched_at == pytest.approx(history.now, abs=0.001)
-    assert queued_metrics(redis_client) == {"prom.gauge"}
+    assert queued_metrics(rig.redis) == {"prom.gauge"}
 
 
 @pytest.mark.parametrize("offset", [0, 17], ids=["aligned", "mid-minute"])
 async def test_watermark_from_redis_fetches_only_points_after_it(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
-    offset: int,
+    rig: Rig, prom: PrometheusServer, history: History, offset: int
 ) -> None:
     m = history.minute
     mark = m - 1800 + offset
     target = 'vista_gauge{job="g"}'
-    cfg = make_config(tmp_path, redis_server, [entry(prom.url, target, "gauge")])
+    cfg = rig.config([entry(prom.url, target, "gauge")])
     # The watermark as an unmodified Skyline writes it (a Python literal in the hash).
-    redis_client.hset(
-        constants.WATERMARK_HASH, "prom.gauge", f"{{'timestamp': {mark}, 'value': 1.0}}"
-    )
+    rig.redis.hset(constants.WATERMARK_HASH, "prom.gauge", f"{{'timestamp': {mark}, 'value': 1.0}}")
     async with fetch_queue(cfg) as queue:
         marks = await queue.watermarks(["prom.gauge"])
         assert marks["prom.gauge"].timestamp == mark
@@ -278,7 +222,7 @@ async def test_watermark_from_redis_fetches_only_points_after_it(
     assert len(want) == 29 and want[0][0] == m - 1740 and want[-1][0] == m - 60
     assert list(result.points) == want
     assert result.dropped.as_dict() == {"at_or_below_watermark": 1, "current_minute": 1}
-    items = queued_chain(redis_client, "prom.gauge")
+    items = queued_chain(rig.redis, "prom.gauge")
     assert [list(i.points) for i in items] == [want]
     assert all(ts > mark for ts, _ in items[0].points)
 
@@ -292,16 +236,11 @@ async def test_watermark_from_redis_fetches_only_points_after_it(
     ids=["sum-rate", "avg-over-time"],
 )
 async def test_function_query_matches_prometheus_query_range(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
-    query: str,
+    rig: Rig, prom: PrometheusServer, history: History, query: str
 ) -> None:
     m = history.minute
     mark = m - 3600
-    cfg = make_config(tmp_path, redis_server, [entry(prom.url, query, "fn")])
+    cfg = rig.config([entry(prom.url, query, "fn")])
     report = await cycle_into_redis(cfg, history.now, {"prom.fn": mark})
 
     result = by_metric(report)["prom.fn"]
@@ -310,7 +249,7 @@ async def test_function_query_matches_prometheus_query_range(
     assert len(reference) == 59
     assert len({v for _, v in reference}) > 10  # really varies
     assert list(result.points) == reference  # same timestamps, bit-identical values
-    items = queued_chain(redis_client, "prom.fn")
+    items = queued_chain(rig.redis, "prom.fn")
     assert len(items) == 1
     check_item(items[0], "prom.fn", prom.url, query)
     assert list(items[0].points) == reference
@@ -321,9 +260,7 @@ async def test_function_query_matches_prometheus_query_range(
     [(10, 2, 14401 - 11000), (20, 3, 28801 - 22000)],
 )
 async def test_gap_longer_than_one_request_is_fetched_in_aligned_chunks(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     history: History,
     days: int,
@@ -334,9 +271,7 @@ async def test_gap_longer_than_one_request_is_fetched_in_aligned_chunks(
     m = history.minute
     mark = m - days * 86400
     target = "time()"
-    cfg = make_config(
-        tmp_path, redis_server, [entry(prom.url, target, "clock")], VISTA_QUEUE_ITEM_MAX_POINTS=4000
-    )
+    cfg = rig.config([entry(prom.url, target, "clock")], VISTA_QUEUE_ITEM_MAX_POINTS=4000)
     report = await cycle_into_redis(cfg, history.now, {"prom.clock": mark})
 
     result = by_metric(report)["prom.clock"]
@@ -356,26 +291,20 @@ async def test_gap_longer_than_one_request_is_fetched_in_aligned_chunks(
     assert list(result.points) == want
     assert result.dropped.as_dict() == {"at_or_below_watermark": 1, "current_minute": 1}
 
-    items = queued_chain(redis_client, "prom.clock")
+    items = queued_chain(rig.redis, "prom.clock")
     assert [i.seq for i in items] == list(range(len(items)))
     assert [len(i.points) for i in items] == [4000] * (len(want) // 4000) + [len(want) % 4000]
     queued = [p for item in items for p in item.points]
     assert queued == want  # every point once, in order, across the chain
-    assert redis_client.scard(constants.QUEUE_KEY) == 1  # only the head is claimable
+    assert rig.redis.scard(constants.QUEUE_KEY) == 1  # only the head is claimable
 
 
 async def test_per_cycle_budget_stops_early_and_the_next_cycle_continues(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     m = history.minute
     mark = m - 20 * 86400
-    cfg = make_config(
-        tmp_path, redis_server, [entry(prom.url, "time()", "clock")], VISTA_FETCH_MAX_POINTS=12000
-    )
+    cfg = rig.config([entry(prom.url, "time()", "clock")], VISTA_FETCH_MAX_POINTS=12000)
     first = by_metric(await run_cycle(cfg, history.now, {"prom.clock": mark}))["prom.clock"]
     assert first.windows == [
         Window(mark, mark + 10999 * 60),
@@ -387,18 +316,14 @@ async def test_per_cycle_budget_stops_early_and_the_next_cycle_continues(
     second = by_metric(await run_cycle(cfg, history.now, {"prom.clock": resume}))["prom.clock"]
     assert second.points[0] == (resume + 60, float(resume + 60))
     assert len(second.points) == 12000
-    assert redis_client.scard(constants.QUEUE_KEY) == 0  # queue=None: a dry run writes nothing
+    assert rig.redis.scard(constants.QUEUE_KEY) == 0  # queue=None: a dry run writes nothing
 
 
 async def test_nan_and_inf_samples_are_dropped_and_counted(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     m = history.minute
-    cfg = make_config(tmp_path, redis_server, [entry(prom.url, "vista_special", "special")])
+    cfg = rig.config([entry(prom.url, "vista_special", "special")])
     report = await cycle_into_redis(cfg, history.now)
 
     raw = prom_points(prom.query_range("vista_special", m - 300, m, 60))
@@ -408,20 +333,14 @@ async def test_nan_and_inf_samples_are_dropped_and_counted(
     assert result.error is None
     assert list(result.points) == [(m - 240, 2.5), (m - 60, 7.25)]
     assert result.dropped.as_dict() == {"non_finite": 3, "current_minute": 1}
-    items = queued_chain(redis_client, "prom.special")
+    items = queued_chain(rig.redis, "prom.special")
     assert [list(i.points) for i in items] == [[(m - 240, 2.5), (m - 60, 7.25)]]
 
 
 async def test_query_returning_several_series_is_an_error_naming_the_count(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [
             entry(prom.url, "vista_multi", "multi"),
             entry(prom.url, 'vista_gauge{job="g"}', "gauge"),
@@ -448,24 +367,18 @@ async def test_query_returning_several_series_is_an_error_naming_the_count(
     assert result.points == () and result.items == []
     assert errors == ["prom.multi"]
     # The other metric of the cycle is not held back by it.
-    assert queued_metrics(redis_client) == {"prom.gauge"}
-    assert redis_client.hget(constants.PENDING_KEY, "prom.multi") is None
+    assert queued_metrics(rig.redis) == {"prom.gauge"}
+    assert rig.redis.hget(constants.PENDING_KEY, "prom.multi") is None
 
 
 async def test_basic_auth_prometheus(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    tmp_prometheus: PrometheusFactory,
-    history: History,
+    rig: Rig, tmp_prometheus: PrometheusFactory, history: History
 ) -> None:
     # ':' and ' ' inside. (ASCII only: the fixture's own probe, requests, sends latin-1.)
     password = "s3cr:et p@ss/word"
     server = tmp_prometheus(history=history.text, basic_auth=("vista", password))
     target = 'vista_gauge{job="g"}'
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [
             entry(server.url, target, "authed", user="vista", password=password),
             entry(server.url, target, "anonymous"),
@@ -486,8 +399,8 @@ async def test_basic_auth_prometheus(
         assert "Unauthorized" in str(error)
         assert results[name].points == () and results[name].items == []
 
-    raw_items = [redis_client.hget(constants.PENDING_KEY, "prom.authed")]
-    assert queued_metrics(redis_client) == {"prom.authed"}
+    raw_items = [rig.redis.hget(constants.PENDING_KEY, "prom.authed")]
+    assert queued_metrics(rig.redis) == {"prom.authed"}
     item = codec.decode_item(raw_items[0] or b"")
     assert list(item.points) == want and item.host == server.url
     assert password.encode() not in (raw_items[0] or b"")  # never in a queue item
@@ -496,21 +409,14 @@ async def test_basic_auth_prometheus(
 
 @pytest.mark.parametrize("ago", [600, 3000])
 async def test_custom_uri_instant_vector(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
-    ago: int,
+    rig: Rig, prom: PrometheusServer, history: History, ago: int
 ) -> None:
     m = history.minute
     at = m - ago
     # A custom uri is used verbatim: it is already URL-encoded.
     instant = f"/api/v1/query?query=vista_gauge%7Bjob%3D%22g%22%7D&time={at}"
     ranged = f"/api/v1/query?query=vista_gauge%7Bjob%3D%22g%22%7D%5B5m%5D&time={at}"
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [
             entry(prom.url, 'vista_gauge{job="g"}', "instant", uri=instant),
             entry(prom.url, 'vista_gauge{job="g"}', "ranged", uri=ranged),
@@ -529,27 +435,21 @@ async def test_custom_uri_instant_vector(
     assert list(ranged_result.points) == [
         (ts, history.gauge[ts]) for ts in range(at - 300, at + 1, 60)
     ]
-    assert [list(i.points) for i in queued_chain(redis_client, "prom.instant")] == [
+    assert [list(i.points) for i in queued_chain(rig.redis, "prom.instant")] == [
         [(at, history.gauge[at])]
     ]
-    assert len(queued_chain(redis_client, "prom.ranged")[0].points) == 6
+    assert len(queued_chain(rig.redis, "prom.ranged")[0].points) == 6
 
 
 async def test_custom_uri_is_sent_as_written_with_what_must_be_encoded_encoded(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     """Written unencoded, with a '+' (addition), spaces, braces and quotes: Prometheus must get
     the expression exactly as written, not 'vista_gauge{job="g"}   1'."""
     at = history.minute - 600
     uri = f'/api/v1/query?query=vista_gauge{{job="g"}} + 1&time={at}'
     encoded = f"/api/v1/query?query=vista_gauge%7Bjob%3D%22g%22%7D%20%2B%201&time={at}"
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [
             entry(prom.url, 'vista_gauge{job="g"}', "plus", uri=uri),
             entry(prom.url, 'vista_gauge{job="g"}', "encoded", uri=encoded),
@@ -560,20 +460,16 @@ async def test_custom_uri_is_sent_as_written_with_what_must_be_encoded_encoded(
     for name in ("prom.plus", "prom.encoded"):
         assert results[name].error is None, results[name].error
         assert list(results[name].points) == want
-        assert [list(i.points) for i in queued_chain(redis_client, name)] == [want]
+        assert [list(i.points) for i in queued_chain(rig.redis, name)] == [want]
 
 
 def test_fetch_once_reports_a_redis_type_error_in_one_line(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    capsys: pytest.CaptureFixture[str],
+    rig: Rig, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Skyline's watermark hash replaced by a string (as a metric named 'metric_data' did): a
     clear line and exit 1, not a traceback; --dry-run still fetches."""
-    redis_client.set(constants.WATERMARK_HASH, "[1, 2.0]")
-    cfg = make_config(tmp_path, redis_server, [entry(prom.url, "vista_gauge", "g")])
+    rig.redis.set(constants.WATERMARK_HASH, "[1, 2.0]")
+    cfg = rig.config([entry(prom.url, "vista_gauge", "g")])
     assert fetch_once(cfg, dry_run=False) == constants.EXIT_FAILURE
     err = capsys.readouterr().err
     assert err.startswith("vista fetch: Redis refused a command: "), err
@@ -585,14 +481,12 @@ def test_fetch_once_reports_a_redis_type_error_in_one_line(
 
 
 async def test_custom_uri_instant_query_at_now_is_the_current_minute(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, prom: PrometheusServer
+    rig: Rig, prom: PrometheusServer
 ) -> None:
     """Without time= Prometheus evaluates at its own now: a scalar in the current minute."""
     uri = "/api/v1/query?query=time()"
     metrics = [entry(prom.url, "time()", "now", uri=uri)]
-    kept_cfg = make_config(
-        tmp_path, redis_server, metrics, VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE=False
-    )
+    kept_cfg = rig.config(metrics, VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE=False)
     before = time.time()
     kept = by_metric(await run_cycle(kept_cfg, time.time()))["prom.now"]
     after = time.time()
@@ -600,25 +494,19 @@ async def test_custom_uri_instant_query_at_now_is_the_current_minute(
     ts, value = kept.points[0]
     assert int(before) <= ts <= after and ts == int(value)  # the scalar's value is its time
 
-    dropped_cfg = make_config(tmp_path, redis_server, metrics)
+    dropped_cfg = rig.config(metrics)
     dropped = by_metric(await cycle_into_redis(dropped_cfg, time.time()))["prom.now"]
     assert dropped.error is None and dropped.points == ()
     assert dropped.dropped.as_dict() == {"current_minute": 1}
-    assert redis_client.scard(constants.QUEUE_KEY) == 0
+    assert rig.redis.scard(constants.QUEUE_KEY) == 0
 
 
 async def test_populate_at_resolutions_fetches_the_whole_period(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     m = history.minute
     target = 'vista_gauge{job="g"}'
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [
             entry(prom.url, target, "populated", populate=("2h",)),
             entry(prom.url, target, "resumed", populate=("2h",)),
@@ -635,31 +523,25 @@ async def test_populate_at_resolutions_fetches_the_whole_period(
     assert len(want) == 120
     assert list(populated.points) == want
     assert want == prom_points(prom.query_range(target, m - 7200, m - 60, 60))
-    items = queued_chain(redis_client, "prom.populated")
+    items = queued_chain(rig.redis, "prom.populated")
     assert [(i.seq, len(i.points)) for i in items] == [(0, 50), (1, 50), (2, 20)]
     assert [p for i in items for p in i.points] == want
 
     # With a watermark, populate does not apply: only the points after it.
     resumed = results["prom.resumed"]
     assert list(resumed.points) == expected_points(history.gauge, m - 540, m - 60)
-    assert [p for i in queued_chain(redis_client, "prom.resumed") for p in i.points] == list(
+    assert [p for i in queued_chain(rig.redis, "prom.resumed") for p in i.points] == list(
         resumed.points
     )
 
 
 async def test_every_metric_of_a_large_cycle_is_queued(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     """More finished metrics than one mid-cycle push (500): none may be left out of the queue."""
     count = 700
     target = 'vista_gauge{job="g"}'
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    cfg = rig.config(
         [entry(prom.url, target, f"many.m{i:04d}") for i in range(count)],
         VISTA_MAX_CONCURRENCY_PER_HOST=50,
     )
@@ -669,5 +551,5 @@ async def test_every_metric_of_a_large_cycle_is_queued(
     want = expected_points(history.gauge, m - 300, m - 60)
     assert all(list(r.points) == want and len(r.items) == 1 for r in report.results)
     assert report.queued == count
-    assert redis_client.hlen(constants.PENDING_KEY) == count
-    assert redis_client.scard(constants.QUEUE_KEY) == count
+    assert rig.redis.hlen(constants.PENDING_KEY) == count
+    assert rig.redis.scard(constants.QUEUE_KEY) == count

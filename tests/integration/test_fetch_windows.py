@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,14 +35,11 @@ from skyline.vista.report import redis_report
 from skyline.vista.schedule import EMPTY_RESCAN, MetricState
 from skyline.vista.telemetry import QueueCollector
 from skyline.vista.testing.servers import (
-    CarbonServer,
-    GraphiteWebServer,
     PrometheusServer,
-    RedisServer,
     free_port,
     poll_until,
 )
-from tests.support.settings import make_config
+from tests.support.rig import GraphiteRig, Rig
 from tests.support.web import serving
 
 STEP = 5  # the metric's frequency: 11,000 points per request cover 15.3 h, a day is 2 windows
@@ -69,10 +65,8 @@ def history() -> History:
 
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory, history: History) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(tmp_path_factory.mktemp("prom-windows"), history=history.text)
-    server.start()
-    yield server
-    server.stop()
+    with PrometheusServer(tmp_path_factory.mktemp("prom-windows"), history=history.text) as server:
+        yield server
 
 
 @dataclass
@@ -131,10 +125,8 @@ def entry(host: str, name: str = "day", populate: tuple[str, ...] = ("1d",)) -> 
             populate)  # fmt: skip
 
 
-def config(tmp_path: Path, redis_server: RedisServer, host: str, **extra: Any) -> VistaConfig:
-    return make_config(
-        tmp_path,
-        redis_server,
+def config(rig: Rig, host: str, **extra: Any) -> VistaConfig:
+    return rig.config(
         [entry(host)],
         VISTA_REMOTE_HOSTS={host: {"timeout": 3.0}},
         VISTA_MAX_BACKFILL=2 * DAY,
@@ -201,32 +193,27 @@ async def prometheus_points(url: str, start: int, end: int) -> list[Point]:
 
 @pytest.mark.slow
 async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_refilled(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, prom: PrometheusServer, history: History, caplog: pytest.LogCaptureFixture
 ) -> None:
     metric = "w.day"
     now = history.now
     async with serve(
         FailingProxy(prom.url, fail_before=int(now) - 20 * 3600, mode="timeout")
     ) as px:
-        cfg = config(tmp_path, redis_server, px.url)
+        cfg = config(rig, px.url)
         # Cycle 1: the day is two windows; the older one stalls past the 3 s timeout.
-        report = await cycle(cfg, now, redis_client)
+        report = await cycle(cfg, now, rig.redis)
         result = report.results[0]
         assert tuple(result.windows) == result.plan.windows and len(result.windows) == 2
         old, new = result.windows
         assert result.error is not None and result.error.kind == "timeout"
-        first = take_items(redis_client, metric)
+        first = take_items(rig.redis, metric)
         newer = await prometheus_points(prom.url, new.start or 0, new.end or 0)
         minute = history.minute
         want_new = [p for p in newer if p[0] < minute]
         assert points_of(first, replay=False) == want_new and want_new  # delivered at once
         assert points_of(first, replay=True) == []
-        [hole] = stored_holes(redis_client, metric)
+        [hole] = stored_holes(rig.redis, metric)
         assert (hole.start, hole.end, hole.attempts, hole.kind) == (
             old.start,
             old.end,
@@ -239,9 +226,9 @@ async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_re
 
         # Cycle 2, after the retry delay: still stalling; the hole is split in two.
         now2 = now + holes.retry_delay(1) + 1
-        report = await cycle(cfg, now2, redis_client)
-        take_items(redis_client, metric)
-        split = stored_holes(redis_client, metric)
+        report = await cycle(cfg, now2, rig.redis)
+        take_items(rig.redis, metric)
+        split = stored_holes(rig.redis, metric)
         assert old.start is not None and old.end is not None
         middle = old.start + (old.end - old.start) // 2 // STEP * STEP
         assert [(h.start, h.end, h.attempts) for h in split] == [
@@ -250,50 +237,43 @@ async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_re
         ]
         # Not due yet: a cycle right after does not ask for them.
         asked = len(px.asked)
-        await cycle(cfg, now2 + 10, redis_client)
-        take_items(redis_client, metric)
+        await cycle(cfg, now2 + 10, rig.redis)
+        take_items(rig.redis, metric)
         assert all(start >= (new.end or 0) - 600 for start, _, _ in px.asked[asked:])
 
         # The source heals: the hole's points come as replay items, the record is gone.
         px.fail_before = 0
         now3 = now2 + holes.retry_delay(2) + 1
-        report = await cycle(cfg, now3, redis_client)
-        refill = take_items(redis_client, metric)
+        report = await cycle(cfg, now3, rig.redis)
+        refill = take_items(rig.redis, metric)
         assert points_of(refill, replay=True) == await prometheus_points(
             prom.url, old.start or 0, old.end or 0
         )
         assert report.results[0].refilled == len(points_of(refill, replay=True)) > 10_000
-        assert redis_client.hget(constants.HOLES_KEY, metric) is None
+        assert rig.redis.hget(constants.HOLES_KEY, metric) is None
 
 
 async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, prom: PrometheusServer, history: History, caplog: pytest.LogCaptureFixture
 ) -> None:
     metric = "w.day"
     now = history.now
     start = history.minute - 20 * 3600
     # A hole at its last attempt; the metric is otherwise up to date.
     mark = history.minute - 180
-    redis_client.hset(
-        constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {mark}, 'value': 1}}"
-    )
+    rig.redis.hset(constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {mark}, 'value': 1}}")
     last = Hole(
         start, start + 3600, holes.MAX_ATTEMPTS - 1, now - 1, now - 7200, "HTTP 500", "http_500"
     )
-    redis_client.hset(constants.HOLES_KEY, metric, holes.encode([last]))
+    rig.redis.hset(constants.HOLES_KEY, metric, holes.encode([last]))
     async with serve(FailingProxy(prom.url, fail_before=start + 3600, mode="error")) as px:
-        cfg = config(tmp_path, redis_server, px.url)
-        report = await cycle(cfg, now, redis_client)
+        cfg = config(rig, px.url)
+        report = await cycle(cfg, now, rig.redis)
     result = report.results[0]
     assert [(h.start, h.end, h.attempts) for h in result.given_up] == [
         (start, start + 3600, holes.MAX_ATTEMPTS)
     ]
-    assert redis_client.hget(constants.HOLES_KEY, metric) is None
+    assert rig.redis.hget(constants.HOLES_KEY, metric) is None
     with caplog.at_level(logging.ERROR, logger="skyline.vista.fetcher"):
         log_holes(result)
     assert "w.day: giving up window" in caplog.text
@@ -307,9 +287,7 @@ async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
     ids=["populate-15d", "watermark-2-days-old"],
 )
 async def test_a_series_with_no_data_costs_the_same_every_cycle(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     history: History,
     populate: tuple[str, ...],
@@ -321,13 +299,13 @@ async def test_a_series_with_no_data_costs_the_same_every_cycle(
     arrive late), not a span that grows every cycle."""
     if watermark_age is not None:
         mark = history.minute - watermark_age
-        redis_client.hset(
+        rig.redis.hset(
             constants.VISTA_WATERMARK_HASH, "w.none", f"{{'timestamp': {mark}, 'value': 1.0}}"
         )
     async with serve(FailingProxy(prom.url)) as px:
         entry = (px.url, "prometheus", 60, "vista_nothing", "none", "default", "w", None, None,
                  None, None, populate)  # fmt: skip
-        cfg = make_config(tmp_path, redis_server, [entry])
+        cfg = rig.config([entry])
         clock = [history.now]
         fetcher = Fetcher(0, cfg, clock=lambda: clock[0])
         rclient = redisconn.connect_async(cfg.redis)
@@ -345,20 +323,16 @@ async def test_a_series_with_no_data_costs_the_same_every_cycle(
     assert spans[0] >= first_span - 600, spans
     for span in spans[1:]:
         assert span <= EMPTY_RESCAN + 2 * 300, spans
-    assert redis_client.scard(constants.QUEUE_KEY) == 0
+    assert rig.redis.scard(constants.QUEUE_KEY) == 0
 
 
 async def test_failing_windows_are_listed_by_status_and_counted_in_metrics(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    prom: PrometheusServer,
-    history: History,
+    rig: Rig, prom: PrometheusServer, history: History
 ) -> None:
     now = history.now
     async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
-        cfg = config(tmp_path, redis_server, px.url)
-        report = await cycle(cfg, now, redis_client)
+        cfg = config(rig, px.url)
+        report = await cycle(cfg, now, rig.redis)
     [hole] = report.results[0].new_holes
     assert hole.kind == "http_500"
 
@@ -380,12 +354,7 @@ async def test_failing_windows_are_listed_by_status_and_counted_in_metrics(
 
 
 async def test_graphite_a_failed_gap_chunk_does_not_hold_back_the_newer_ones(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
+    graphite: GraphiteRig,
 ) -> None:
     """A real graphite-web behind the proxy: a gap of 2 h in chunks of 50 min, the oldest
     failing. The newer chunks' points are queued at once; the failed one is refilled later
@@ -393,25 +362,23 @@ async def test_graphite_a_failed_gap_chunk_does_not_hold_back_the_newer_ones(
     step = 10
     now = time.time()
     m = int(now) // 60 * 60
-    target = f"{metric_prefix}.gap"
+    target = f"{graphite.prefix}.gap"
     sent = [(ts, float(ts % 7919) + 0.25) for ts in range(m - 7500, m - step + 1, step)]
-    carbon_server.send_plaintext(f"{target} {v} {ts}" for ts, v in sent)
+    graphite.carbon.send_plaintext(f"{target} {v} {ts}" for ts, v in sent)
 
     def rendered() -> bool | None:
-        body = graphite_web.render([target], m - 7600, m)
+        body = graphite.web.render([target], m - 7600, m)
         found = sum(1 for v, _ in body[0]["datapoints"] if v is not None) if body else 0
         return True if found >= len(sent) else None
 
     poll_until(rendered, 30, what="graphite-web to render the gap")
     mark = m - 7200 + 130  # the gap starts at a 300 s quantum before it
-    redis_client.hset(
+    graphite.redis.hset(
         constants.VISTA_WATERMARK_HASH, "w.gap", f"{{'timestamp': {mark}, 'value': 1.0}}"
     )
     first = (mark // 300) * 300
-    async with serve(FailingProxy(graphite_web.url, fail_before=first + 1)) as px:
-        cfg = make_config(
-            tmp_path,
-            redis_server,
+    async with serve(FailingProxy(graphite.web.url, fail_before=first + 1)) as px:
+        cfg = graphite.config(
             [
                 {
                     "remote_host": px.url,
@@ -425,18 +392,18 @@ async def test_graphite_a_failed_gap_chunk_does_not_hold_back_the_newer_ones(
             ],
             VISTA_QUEUE_ITEM_MAX_POINTS=300,
         )
-        report = await cycle(cfg, now, redis_client)
+        report = await cycle(cfg, now, graphite.redis)
         result = report.results[0]
         assert len(result.windows) == 3 and result.windows[0].start == first
         failed = result.windows[0]
         assert result.error is not None and result.error.kind == "http_500"
-        items = take_items(redis_client, "w.gap")
+        items = take_items(graphite.redis, "w.gap")
         assert points_of(items, replay=False) == [p for p in sent if p[0] > (failed.end or 0)]
-        [hole] = stored_holes(redis_client, "w.gap")
+        [hole] = stored_holes(graphite.redis, "w.gap")
         assert (hole.start, hole.end, hole.after) == (failed.start, failed.end, mark)
 
         px.fail_before = 0
-        report = await cycle(cfg, now + holes.retry_delay(1) + 1, redis_client)
-        refill = points_of(take_items(redis_client, "w.gap"), replay=True)
+        report = await cycle(cfg, now + holes.retry_delay(1) + 1, graphite.redis)
+        refill = points_of(take_items(graphite.redis, "w.gap"), replay=True)
         assert refill == [p for p in sent if mark < p[0] <= (failed.end or 0)]
-        assert redis_client.hget(constants.HOLES_KEY, "w.gap") is None
+        assert graphite.redis.hget(constants.HOLES_KEY, "w.gap") is None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -22,12 +22,12 @@ from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
 from skyline.vista.model import Point
 from skyline.vista.sinks.flux import FluxSink
-from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, RedisServer
+from skyline.vista.testing.servers import RedisServer
 from skyline.vista.worker import WorkerLoop
 from tests.conftest import PrometheusFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
 from tests.integration.test_worker import drained
-from tests.support.settings import make_config
+from tests.support.rig import GraphiteRig, Rig
 
 
 def CLOCKS(minute: int) -> list[float]:  # noqa: N802 - a constant of the module, per minute
@@ -56,40 +56,42 @@ def by_metric(flux: FluxServer) -> dict[str, list[Point]]:
     return found
 
 
+@dataclass
+class Run:
+    cfg: VistaConfig
+    queued: list[list[str]]  # the metrics each cycle queued
+    stored: dict[str, list[Point]]  # what Flux accepted
+
+
 async def run_cycles(
-    cfg: VistaConfig,
-    server: RedisServer,
-    client: redis.Redis,
-    clocks: list[float],
-    between: Callable[[int], None] = lambda n: None,
-) -> list[list[str]]:
-    """One Fetcher cycle per clock value, each followed by a worker draining the queue;
-    returns the metrics each cycle queued."""
-    now = [clocks[0]]
-    fetcher = Fetcher(os.getpid(), cfg, clock=lambda: now[0])
-    queued: list[list[str]] = []
-    aclient = redisconn.connect_async(cfg.redis)
-    try:
-        async with aiohttp.ClientSession() as session:
-            queue = AsyncFetchQueue(aclient, watermark_keys(cfg.sink))
-            for n, clock in enumerate(clocks):
-                between(n)
-                now[0] = clock
-                cycle = await fetcher.cycle(session, queue)
-                assert cycle is not None
-                queued.append(sorted(name for r in cycle.results for name, _ in r.chains))
-                deliver(cfg, server, client)
-    finally:
-        await aclient.aclose()
-    return queued
+    rig: Rig, entry: Mapping[str, object], clocks: list[float], between: Callable[[int], None]
+) -> Run:
+    """``entry`` delivered to a Flux double: one Fetcher cycle per clock value (``between(n)``
+    first), each followed by a worker draining the queue."""
+    with FluxServer() as flux:
+        cfg = rig.config([entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY)
+        now = [clocks[0]]
+        fetcher = Fetcher(os.getpid(), cfg, clock=lambda: now[0])
+        queued: list[list[str]] = []
+        aclient = redisconn.connect_async(cfg.redis)
+        try:
+            async with aiohttp.ClientSession() as session:
+                queue = AsyncFetchQueue(aclient, watermark_keys(cfg.sink))
+                for n, clock in enumerate(clocks):
+                    between(n)
+                    now[0] = clock
+                    cycle = await fetcher.cycle(session, queue)
+                    assert cycle is not None
+                    queued.append(sorted(name for r in cycle.results for name, _ in r.chains))
+                    deliver(cfg, rig.redis_server, rig.redis)
+        finally:
+            await aclient.aclose()
+        return Run(cfg, queued, by_metric(flux))
 
 
 @pytest.mark.slow
 async def test_prometheus_three_series_one_added_later_and_pre_populated(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    tmp_prometheus: PrometheusFactory,
+    rig: Rig, tmp_prometheus: PrometheusFactory
 ) -> None:
     minute = int(time.time()) // 60 * 60
     starts = {"a": minute - 3000, "b": minute - 3000, "c": minute - 1200}
@@ -111,18 +113,10 @@ async def test_prometheus_three_series_one_added_later_and_pre_populated(
         "namespace_prefix": "tmpl",
         "populate_at_resolutions": ("1h",),
     }
-    with FluxServer() as flux:
-        cfg = make_config(
-            tmp_path, redis_server, [entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY
-        )
-        queued = await run_cycles(
-            cfg,
-            redis_server,
-            redis_client,
-            CLOCKS(minute),
-            between=lambda n: prom.add_history(history("c")) if n == 1 else None,
-        )
-        stored = by_metric(flux)
+    run = await run_cycles(
+        rig, entry, CLOCKS(minute), lambda n: prom.add_history(history("c")) if n == 1 else None
+    )
+    cfg, queued, stored = run.cfg, run.queued, run.stored
     names = {i: f"tmpl.{i}_9100.node" for i in "abc"}
     assert queued == [
         [names["a"], names["b"]],
@@ -140,16 +134,9 @@ async def test_prometheus_three_series_one_added_later_and_pre_populated(
 
 
 @pytest.mark.slow
-async def test_graphite_wildcard_three_series_one_added_later(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    carbon_server: CarbonServer,
-    graphite_web: GraphiteWebServer,
-    metric_prefix: str,
-) -> None:
+async def test_graphite_wildcard_three_series_one_added_later(graphite: GraphiteRig) -> None:
     minute = int(time.time()) // 60 * 60
-    source = f"{metric_prefix}.src"
+    source = f"{graphite.prefix}.src"
     starts = {"a": minute - 3000, "b": minute - 3000, "c": minute - 1200}
 
     def write(instances: str) -> None:
@@ -158,33 +145,25 @@ async def test_graphite_wildcard_three_series_one_added_later(
             for i in instances
             for ts in range(starts[i], minute, 60)
         ]
-        carbon_server.send_pickle(points)
+        graphite.carbon.send_pickle(points)
         for i in instances:  # all of them: carbon writes a metric's points in several goes
             count = len(range(starts[i], minute, 60))
-            carbon_server.wait_for_points(f"{source}.{i}.load", count, timeout=15)
-        graphite_web.wait_visible(f"{source}.{instances[-1]}.load")
+            graphite.carbon.wait_for_points(f"{source}.{i}.load", count, timeout=15)
+        graphite.web.wait_visible(f"{source}.{instances[-1]}.load")
 
     write("ab")
     entry = {
-        "remote_host": graphite_web.url,
+        "remote_host": graphite.web.url,
         "remote_host_type": "graphite",
         "remote_target": f"{source}.*.load",
         "graphite_target": "{node[-2]}.load",
         "namespace_prefix": "gtmpl",
         "populate_at_resolutions": ("1hours",),
     }
-    with FluxServer() as flux:
-        cfg = make_config(
-            tmp_path, redis_server, [entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY
-        )
-        queued = await run_cycles(
-            cfg,
-            redis_server,
-            redis_client,
-            CLOCKS(minute),
-            between=lambda n: write("c") if n == 1 else None,
-        )
-        stored = by_metric(flux)
+    run = await run_cycles(
+        graphite, entry, CLOCKS(minute), lambda n: write("c") if n == 1 else None
+    )
+    queued, stored = run.queued, run.stored
     names = {i: f"gtmpl.{i}.load" for i in "abc"}
     assert queued == [
         [names["a"], names["b"]],
@@ -197,9 +176,7 @@ async def test_graphite_wildcard_three_series_one_added_later(
         assert stored[name] == want, (name, stored[name][:3], stored[name][-3:])
 
 
-async def test_metrics_made_by_a_template_are_not_pruned_as_removed(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+async def test_metrics_made_by_a_template_are_not_pruned_as_removed(rig: Rig) -> None:
     """prune.py removes the state of metrics in no Vista host's settings; a templated entry's
     metrics are in the settings through their entry."""
     entry = {
@@ -209,19 +186,17 @@ async def test_metrics_made_by_a_template_are_not_pruned_as_removed(
         "graphite_target": "{job}",
         "namespace_prefix": "tmpl",
     }
-    cfg = make_config(tmp_path, redis_server, [entry], VISTA_PRUNE_REMOVED_AFTER=60)
+    cfg = rig.config([entry], VISTA_PRUNE_REMOVED_AFTER=60)
     now = time.time()
-    redis_client.hset(expand.key("tmpl.{job}"), "tmpl.node", repr(now - 7200))
-    redis_client.sadd(constants.VISTA_METRICS_KEY, "tmpl.node", "gone.metric")
-    redis_client.hset(
-        constants.VISTA_WATERMARK_HASH, "tmpl.node", "{'timestamp': 60, 'value': 1.0}"
-    )
-    redis_client.hset(constants.CONFIGURED_KEY, mapping={"tmpl.node": 1, "gone.metric": 1})
+    rig.redis.hset(expand.key("tmpl.{job}"), "tmpl.node", repr(now - 7200))
+    rig.redis.sadd(constants.VISTA_METRICS_KEY, "tmpl.node", "gone.metric")
+    rig.redis.hset(constants.VISTA_WATERMARK_HASH, "tmpl.node", "{'timestamp': 60, 'value': 1.0}")
+    rig.redis.hset(constants.CONFIGURED_KEY, mapping={"tmpl.node": 1, "gone.metric": 1})
     aclient = redisconn.connect_async(cfg.redis)
     try:
         pruned = await prune.maintain(aclient, cfg, now)
     finally:
         await aclient.aclose()
     assert pruned == ["gone.metric"]
-    assert redis_client.sismember(constants.VISTA_METRICS_KEY, "tmpl.node")
-    assert redis_client.hexists(constants.VISTA_WATERMARK_HASH, "tmpl.node")
+    assert rig.redis.sismember(constants.VISTA_METRICS_KEY, "tmpl.node")
+    assert rig.redis.hexists(constants.VISTA_WATERMARK_HASH, "tmpl.node")
