@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from skyline.vista.config import CarbonConfig, VistaConfig
+from skyline.vista.secret import Secret
 from skyline.vista.sinks import Sink
 
 
@@ -67,13 +68,26 @@ def history_carbon(config: VistaConfig) -> CarbonConfig:
     )
 
 
-def build_history_sink(config: VistaConfig) -> Sink:
-    path = history_path(config)
-    if path.kind == "flux-fill":
+def build_history_sink(
+    config: VistaConfig, *, flux_key: Secret | None = None, flux_test: bool = False
+) -> Sink:
+    """The sink that really stores history (see :func:`history_path`). On the Flux path every
+    point carries ``fill``; ``flux_key`` replaces ``FLUX_SELF_API_KEY`` (a BigQuery account's
+    ``flux_api_token``, so Flux applies the token's namespace). ``flux_test`` always POSTs to
+    Flux, with Flux's ``x-test-only`` header (Flux counts and stores nothing)."""
+    if flux_test or history_path(config).kind == "flux-fill":
+        import requests
+
         from skyline.vista.sinks.flux import FluxSink
 
         # A max age of 0: every point is older than it, so every point carries fill.
-        return FluxSink(replace(config.flux, max_age=0))
+        flux = replace(config.flux, max_age=0)
+        if flux_key is not None:
+            flux = replace(flux, key=flux_key)
+        session = requests.Session()
+        if flux_test:
+            session.headers["x-test-only"] = "true"
+        return FluxSink(flux, session=session)
     from skyline.vista.sinks.carbon import CarbonSink
 
     return CarbonSink(history_carbon(config))

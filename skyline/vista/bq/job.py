@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
@@ -298,22 +298,11 @@ def open_sink(config: VistaConfig, account: Mapping[str, Any], *, flux_test: boo
     ``flux_test`` always POSTs to Flux, with Flux's ``x-test-only`` header (Flux counts and
     stores nothing).
     """
-    from skyline.vista.history import build_history_sink, history_path
+    from skyline.vista.history import build_history_sink
 
-    if not flux_test and (config.sink == "graphite" or history_path(config).kind != "flux-fill"):
-        return build_history_sink(config)
-    import requests
-
-    from skyline.vista.sinks.flux import FluxSink
-
-    flux = replace(config.flux, max_age=0)  # every point older than it: every point has fill
     token = account.get("flux_api_token")
-    if token:
-        flux = replace(flux, key=Secret(str(token)))
-    session = requests.Session()
-    if flux_test:
-        session.headers["x-test-only"] = "true"
-    return FluxSink(flux, session=session)
+    flux_key = Secret(str(token)) if token else None
+    return build_history_sink(config, flux_key=flux_key, flux_test=flux_test)
 
 
 def job_folder(started: float) -> str:
