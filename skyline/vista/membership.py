@@ -30,7 +30,8 @@ the metrics whose name hashes to it in that list, alive or not.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import redis
 import redis.asyncio
@@ -39,6 +40,8 @@ from skyline.vista import constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.entries import FetchEntry
 from skyline.vista.redisconn import text
+
+T = TypeVar("T")
 
 LEASE_MARGIN = 15.0
 """Seconds a fetch lease lasts beyond the cycle deadline (the final push after it)."""
@@ -133,6 +136,12 @@ def _names(values: Sequence[bytes | str]) -> tuple[str, ...]:
     return tuple(text(v) for v in values)
 
 
+def _chunks(metrics: Sequence[str], size: int = 5000) -> Iterator[list[str]]:
+    """``metrics`` in parts of at most ``size``: one script call each (bounded arguments)."""
+    for start in range(0, len(metrics), size):
+        yield list(metrics[start : start + size])
+
+
 def member_key(hostname: str) -> str:
     return constants.MEMBER_KEY_PREFIX + hostname
 
@@ -153,9 +162,13 @@ def leave(client: redis.Redis, hostname: str) -> None:
     pipe.execute()
 
 
+def _call_live(script: Callable[..., T]) -> T:
+    """Run the LIVE script (a client's or an asyncio client's: then await the answer)."""
+    return script(keys=[constants.MEMBERS_KEY], args=[constants.MEMBER_KEY_PREFIX])
+
+
 def live_members(client: redis.Redis) -> tuple[str, ...]:
-    script = client.register_script(LIVE)
-    return _names(script(keys=[constants.MEMBERS_KEY], args=[constants.MEMBER_KEY_PREFIX]))
+    return _names(_call_live(client.register_script(LIVE)))
 
 
 def lease_seconds(config: VistaConfig) -> float:
@@ -173,8 +186,7 @@ class AsyncMembers:
     async def lease(self, host: str, metrics: Sequence[str], seconds: float) -> set[str]:
         """Take or renew the fetch lease of each metric; returns those this host may fetch."""
         granted: set[str] = set()
-        for start in range(0, len(metrics), 5000):
-            part = list(metrics[start : start + 5000])
+        for part in _chunks(metrics):
             args = [host, str(max(1, int(seconds * 1000))), *part]
             found = await self._lease(keys=[constants.FETCH_LEASES_KEY], args=args)
             granted.update(_names(found))
@@ -183,14 +195,9 @@ class AsyncMembers:
     async def unlease(self, host: str, metrics: Sequence[str]) -> int:
         """Give back this host's leases of these metrics (their fetch and push are over)."""
         given = 0
-        for start in range(0, len(metrics), 5000):
-            part = list(metrics[start : start + 5000])
-            if part:
-                given += int(
-                    await self._unlease(keys=[constants.FETCH_LEASES_KEY], args=[host, *part])
-                )
+        for part in _chunks(metrics):
+            given += int(await self._unlease(keys=[constants.FETCH_LEASES_KEY], args=[host, *part]))
         return given
 
     async def live(self) -> tuple[str, ...]:
-        names = await self._live(keys=[constants.MEMBERS_KEY], args=[constants.MEMBER_KEY_PREFIX])
-        return _names(names)
+        return _names(await _call_live(self._live))
