@@ -18,10 +18,9 @@ import logging
 from typing import Any
 
 from skyline.vista.bq.archive import ArchiveWriter
-from skyline.vista.bq.job import Delivery, JobIO, JobParams, RowsSource, open_sink
+from skyline.vista.bq.job import JobIO
 from skyline.vista.bq.rows import RowConverter, check_row_count
-from skyline.vista.bq.runner import IntervalReport, run_intervals
-from skyline.vista.create_budget import CreateBudget
+from skyline.vista.bq.runner import IntervalJob, IntervalReport
 from skyline.vista.sinks import SinkPoint
 
 logger = logging.getLogger(__name__)
@@ -30,19 +29,13 @@ KIND = "bq_backfill"
 DRY_RUN_SAMPLE = 5
 
 
-class Backfill:
+class Backfill(IntervalJob):
+    KIND = KIND
+    UPDATE = False
+
     def __init__(self, ctx: JobIO) -> None:
-        self.ctx = ctx
-        self.params = JobParams.parse(ctx.params, ctx.config, update=False)
-        self.settings = self.params.query_settings(update=False)
-        self.source = RowsSource(self.params, ctx.config, self.settings)
-        self.spec = self.params.row_spec()
+        super().__init__(ctx)
         self.converter: RowConverter | None = None
-        self.delivery: Delivery | None = None
-        if not self.params.dry_run:
-            sink = open_sink(ctx.config, self.params.account, flux_test=self.params.flux_test)
-            budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
-            self.delivery = Delivery(sink, budget, ctx.should_stop)
         self.sample: list[SinkPoint] = []
 
     def _converter(self, columns: tuple[str, ...]) -> RowConverter:
@@ -80,7 +73,6 @@ class Backfill:
             if writer is not None:
                 writer.abort()
         stats = converter.stats
-        verb = "would send" if self.params.dry_run else "sent"
         source = "archive" if rows.from_archive else "query"
         skipped = stats.null + stats.non_numeric - stats.zero_filled
         return IntervalReport(
@@ -89,20 +81,13 @@ class Backfill:
             errors=stats.errors,
             bytes_billed=rows.bytes_billed or 0,
             message=(
-                f"{stats.rows} rows ({source}), {verb} {points} points, {skipped} cells "
-                f"skipped, {stats.errors} bad rows, {stats.duplicates} duplicates"
+                f"{stats.rows} rows ({source}), {self.params.verb} {points} points, "
+                f"{skipped} cells skipped, {stats.errors} bad rows, {stats.duplicates} duplicates"
             ),
         )
 
     def run(self) -> None:
-        try:
-            totals = run_intervals(
-                self.ctx, self.params, KIND, self.settings.date_format, self.interval
-            )
-        finally:
-            self.source.close()
-            if self.delivery is not None and self.delivery.sink is not None:
-                self.delivery.sink.close()
+        totals = self.run_all()
         if self.params.dry_run:
             shown = ", ".join(f"{e.metric} {e.value:g} {e.timestamp}" for e in self.sample)
             self.ctx.progress(

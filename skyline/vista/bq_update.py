@@ -30,19 +30,10 @@ from typing import Any
 
 from skyline.vista import constants
 from skyline.vista.bq.archive import ArchiveWriter
-from skyline.vista.bq.job import (
-    Delivery,
-    IntervalRows,
-    JobIO,
-    JobParams,
-    RowsSource,
-    job_folder,
-    open_sink,
-)
+from skyline.vista.bq.job import IntervalRows, JobIO, job_folder
 from skyline.vista.bq.query import interval_label
 from skyline.vista.bq.rows import RowConverter, check_row_count
-from skyline.vista.bq.runner import IntervalReport, run_intervals
-from skyline.vista.create_budget import CreateBudget
+from skyline.vista.bq.runner import IntervalJob, IntervalReport
 from skyline.vista.sinks import SinkPoint
 
 logger = logging.getLogger(__name__)
@@ -88,21 +79,15 @@ def compare(
     return added, changed, removed
 
 
-class Update:
+class Update(IntervalJob):
+    KIND = KIND
+    UPDATE = True
+
     def __init__(self, ctx: JobIO) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self.started = time.time()
         self.folder = job_folder(self.started)
-        self.params = JobParams.parse(ctx.params, ctx.config, update=True)
-        self.settings = self.params.query_settings(update=True)
-        self.source = RowsSource(self.params, ctx.config, self.settings)
-        self.spec = self.params.row_spec()
-        self.delivery: Delivery | None = None
         self.counts = {"changed": 0, "new": 0, "removed": 0}
-        if not self.params.dry_run:
-            sink = open_sink(ctx.config, self.params.account, flux_test=False)
-            budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
-            self.delivery = Delivery(sink, budget, ctx.should_stop)
 
     def _values(
         self, rows: IntervalRows, writer: ArchiveWriter | None
@@ -145,7 +130,6 @@ class Update:
         if (added or changed) and not self.params.dry_run:
             self._record(label, added, changed, removed)
         stats = converter.stats
-        verb = "would send" if self.params.dry_run else "sent"
         return IntervalReport(
             rows=stats.rows,
             points=len(points),
@@ -153,7 +137,7 @@ class Update:
             bytes_billed=current.bytes_billed or 0,
             message=(
                 f"{stats.rows} rows, {len(changed)} changed, {len(added)} new, "
-                f"{removed} removed; {verb} {len(points)} points"
+                f"{removed} removed; {self.params.verb} {len(points)} points"
                 + ("" if archived is not None else " (no archive: all new)")
             ),
         )
@@ -181,22 +165,14 @@ class Update:
         pipe.execute()
 
     def run(self) -> None:
-        try:
-            totals = run_intervals(
-                self.ctx, self.params, KIND, self.settings.date_format, self.interval
+        totals = self.run_all()
+        self.ctx.progress(
+            message=(
+                f"bq_update {self.params.account_name}: {totals.done} interval(s) compared, "
+                f"{self.counts['changed']} value(s) changed, {self.counts['new']} new, "
+                f"{self.counts['removed']} removed; {self.params.verb} {totals.points} point(s)"
             )
-            verb = "would send" if self.params.dry_run else "sent"
-            self.ctx.progress(
-                message=(
-                    f"bq_update {self.params.account_name}: {totals.done} interval(s) compared, "
-                    f"{self.counts['changed']} value(s) changed, {self.counts['new']} new, "
-                    f"{self.counts['removed']} removed; {verb} {totals.points} point(s)"
-                )
-            )
-        finally:
-            self.source.close()
-            if self.delivery is not None and self.delivery.sink is not None:
-                self.delivery.sink.close()
+        )
 
 
 def run_job(ctx: JobIO) -> None:

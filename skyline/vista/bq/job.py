@@ -83,7 +83,7 @@ class JobParams:
     until: int
     interval: int
     dry_run: bool = False
-    flux_test: bool = False
+    flux_test: bool = False  # bq_backfill only: bq_update's rewrites are always stored
     zero_fill: bool = False
     use_archive: bool = False
     replace_query_string: str | None = None
@@ -124,13 +124,18 @@ class JobParams:
             until=until,
             interval=interval,
             dry_run=_flag(params.get("dry_run"), False),
-            flux_test=_flag(params.get("flux_test"), False),
+            flux_test=not update and _flag(params.get("flux_test"), False),
             zero_fill=_flag(params.get("zero_fill"), False),
             use_archive=_flag(params.get("use_archive_data"), False),
             replace_query_string=params.get("replace_query_string") or None,
             date_format=params.get("date_format") or None,
             added_by=str(params.get("added_by") or ""),
         )
+
+    @property
+    def verb(self) -> str:
+        """What reports say happened to the points."""
+        return "would send" if self.dry_run else "sent"
 
     def starts(self) -> list[int]:
         return list(range(self.start, self.until + 1, self.interval))

@@ -20,13 +20,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from skyline.vista.bq import metrics
 from skyline.vista.bq.client import QueryFailed, QueryUnavailable
-from skyline.vista.bq.job import JobIO, JobParams, Stopped
+from skyline.vista.bq.job import Delivery, JobIO, JobParams, RowsSource, Stopped, open_sink
 from skyline.vista.bq.query import interval_label
 from skyline.vista.bq.rows import RowSchemaError, TooFewRows
+from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import SinkError, VistaError
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,41 @@ class Totals:
             failed=dict(data.get("failed") or {}),
         )
         return totals, int(data.get("next", 0))
+
+
+class IntervalJob:
+    """What every BigQuery job kind sets up the same way from its job record: the parameters,
+    where the rows come from, the delivery (none in a dry run), and at the end the closing of
+    the rows source and the sink. A kind names itself (``KIND``, ``UPDATE``) and does one
+    interval (:meth:`interval`); :meth:`run_all` runs them all (:func:`run_intervals`)."""
+
+    KIND: ClassVar[str]
+    UPDATE: ClassVar[bool]
+
+    def __init__(self, ctx: JobIO) -> None:
+        self.ctx = ctx
+        self.params = JobParams.parse(ctx.params, ctx.config, update=self.UPDATE)
+        self.settings = self.params.query_settings(update=self.UPDATE)
+        self.source = RowsSource(self.params, ctx.config, self.settings)
+        self.spec = self.params.row_spec()
+        self.delivery: Delivery | None = None
+        if not self.params.dry_run:
+            sink = open_sink(ctx.config, self.params.account, flux_test=self.params.flux_test)
+            budget = CreateBudget(ctx.client, ctx.config.carbon_max_creates_per_minute)
+            self.delivery = Delivery(sink, budget, ctx.should_stop)
+
+    def interval(self, start: int) -> IntervalReport:
+        raise NotImplementedError
+
+    def run_all(self) -> Totals:
+        try:
+            return run_intervals(
+                self.ctx, self.params, self.KIND, self.settings.date_format, self.interval
+            )
+        finally:
+            self.source.close()
+            if self.delivery is not None and self.delivery.sink is not None:
+                self.delivery.sink.close()
 
 
 def run_intervals(
@@ -190,12 +226,11 @@ def _loop(
             message=message,
         )
     duration = time.time() - started
-    verb = "would send" if params.dry_run else "sent"
     billed = f", {totals.bytes_billed:,} bytes billed" if totals.bytes_billed else ""
     ctx.progress(
         message=(
             f"{kind} {params.account_name}: {totals.done} of {len(starts)} interval(s) done, "
-            f"{len(totals.failed)} failed; {totals.rows:,} rows, {verb} {totals.points:,} "
+            f"{len(totals.failed)} failed; {totals.rows:,} rows, {params.verb} {totals.points:,} "
             f"points, {totals.errors - len(totals.failed)} bad row(s){billed}"
         )
     )
