@@ -35,7 +35,7 @@ from typing import Literal, Protocol
 
 import redis.asyncio
 
-from skyline.vista import constants, redisconn, telemetry
+from skyline.vista import constants, redisconn, telemetry, token_bucket
 from skyline.vista.config import HostOptions, VistaConfig
 from skyline.vista.entries import FetchEntry
 
@@ -49,15 +49,13 @@ HISTORY_YIELD = 0.1
 
 # KEYS: bucket hash, live-waiting marker. ARGV: rate, burst, priority.
 # Returns the seconds to wait before asking again, as a string ('0' = token taken).
-TAKE = r"""
+TAKE = (
+    r"""
 local B, LIVE = KEYS[1], KEYS[2]
-local rate, burst, priority = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tokens = tonumber(redis.call('HGET', B, 'tokens') or burst)
-local at = tonumber(redis.call('HGET', B, 'at') or now)
-if now > at then tokens = math.min(burst, tokens + (now - at) * rate) end
-if tokens > burst then tokens = burst end
+local rate, cap, priority = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+"""
+    + token_bucket.REFILL
+    + r"""
 local wait = 0
 if priority ~= 'live' and redis.call('EXISTS', LIVE) == 1 then
   wait = -1
@@ -70,10 +68,13 @@ else
     redis.call('SET', LIVE, '1', 'PX', math.ceil(wait * 1000) + 250)
   end
 end
-redis.call('HSET', B, 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', B, math.ceil(burst / rate * 1000) + 60000)
+"""
+    + token_bucket.STORE
+    + r"""
+redis.call('PEXPIRE', B, math.ceil(cap / rate * 1000) + 60000)
 return tostring(wait)
 """
+)
 
 
 class Pacer(Protocol):
