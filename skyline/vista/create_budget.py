@@ -14,6 +14,9 @@ One bucket in Redis (``vista.create_budget``), one Lua step per batch of names:
   answer says when the next token is due). Deferred names are listed in
   ``vista.create_budget.waiting`` (name -> first deferral) for ``vista status``.
 
+The same step keeps the granted and waiting names bounded: a name in ``vista.metrics`` leaves
+both, and a name nobody asked for in :data:`FORGET_AFTER` seconds is forgotten.
+
 The bucket mirrors carbon's (same refill rate; a capacity smaller by
 :data:`CARBON_DELAY_MARGIN` seconds of refill), so a name granted here finds a token in carbon's
 bucket too, as long as Vista is the only writer creating metrics in that carbon: set
@@ -32,47 +35,65 @@ import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from skyline.vista import constants, redisconn
+from skyline.vista import constants, redisconn, token_bucket
 from skyline.vista.redisconn import text
 
 BUDGET_KEY = constants.CREATE_BUDGET_KEY
 """Hash: ``tokens``, ``at`` (Redis TIME of the last refill), ``granted``, ``deferred`` (totals)."""
 GRANTED_KEY = constants.CREATE_BUDGET_GRANTED_KEY
-"""Set: new metric names granted a create token (carbon creates them on their first write)."""
+"""Sorted set: new metric name granted a create token -> when it was last asked for (Redis
+TIME). A name leaves it once it is in ``vista.metrics``, or when nobody asked for it in
+:data:`FORGET_AFTER` seconds (it would then take a token again: one token, never a point)."""
 WAITING_KEY = constants.CREATE_BUDGET_WAITING_KEY
-"""Hash: name -> epoch of its first deferral, while it waits for a token."""
+"""Sorted set: name waiting for a token -> epoch of its first deferral. A name leaves it when it
+gets a token or is known, or :data:`FORGET_AFTER` seconds after its first deferral (a caller
+still waiting lists it again at its next ask)."""
+FORGET_AFTER = 7 * 86400.0
+"""Seconds after which the admission step forgets a granted name nobody asks for, or a waiting
+one: what keeps :data:`GRANTED_KEY` and :data:`WAITING_KEY` bounded (by the names in use in
+that time), instead of growing with every name Vista ever created or deferred."""
 
-# KEYS: bucket, granted set, waiting hash, vista.metrics
-# ARGV: tokens per second, capacity, name...
+# KEYS: bucket, granted zset, waiting zset, vista.metrics
+# ARGV: tokens per second, capacity, forget after (seconds), name...
 # Returns {status per name ('k' known, 'g' granted, 'd' deferred)..., tokens, wait seconds}.
-ADMIT = r"""
+ADMIT = (
+    r"""
 local B, GRANTED, WAITING, KNOWN = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local rate, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tokens = tonumber(redis.call('HGET', B, 'tokens') or cap)
-local at = tonumber(redis.call('HGET', B, 'at') or now)
-if now > at then tokens = math.min(cap, tokens + (now - at) * rate) end
-if tokens > cap then tokens = cap end
+local rate, cap, forget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+"""
+    + token_bucket.REFILL
+    + r"""
+for _, key in ipairs({GRANTED, WAITING}) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', key) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - forget)
+end
 local out = {}
 local granted, deferred = 0, 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local m = ARGV[i]
-  if redis.call('SISMEMBER', KNOWN, m) == 1 or redis.call('SISMEMBER', GRANTED, m) == 1 then
+  if redis.call('SISMEMBER', KNOWN, m) == 1 then
+    redis.call('ZREM', GRANTED, m)
+    redis.call('ZREM', WAITING, m)
+    out[#out + 1] = 'k'
+  elseif redis.call('ZSCORE', GRANTED, m) then
+    redis.call('ZADD', GRANTED, now, m)
     out[#out + 1] = 'k'
   elseif tokens >= 1 then
     tokens = tokens - 1
-    redis.call('SADD', GRANTED, m)
-    redis.call('HDEL', WAITING, m)
+    redis.call('ZADD', GRANTED, now, m)
+    redis.call('ZREM', WAITING, m)
     granted = granted + 1
     out[#out + 1] = 'g'
   else
-    redis.call('HSETNX', WAITING, m, tostring(now))
+    redis.call('ZADD', WAITING, 'NX', now, m)
     deferred = deferred + 1
     out[#out + 1] = 'd'
   end
 end
-redis.call('HSET', B, 'tokens', tostring(tokens), 'at', tostring(now))
+"""
+    + token_bucket.STORE
+    + r"""
 if granted > 0 then redis.call('HINCRBY', B, 'granted', granted) end
 if deferred > 0 then redis.call('HINCRBY', B, 'deferred', deferred) end
 local wait = 0
@@ -81,6 +102,7 @@ out[#out + 1] = tostring(tokens)
 out[#out + 1] = tostring(wait)
 return out
 """
+)
 
 
 CARBON_DELAY_MARGIN = 6.0
@@ -132,9 +154,12 @@ class BudgetStatus:
 class CreateBudget:
     """The shared create budget (a no-op when ``per_minute`` is ``inf``)."""
 
-    def __init__(self, client: redis.Redis, per_minute: float) -> None:
+    def __init__(
+        self, client: redis.Redis, per_minute: float, forget_after: float = FORGET_AFTER
+    ) -> None:
         self.client = client
         self.per_minute = per_minute
+        self.forget_after = forget_after
         self._admit = client.register_script(ADMIT)
 
     @property
@@ -150,7 +175,8 @@ class CreateBudget:
             return Admission(known=frozenset(names))
         keys = [BUDGET_KEY, GRANTED_KEY, WAITING_KEY, constants.VISTA_METRICS_KEY]
         rate, capacity = bucket_shape(self.per_minute)
-        reply = self._admit(keys=keys, args=[repr(rate), repr(capacity), *names])
+        args = [repr(rate), repr(capacity), repr(self.forget_after), *names]
+        reply = self._admit(keys=keys, args=args)
         flags = [text(x) for x in reply[: len(names)]]
         tokens, wait = float(text(reply[-2])), float(text(reply[-1]))
         by: dict[str, set[str]] = {"k": set(), "g": set(), "d": set()}
@@ -171,10 +197,10 @@ def read_status(
     """The bucket as it would be now (refilled), the totals and the names waiting."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(BUDGET_KEY)
-    pipe.hgetall(WAITING_KEY)
+    pipe.zrange(WAITING_KEY, 0, -1, withscores=True)
     raw, waiting_raw = pipe.execute()
     bucket = {text(k): text(v) for k, v in raw.items()}
-    waiting = {text(k): float(text(v)) for k, v in waiting_raw.items()}
+    waiting = {text(k): float(v) for k, v in waiting_raw}
     rate, capacity = bucket_shape(per_minute) if math.isfinite(per_minute) else (0.0, per_minute)
     tokens = capacity
     if math.isfinite(per_minute) and "tokens" in bucket:

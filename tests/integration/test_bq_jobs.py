@@ -110,7 +110,7 @@ def test_dry_run_writes_nothing(
     assert "dry run: would send 60 points" in job.last["message"]
     assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
     assert not (tmp_path / "archives").exists()
-    granted = [m.decode() for m in redis_client.smembers(GRANTED_KEY)]  # type: ignore[union-attr]
+    granted = [m.decode() for m in redis_client.zrange(GRANTED_KEY, 0, -1)]  # type: ignore[union-attr]
     assert not any(m.startswith(metric_prefix) for m in granted)
 
 
@@ -276,7 +276,7 @@ def test_first_writes_wait_for_carbons_create_budget(
     run_backfill(job)
     took = time.monotonic() - began
     assert 4.0 <= took <= 20.0, took  # 6 names waited about a second each
-    granted = {m.decode() for m in redis_client.smembers(GRANTED_KEY)}  # type: ignore[union-attr]
+    granted = {m.decode() for m in redis_client.zrange(GRANTED_KEY, 0, -1)}  # type: ignore[union-attr]
     assert {m for m in granted if m.startswith(metric_prefix)} == set(
         expected_points(metric_prefix, rows)
     )

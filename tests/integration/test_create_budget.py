@@ -66,8 +66,31 @@ def test_the_bucket_refills_at_the_budget_rate(redis_client: redis.Redis) -> Non
     later = budget.admit(f"b.m{i}" for i in range(20))
     elapsed = time.monotonic() - began
     assert int(2 * 1.6) <= len(later.granted) <= int(2 * elapsed), (len(later.granted), elapsed)
-    assert redis_client.hlen(create_budget.WAITING_KEY) == 20 - len(later.granted)
+    assert redis_client.zcard(create_budget.WAITING_KEY) == 20 - len(later.granted)
     assert later.wait <= 0.5
+
+
+def test_granted_and_waiting_names_stay_bounded(redis_client: redis.Redis) -> None:
+    """The granted and waiting names are trimmed in the admission step itself: a name that
+    reached vista.metrics leaves both; a name not asked for in ``forget_after`` seconds is
+    forgotten (a granted one would take a token again, a waiting one is listed again when its
+    caller comes back), so neither key grows with every name Vista ever saw."""
+    budget = CreateBudget(redis_client, per_minute=600, forget_after=1.0)  # 10/s, capacity 540
+    first = [f"old.m{i:03d}" for i in range(600)]
+    assert len(budget.admit(first).granted) == 540  # 60 wait
+    assert redis_client.zcard(create_budget.GRANTED_KEY) == 540
+    assert redis_client.zcard(create_budget.WAITING_KEY) == 60
+    # The workers acknowledged 100 of the granted names: they are known, no longer "granted".
+    redis_client.sadd(constants.VISTA_METRICS_KEY, *first[:100])
+    assert budget.admit(first[:100]).known == set(first[:100])
+    assert redis_client.zcard(create_budget.GRANTED_KEY) == 440
+    time.sleep(1.5)  # nobody asks for the others any more (their job was cancelled)
+    later = budget.admit(["new.m1", "new.m2"])
+    assert later.granted == {"new.m1", "new.m2"}
+    granted = {m.decode() for m in redis_client.zrange(create_budget.GRANTED_KEY, 0, -1)}  # type: ignore[union-attr]
+    assert granted == {"new.m1", "new.m2"}
+    assert redis_client.zcard(create_budget.WAITING_KEY) == 0
+    assert create_budget.read_status(redis_client, 600, time.time()).waiting == 0
 
 
 def test_concurrent_callers_share_one_budget(redis_server: RedisServer) -> None:
@@ -150,7 +173,7 @@ def deliver_new_metrics(
             stored = poll_until(complete, settle, what="every point in whisper", interval=0.5)
         except TimeoutError:
             stored = whisper_points(carbon, metrics)
-        assert client.hlen(create_budget.WAITING_KEY) == 0
+        assert client.zcard(create_budget.WAITING_KEY) == 0
     finally:
         carbon.stop()
         client.close()
