@@ -345,7 +345,7 @@ async def test_failing_windows_are_listed_by_status_and_counted_in_metrics(
 
     agent = Vista(cfg, LogSpec(None))
     try:
-        snapshot = agent._queue_snapshot()
+        snapshot = agent.metrics.queue_snapshot()
         assert snapshot is not None and snapshot.failing_windows == 1
         gauges = {m.name: m.samples[0].value for m in QueueCollector(lambda: snapshot).collect()}
         assert gauges["vista_fetch_windows_failing"] == 1

@@ -1,0 +1,98 @@
+"""What the agent tells the other hosts and ``vista status`` through Redis: its member key
+(while its fetcher runs, so that the others take its metrics over when it goes), and its
+heartbeat record (pid, settings, fetcher, workers) with the count of ERROR lines logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from skyline.vista import constants, logs, membership, redisconn
+from skyline.vista.config import VistaConfig
+
+logger = logging.getLogger("skyline.vista.agent")
+
+HEARTBEAT_EVERY = 10.0
+
+
+class Presence:
+    """``config`` is the agent's current settings (replaced on reload); the hostname and the
+    start time are those of the agent's start."""
+
+    def __init__(self, pid: int, config: VistaConfig, client: redis.Redis) -> None:
+        self.pid = pid
+        self.config = config
+        self.client = client
+        self.hostname = config.hostname
+        self.started = time.time()
+        self._next_heartbeat = 0.0
+        self._next_member_beat = 0.0
+
+    # --- membership -------------------------------------------------------------------------
+
+    def member_heartbeat(self, fetcher_alive: bool, *, force: bool = False) -> None:
+        """Keep this host among the live Vista hosts while its fetcher runs (every third of
+        VISTA_MEMBER_TTL): the others take its metrics over when the key expires."""
+        if self.config.shards:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_member_beat:
+            return
+        if not force and not fetcher_alive:
+            return  # the fetcher is down (restarting): let the others fetch meanwhile
+        ttl = self.config.member_ttl
+        self._next_member_beat = now + ttl / 3
+        try:
+            membership.heartbeat(self.client, self.hostname, ttl, str(self.pid))
+        except redisconn.REDIS_ERRORS:
+            self._next_member_beat = now + min(1.0, ttl / 3)
+            logger.debug("member heartbeat not written (Redis unavailable)")
+
+    def leave(self) -> None:
+        if self.config.shards:
+            return
+        try:
+            membership.leave(self.client, self.hostname)
+        except redisconn.REDIS_ERRORS:
+            pass  # the member key expires by itself
+
+    # --- the agent's heartbeat record -------------------------------------------------------
+
+    def heartbeat(self, fetcher_alive: bool, workers: Callable[[], list[dict[str, Any]]]) -> None:
+        """Every HEARTBEAT_EVERY seconds: the record ``vista status`` reads."""
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_EVERY
+        record = {
+            "pid": self.pid,
+            "started": int(self.started),
+            "settings": self.config.path,
+            "fetcher": fetcher_alive,
+            "workers": workers(),
+        }
+        try:
+            self.client.set(self._key(), json.dumps(record), ex=constants.HEARTBEAT_TTL)
+            errors = logs.error_counter.take()
+            if errors:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.incrby(constants.LOG_ERRORS_KEY, errors)
+                pipe.expire(constants.LOG_ERRORS_KEY, constants.LOG_ERRORS_TTL)
+                pipe.execute()
+        except redisconn.REDIS_ERRORS:
+            logger.debug("agent heartbeat not written (Redis unavailable)")
+
+    def remove(self) -> None:
+        """The agent stopped: its record goes."""
+        try:
+            self.client.delete(self._key())
+        except redisconn.REDIS_ERRORS:
+            pass
+
+    def _key(self) -> str:
+        return f"{constants.AGENT_KEY_PREFIX}{self.hostname}"
