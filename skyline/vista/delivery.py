@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from skyline.vista import codec
+from skyline.vista.errors import PayloadError
 from skyline.vista.model import (
     Ack,
     DeadLetter,
@@ -184,6 +185,27 @@ def settle(
     return out
 
 
+def merge_result(total: SinkResult, part: SinkResult, offset: int) -> None:
+    """Fold one segment's result (indexes counted from the segment's first point, which is
+    sink_points[offset]) into the batch's ``total``."""
+    total.handled = max(total.handled, offset + part.handled)
+    total.rejected.update({offset + i: reason for i, reason in part.rejected.items()})
+
+
 def undecodable(raw: str, reason: str, worker: str, now: float) -> DeadLetter:
     metric = codec.item_metric(raw) or ""
     return dead_letter(raw, f"undecodable item: {reason}", worker, metric, now=now)
+
+
+def decode_batch(
+    raws: Sequence[str], worker: str, now: float
+) -> tuple[list[tuple[str, QueueItem]], list[tuple[str, DeadLetter]]]:
+    """The claimed items decoded, and a dead letter for each one that cannot be."""
+    good: list[tuple[str, QueueItem]] = []
+    bad: list[tuple[str, DeadLetter]] = []
+    for raw in raws:
+        try:
+            good.append((raw, codec.decode_item(raw)))
+        except PayloadError as exc:
+            bad.append((raw, undecodable(raw, str(exc), worker, now)))
+    return good, bad

@@ -1013,7 +1013,7 @@ def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
         loops = [flux_loop(cfg, redis_server, n) for n in range(2)]
         for loop in loops:
             # The production cap is 60 s; 8 s keeps the wait after the outage short.
-            loop.sink_backoff = Backoff(base=1.0, cap=8.0)
+            loop.sink_health.backoff = Backoff(base=1.0, cap=8.0)
         late: Series = {}
         with LoopThreads(loops):
             outage_ends = time.monotonic() + 120

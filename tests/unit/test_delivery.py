@@ -241,6 +241,27 @@ def test_replay_item_ack_carries_its_own_last_point() -> None:
     assert ack.delivered is True
 
 
+# --- merging segment results, decoding a claimed batch ---------------------------------------
+
+
+def test_a_segments_result_is_merged_at_its_offset() -> None:
+    total = SinkResult(handled=450, rejected={3: "bad"})
+    delivery.merge_result(total, SinkResult(handled=2, rejected={1: "worse"}), 450)
+    assert total.handled == 452
+    assert total.rejected == {3: "bad", 451: "worse"}
+    delivery.merge_result(total, SinkResult(handled=0), 0)  # never moves back
+    assert total.handled == 452
+
+
+def test_decode_batch_dead_letters_what_it_cannot_read() -> None:
+    raw, made = B
+    good, bad = delivery.decode_batch([raw, "nope"], WORKER, NOW)
+    assert good == [(raw, made)]
+    ((bad_raw, letter),) = bad
+    assert bad_raw == "nope" and letter.item == "nope" and letter.dead_at == NOW
+    assert letter.reason.startswith("undecodable item: ")
+
+
 # --- purity -----------------------------------------------------------------------------------
 
 
