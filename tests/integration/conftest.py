@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, RedisServer
+from tests.support.bigquery import BigQueryRig
 from tests.support.rig import GraphiteRig, Rig
 
 
@@ -27,3 +29,15 @@ def graphite(
     return GraphiteRig(
         rig.tmp_path, rig.redis_server, rig.redis, carbon_server, graphite_web, metric_prefix
     )
+
+
+@pytest.fixture(scope="module")
+def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
+    """A carbon-cache for the module's BigQuery tests: one point a day (1d:400d)."""
+    with CarbonServer(tmp_path_factory.mktemp("carbon-daily"), retentions="1d:400d") as server:
+        yield server
+
+
+@pytest.fixture
+def bq(rig: Rig, daily_carbon: CarbonServer, metric_prefix: str) -> BigQueryRig:
+    return BigQueryRig(rig.tmp_path, rig.redis_server, rig.redis, daily_carbon, metric_prefix)

@@ -31,6 +31,7 @@ from tests.support.daemon import (
     Proc,
     VistaHarness,
     push_items,
+    sigterm_and_wait,
     wait_for,
     wait_gone,
 )
@@ -296,11 +297,7 @@ def test_sigterm_drains_idle_agent_quickly(vista: VistaHarness, tmp_path: Path) 
     workers = vista.wait_workers(agent, 2)
     tree = vista.tree(agent)
 
-    began = time.monotonic()
-    popen.send_signal(signal.SIGTERM)
-    code = popen.wait(15)
-    wait_gone(tree, 15.0)
-    drained = time.monotonic() - began
+    code, drained = sigterm_and_wait(popen, tree, 15.0)
     print(f"\nidle drain: every process gone {drained:.2f} s after SIGTERM")
 
     assert code == 0
@@ -329,11 +326,7 @@ def test_sigterm_kills_stuck_workers_at_the_shutdown_timeout_and_requeues(
     wait_for(lambda: True if queue.counts().inflight == 2 else None, 10.0, "2 items in flight")
     tree = vista.tree(agent)
 
-    began = time.monotonic()
-    popen.send_signal(signal.SIGTERM)
-    code = popen.wait(15)
-    wait_gone(tree, 5.0)
-    drained = time.monotonic() - began
+    code, drained = sigterm_and_wait(popen, tree, 5.0)
     print(f"\nstuck drain (VISTA_SHUTDOWN_TIMEOUT=2): every process gone after {drained:.2f} s")
 
     assert code == 0

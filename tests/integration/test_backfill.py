@@ -28,10 +28,10 @@ from skyline.vista.testing.servers import (
     CarbonServer,
     GraphiteWebServer,
     PrometheusServer,
-    RedisServer,
     poll_until,
 )
 from tests.support.daemon import VISTA_CMD, VistaHarness
+from tests.support.rig import Rig
 
 STEP = 60
 DAYS = 30
@@ -251,9 +251,7 @@ class LagSampler:
 
 @pytest.mark.slow
 def test_thirty_days_of_100_series_backfilled_by_the_agent_through_a_sigkill_live_on_time(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom_source: PrometheusServer,
     graphite_source: GraphiteWebServer,
     sink_carbon: CarbonServer,
@@ -265,10 +263,10 @@ def test_thirty_days_of_100_series_backfilled_by_the_agent_through_a_sigkill_liv
     exactly the source's points (compared point by point), each chunk is counted once, the
     live watermarks keep advancing and their lag stays within one interval plus one cycle."""
     harness = VistaHarness(
-        tmp_path / "vista",
+        rig.tmp_path / "vista",
         {
             "VISTA_ENABLED": True,
-            "REDIS_URL": redis_server.url,
+            "REDIS_URL": rig.redis_server.url,
             "VISTA_SINK": "graphite",
             "CARBON_HOST": "127.0.0.1",
             "CARBON_PICKLE_PORT": sink_carbon.pickle_port,
@@ -280,12 +278,12 @@ def test_thirty_days_of_100_series_backfilled_by_the_agent_through_a_sigkill_liv
     )
     live = sorted(LIVE)
     job_kind = kind("backfill")
-    store = JobStore(redis_client, job_kind.name, job_kind.keys)
-    log = tmp_path / "vista-run.log"
+    store = JobStore(rig.redis, job_kind.name, job_kind.keys)
+    log = rig.tmp_path / "vista-run.log"
     try:
         harness.run_foreground(log)
         poll_until(
-            lambda: True if len(watermarks(redis_client, live)) == len(live) else None,
+            lambda: True if len(watermarks(rig.redis, live)) == len(live) else None,
             60,
             what="the first live points",
         )
@@ -293,7 +291,7 @@ def test_thirty_days_of_100_series_backfilled_by_the_agent_through_a_sigkill_liv
             *VISTA_CMD, "--settings", str(harness.settings_path), "backfill", "--match", "bf.*",
             "--from", str(span.start), "--until", str(span.end), "--wait",
         ]  # fmt: skip
-        with LagSampler(redis_client, live) as sampler:
+        with LagSampler(rig.redis, live) as sampler:
             began = time.monotonic()
             cli = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

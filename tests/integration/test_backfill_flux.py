@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from skyline.vista import backfill, config, constants
+from skyline.vista import backfill, constants
 from skyline.vista.backfill import BackfillRequest, resolve
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.commands import list_jobs, wait_exit_code
@@ -20,9 +19,10 @@ from skyline.vista.jobs.process import run_job
 from skyline.vista.jobs.record import Progress, Status, new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
-from skyline.vista.testing.servers import CarbonServer, PrometheusServer, RedisServer
+from skyline.vista.testing.servers import CarbonServer, PrometheusServer
 from tests.conftest import PrometheusFactory
-from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.fakes.flux import FluxServer
+from tests.support.rig import Rig
 
 STEP = 60
 METRICS = 2
@@ -61,8 +61,7 @@ def expected(span: tuple[int, int]) -> dict[str, list[tuple[int, float]]]:
 
 
 def settings(
-    tmp_path: Path,
-    redis_server: RedisServer,
+    rig: Rig,
     prom: PrometheusServer,
     targets: dict[int, tuple[str, str]] | None = None,
     **extra: Any,
@@ -81,18 +80,7 @@ def settings(
         }
         for n in range(METRICS)
     ]
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "VISTA_FETCH_METRICS": tuple(entries),
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "flux",
-        "FLUX_IP": "127.0.0.1",
-        "FLUX_SELF_API_KEY": DEFAULT_KEY,
-        "LOG_PATH": str(tmp_path / "log"),
-        "PID_PATH": str(tmp_path / "run"),
-        **extra,
-    }
-    return config.validate(values, str(tmp_path / "settings.py"))
+    return rig.config(entries, **extra)
 
 
 def already_delivered(client: redis.Redis, last: int) -> None:
@@ -121,50 +109,45 @@ def flux_default(redis_client: redis.Redis) -> Iterator[FluxServer]:
 
 
 def test_with_flux_defaults_history_is_posted_with_fill_and_stored_below_flux_last(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     span: tuple[int, int],
     flux_default: FluxServer,
 ) -> None:
-    already_delivered(redis_client, span[1] + 600)  # everything backfilled is below flux.last
-    cfg = settings(tmp_path, redis_server, prom, FLUX_PORT=flux_default.port)
-    assert run_inline(cfg, redis_client, span) is Status.DONE
+    already_delivered(rig.redis, span[1] + 600)  # everything backfilled is below flux.last
+    cfg = settings(rig, prom, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, rig.redis, span) is Status.DONE
     flux_default.wait_processed()
     assert flux_default.forwarded_by_metric() == expected(span)  # all stored, none dropped
     assert flux_default.dropped_count == 0
     assert all(p.fill for p in flux_default.accepted)
     # No watermark moved: Flux does not move flux.last for fill points, and Vista wrote none.
     for name in names():
-        raw = redis_client.hget(constants.WATERMARK_HASH, name)
+        raw = rig.redis.hget(constants.WATERMARK_HASH, name)
         assert raw is not None and str(span[1] + 600) in str(raw)
-    assert not redis_client.exists(constants.VISTA_WATERMARK_HASH)
+    assert not rig.redis.exists(constants.VISTA_WATERMARK_HASH)
 
 
 def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     span: tuple[int, int],
 ) -> None:
-    already_delivered(redis_client, span[1] + 600)
+    already_delivered(rig.redis, span[1] + 600)
     with (
-        FluxServer(redis=redis_client, check_last_timestamp=False) as flux,
-        CarbonServer(tmp_path / "carbon") as carbon,
+        FluxServer(redis=rig.redis, check_last_timestamp=False) as flux,
+        CarbonServer(rig.tmp_path / "carbon") as carbon,
     ):
         # What Flux itself would do with this history sent with fill: drop every point.
-        cfg_flux = settings(tmp_path, redis_server, prom, FLUX_PORT=flux.port)
-        assert run_inline(cfg_flux, redis_client, span) is Status.DONE
+        cfg_flux = settings(rig, prom, FLUX_PORT=flux.port)
+        assert run_inline(cfg_flux, rig.redis, span) is Status.DONE
         flux.wait_processed()
         assert flux.forwarded_by_metric() == {} and flux.dropped_count == len(expected(span)) * len(
             expected(span)["fh.m0"]
         )
         # Vista mirrors the setting and sends history to the carbon beside Flux instead.
         cfg = settings(
-            tmp_path,
-            redis_server,
+            rig,
             prom,
             FLUX_PORT=flux.port,
             FLUX_CHECK_LAST_TIMESTAMP=False,
@@ -173,7 +156,7 @@ def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
             VISTA_CARBON_MAX_CREATES_PER_MINUTE=float("inf"),
         )
         accepted_before = flux.accepted_count
-        assert run_inline(cfg, redis_client, span) is Status.DONE
+        assert run_inline(cfg, rig.redis, span) is Status.DONE
         assert flux.accepted_count == accepted_before  # nothing more went to Flux
         for name, points in expected(span).items():
             stored = carbon.wait_for_points(
@@ -183,21 +166,19 @@ def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
 
 
 def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_error(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     span: tuple[int, int],
     flux_default: FluxServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(backfill, "FETCH_ATTEMPTS", 1)  # no retries with backoff
-    already_delivered(redis_client, span[1] + 600)
-    store = JobStore(redis_client, "backfill", kind("backfill").keys)
+    already_delivered(rig.redis, span[1] + 600)
+    store = JobStore(rig.redis, "backfill", kind("backfill").keys)
     # Every chunk fails: the source does not answer (nothing listens on port 1).
     dead = {n: ("http://127.0.0.1:1", f'fh{{n="{n}"}}') for n in range(METRICS)}
-    cfg = settings(tmp_path, redis_server, prom, dead, FLUX_PORT=flux_default.port)
-    assert run_inline(cfg, redis_client, span) is Status.FAILED
+    cfg = settings(rig, prom, dead, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, rig.redis, span) is Status.FAILED
     (record,) = store.all()
     assert record.status is Status.FAILED and wait_exit_code(record) == constants.EXIT_FAILURE
     assert record.error.startswith(
@@ -205,14 +186,14 @@ def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_e
     )
     assert record.progress.done == record.progress.total == 2
     listing = io.StringIO()
-    list_jobs(redis_client, listing)
+    list_jobs(rig.redis, listing)
     assert "failed             2/2 100%" in listing.getvalue()
     assert "(BackfillFailed: 2 of 2 chunk(s) failed" in listing.getvalue()
     assert flux_default.accepted_count == 0
     # Some chunks fail (a query Prometheus refuses): the others are delivered, the job fails.
     bad = {1: (prom.url, 'fh{n="1"')}
-    cfg = settings(tmp_path, redis_server, prom, bad, FLUX_PORT=flux_default.port)
-    assert run_inline(cfg, redis_client, span) is Status.FAILED
+    cfg = settings(rig, prom, bad, FLUX_PORT=flux_default.port)
+    assert run_inline(cfg, rig.redis, span) is Status.FAILED
     (record,) = [r for r in store.all() if r.id != record.id]
     points = len(expected(span)["fh.m0"])
     assert record.error.startswith(
@@ -224,18 +205,16 @@ def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_e
 
 
 def test_a_resumed_backfill_remembers_the_chunks_that_failed_before(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prom: PrometheusServer,
     span: tuple[int, int],
     flux_default: FluxServer,
 ) -> None:
-    already_delivered(redis_client, span[1] + 600)
-    cfg = settings(tmp_path, redis_server, prom, FLUX_PORT=flux_default.port)
+    already_delivered(rig.redis, span[1] + 600)
+    cfg = settings(rig, prom, FLUX_PORT=flux_default.port)
     params = resolve(cfg, BackfillRequest(all_=True, start=span[0], until=span[1]), {}, time.time())
     assert not isinstance(params, str)
-    store = JobStore(redis_client, "backfill", kind("backfill").keys)
+    store = JobStore(rig.redis, "backfill", kind("backfill").keys)
     # A run stopped (SIGTERM) after chunk 0 (fh.m0) failed: it resumes at chunk 1.
     earlier = {"next": 1, "failed": 1, "last_error": "fh.m0: cannot connect (earlier run)"}
     job = store.submit(
@@ -245,7 +224,7 @@ def test_a_resumed_backfill_remembers_the_chunks_that_failed_before(
     )
     claimed = store.claim()
     assert claimed is not None and claimed[0].id == job.id
-    assert run_job(kind("backfill"), job.id, claimed[1], cfg, redis_client) is Status.FAILED
+    assert run_job(kind("backfill"), job.id, claimed[1], cfg, rig.redis) is Status.FAILED
     record = store.get(job.id)
     assert record is not None
     points = len(expected(span)["fh.m1"])

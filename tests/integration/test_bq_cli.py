@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from skyline.vista.testing.servers import CarbonServer, RedisServer
 from tests.fakes.bigquery import FakeBigQuery
 from tests.support.bigquery import (
     COLUMNS,
     DAY,
+    BigQueryRig,
     account,
+    bq_settings,
     business_rows,
     day_start,
     expected_points,
@@ -26,14 +27,6 @@ from tests.support.bigquery import (
 from tests.support.daemon import VistaHarness
 
 
-@pytest.fixture(scope="module")
-def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
-    server = CarbonServer(tmp_path_factory.mktemp("carbon-cli"), retentions="1d:400d")
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeBigQuery]:
     with FakeBigQuery(page_size=25) as server:
@@ -41,23 +34,15 @@ def fake() -> Iterator[FakeBigQuery]:
 
 
 def settings(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    fake: FakeBigQuery,
-    carbon: CarbonServer,
-    accounts: dict[str, Any],
+    bq: BigQueryRig, fake: FakeBigQuery, accounts: dict[str, Any] | None = None
 ) -> dict[str, object]:
+    """The agent's settings file: ``accounts`` (default: ``shop``) asked of ``fake``, into
+    ``bq.carbon``."""
     return {
         "VISTA_ENABLED": True,
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "graphite",
-        "CARBON_HOST": "127.0.0.1",
-        "CARBON_PICKLE_PORT": carbon.pickle_port,
-        "CARBON_PORT": carbon.line_port,
+        "REDIS_URL": bq.redis_server.url,
+        **bq_settings(bq.tmp_path, fake, bq.carbon, accounts or {"shop": account(bq.prefix)}),
         "VISTA_CARBON_MAX_CREATES_PER_MINUTE": 1e9,
-        "VISTA_BQ_ACCOUNTS": accounts,
-        "VISTA_BQ_API_ENDPOINT": fake.url,
-        "VISTA_BQ_ARCHIVE_DIR": str(tmp_path / "archives"),
     }
 
 
@@ -75,20 +60,15 @@ def harness(tmp_path: Path) -> Iterator[list[VistaHarness]]:
 
 @pytest.mark.slow
 def test_backfill_and_update_through_the_cli(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-    harness: list[VistaHarness],
+    bq: BigQueryRig, fake: FakeBigQuery, harness: list[VistaHarness]
 ) -> None:
     first = day_start(5)
     last = first + 4 * DAY
     rows = business_rows(first, 5, 30)
     fake.set_table(COLUMNS, rows, "day")
     h = VistaHarness(
-        tmp_path / "vista",
-        settings(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)}),
+        bq.tmp_path / "vista",
+        settings(bq, fake),
     )
     harness.append(h)
 
@@ -100,7 +80,7 @@ def test_backfill_and_update_through_the_cli(
     status = h.cli("status")
     assert "jobs bq_backfill: 0 running, 1 queued" in status.stdout, str(status)
 
-    h.run_foreground(tmp_path / "agent.log")
+    h.run_foreground(bq.tmp_path / "agent.log")
     backfill = h.cli("bq", "backfill", "shop", "--from", day(first), "--until", day(last), "--wait")
     print(backfill.stdout)
     assert backfill.returncode == 0, str(backfill)
@@ -109,8 +89,8 @@ def test_backfill_and_update_through_the_cli(
     )
     assert re.search(r"5/5 chunks \(100.0%\), 450 points", backfill.stdout), backfill.stdout
     assert re.search(r"job \w+ done", backfill.stdout)
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, last + DAY, 450)
-    assert got == expected_points(metric_prefix, rows)
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, last + DAY, 450)
+    assert got == expected_points(bq.prefix, rows)
 
     changed = [list(r) for r in rows]
     changed[31][2] = 123456  # day 2, c001 signups
@@ -128,23 +108,19 @@ def test_backfill_and_update_through_the_cli(
     assert f"vista_bq_account_key=shop {day(first)}..{day(last)}\n" in listing.stdout
     assert listing.returncode == 0
     assert listing.stdout.count(" done ") >= 3, listing.stdout  # the dry run, backfill, update
-    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
+    expected = expected_points(bq.prefix, [tuple(r) for r in changed])
     for _ in range(50):
-        got = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, last + DAY)
+        got = read_whisper_tree(bq.carbon, bq.prefix, first - DAY, last + DAY)
         if got == expected:
             break
     assert got == expected
 
 
 def test_check_config_loads_credentials_and_checks_the_query(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    harness: list[VistaHarness],
+    bq: BigQueryRig, fake: FakeBigQuery, harness: list[VistaHarness]
 ) -> None:
     good = account("biz", schedule={"minute": 5, "hour": 2})
-    key_file = tmp_path / "sa.json"
+    key_file = bq.tmp_path / "sa.json"
     key_file.write_text(
         '{"type": "service_account", "private_key": "nope", "client_email": "a@b", '
         '"token_uri": "http://127.0.0.1:9/token"}'
@@ -155,8 +131,8 @@ def test_check_config_loads_credentials_and_checks_the_query(
         "service_credentials_file": str(key_file),
     }
     h = VistaHarness(
-        tmp_path / "vista",
-        settings(tmp_path, redis_server, fake, daily_carbon, {"good": good}),
+        bq.tmp_path / "vista",
+        settings(bq, fake, {"good": good}),
     )
     harness.append(h)
     result = h.cli("check-config")
@@ -165,8 +141,8 @@ def test_check_config_loads_credentials_and_checks_the_query(
 
     # The same mistakes refuse check-config and the agent alike, each naming account and key.
     h = VistaHarness(
-        tmp_path / "vista-bad",
-        settings(tmp_path, redis_server, fake, daily_carbon, {"good": good, "bad": bad}),
+        bq.tmp_path / "vista-bad",
+        settings(bq, fake, {"good": good, "bad": bad}),
     )
     harness.append(h)
     result = h.cli("check-config")
@@ -184,14 +160,9 @@ def test_check_config_loads_credentials_and_checks_the_query(
 
 
 def test_a_range_beyond_vista_backfill_max_range_is_refused_by_both_backfill_commands(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-    harness: list[VistaHarness],
+    bq: BigQueryRig, fake: FakeBigQuery, harness: list[VistaHarness]
 ) -> None:
-    values = settings(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    values = settings(bq, fake)
     values["VISTA_FETCH_METRICS"] = (
         {
             "remote_host": "http://127.0.0.1:1",
@@ -203,7 +174,7 @@ def test_a_range_beyond_vista_backfill_max_range_is_refused_by_both_backfill_com
             "namespace_prefix": "p",
         },
     )
-    h = VistaHarness(tmp_path / "vista", values)
+    h = VistaHarness(bq.tmp_path / "vista", values)
     harness.append(h)
 
     def job_ids() -> list[str]:
@@ -214,7 +185,8 @@ def test_a_range_beyond_vista_backfill_max_range_is_refused_by_both_backfill_com
     history = h.cli("backfill", "p.up", "--from", "-100000d")
     assert history.returncode != 0 and bound in history.stderr, str(history)
     assert history.stderr.startswith("vista backfill: the range "), str(history)
-    bq = h.cli("bq", "backfill", "shop", "--from", "1800-01-01", "--until", "2026-01-01")
-    assert bq.returncode != 0 and bound in bq.stderr, str(bq)
-    assert bq.stderr.startswith("vista bq backfill: the range 1800-01-01 00:00..2026"), str(bq)
+    refused = h.cli("bq", "backfill", "shop", "--from", "1800-01-01", "--until", "2026-01-01")
+    assert refused.returncode != 0 and bound in refused.stderr, str(refused)
+    want = "vista bq backfill: the range 1800-01-01 00:00..2026"
+    assert refused.stderr.startswith(want), str(refused)
     assert job_ids() == before  # nothing was added

@@ -9,39 +9,28 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
 
 from skyline.vista.bq import submit
 from skyline.vista.jobs.record import JobRecord, Status
 from skyline.vista.jobs.store import JobStore
-from skyline.vista.testing.servers import CarbonServer, RedisServer, poll_until
+from skyline.vista.testing.servers import poll_until
 from tests.fakes.bigquery import FakeBigQuery
 from tests.support.bigquery import (
     COLUMNS,
     DAY,
+    BigQueryRig,
     Supervised,
     account,
     business_rows,
     day_start,
     expected_points,
-    make_config,
     read_whisper_tree,
     wait_whisper,
 )
 
 DAYS, VALUES = 60, 200
-
-
-@pytest.fixture(scope="module")
-def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
-    server = CarbonServer(tmp_path_factory.mktemp("carbon-history"), retentions="1d:400d")
-    server.start()
-    yield server
-    server.stop()
 
 
 def wait_finished(jobs: JobStore, job_id: str, timeout: float) -> JobRecord:
@@ -53,38 +42,30 @@ def wait_finished(jobs: JobStore, job_id: str, timeout: float) -> JobRecord:
 
 
 @pytest.mark.slow
-def test_backfill_60_days_with_a_sigkill_in_the_middle(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_backfill_60_days_with_a_sigkill_in_the_middle(bq: BigQueryRig) -> None:
     first = day_start(DAYS + 1)
     last = first + (DAYS - 1) * DAY
     rows = business_rows(first, DAYS, VALUES)
     with FakeBigQuery(page_size=150) as fake:
         fake.set_table(COLUMNS, rows, "day")
-        cfg = make_config(
-            tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)}
-        )
-        jobs = submit.store(redis_client, submit.BACKFILL)
-        with Supervised(cfg, redis_client, tmp_path) as supervised:
+        cfg = bq.bq_config(fake)
+        jobs = submit.store(bq.redis, submit.BACKFILL)
+        with Supervised(cfg, bq.redis, bq.tmp_path) as supervised:
             # the dry run: every interval read, nothing written
-            dry, _ = submit.submit(redis_client, submit.BACKFILL, "shop", first, last, dry_run=True)
+            dry, _ = submit.submit(bq.redis, submit.BACKFILL, "shop", first, last, dry_run=True)
             record = wait_finished(jobs, dry.id, 120)
             assert record and record.status is Status.DONE, record
             assert record.progress.points == DAYS * VALUES * 3
             assert len(fake.received) == DAYS
             time.sleep(1.5)  # carbon's writer would have flushed anything sent
-            assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, last + DAY) == {}
+            assert read_whisper_tree(bq.carbon, bq.prefix, first - DAY, last + DAY) == {}
 
             # the real job, killed in the middle
             fake.received.clear()
             fake.insert_delay = 0.08
-            job, created = submit.submit(redis_client, submit.BACKFILL, "shop", first, last)
+            job, created = submit.submit(bq.redis, submit.BACKFILL, "shop", first, last)
             assert created
-            assert submit.submit(redis_client, submit.BACKFILL, "shop", first, last)[1] is False
+            assert submit.submit(bq.redis, submit.BACKFILL, "shop", first, last)[1] is False
 
             def midway() -> bool:
                 r = jobs.get(job.id)
@@ -102,8 +83,8 @@ def test_backfill_60_days_with_a_sigkill_in_the_middle(
             assert final.attempts == 2
             assert final.progress.done == DAYS and final.progress.total == DAYS
 
-        expected = expected_points(metric_prefix, rows)
-        got = wait_whisper(daily_carbon, metric_prefix, first - DAY, last + DAY, DAYS * VALUES * 3)
+        expected = expected_points(bq.prefix, rows)
+        got = wait_whisper(bq.carbon, bq.prefix, first - DAY, last + DAY, DAYS * VALUES * 3)
         assert len(got) == VALUES * 3
         assert got == expected
         # resumed from the last finished interval: each day queried once, except at most the one
@@ -119,20 +100,14 @@ def test_backfill_60_days_with_a_sigkill_in_the_middle(
         assert all(days.index(d) >= done_before - 1 for d in twice)
 
 
-def test_a_job_skyline_webapp_wrote_runs_and_leaves_no_secret(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_a_job_skyline_webapp_wrote_runs_and_leaves_no_secret(bq: BigQueryRig) -> None:
     first = day_start(3)
     rows = business_rows(first, 2, 5)
-    acct = account(metric_prefix, update_replace_query="DAY_LABEL")
+    acct = account(bq.prefix, update_replace_query="DAY_LABEL")
     acct["query"] = "SELECT * FROM shop.daily WHERE day = DAY_LABEL"
     with FakeBigQuery() as fake:
         fake.set_table(COLUMNS, rows, "day")
-        cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": acct})
+        cfg = bq.bq_config(fake, {"shop": acct})
         # bq_update: Skyline copies every key of the account, credentials included, into the job
         job_id = f"{int(time.time())}.shop"
         skyline_job = {
@@ -144,18 +119,18 @@ def test_a_job_skyline_webapp_wrote_runs_and_leaves_no_secret(
             "verify_ssl": True,
             "added_by": "webapp",
         }
-        redis_client.hset("vista.bq_update.work", job_id, str(skyline_job))
-        jobs = submit.store(redis_client, submit.UPDATE)
-        with Supervised(cfg, redis_client, tmp_path):
+        bq.redis.hset("vista.bq_update.work", job_id, str(skyline_job))
+        jobs = submit.store(bq.redis, submit.UPDATE)
+        with Supervised(cfg, bq.redis, bq.tmp_path):
             record = wait_finished(jobs, job_id, 60)
         assert record.status is Status.DONE, record
         days = [dt.datetime.fromtimestamp(first + i * DAY, dt.UTC).date() for i in range(2)]
         assert [q.sql for q in fake.received] == [
             f"SELECT * FROM shop.daily WHERE day = '{d.isoformat()}'" for d in days
         ]
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY, 30)
-    assert got == expected_points(metric_prefix, rows)
-    for key in redis_client.scan_iter("vista.bq_*"):
-        kind = redis_client.type(key)
-        text = repr(redis_client.hgetall(key) if kind == b"hash" else redis_client.get(key))
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 2 * DAY, 30)
+    assert got == expected_points(bq.prefix, rows)
+    for key in bq.redis.scan_iter("vista.bq_*"):
+        kind = bq.redis.type(key)
+        text = repr(bq.redis.hgetall(key) if kind == b"hash" else bq.redis.get(key))
         assert "client-secret-value" not in text and "refresh-secret" not in text, key

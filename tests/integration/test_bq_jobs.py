@@ -8,40 +8,29 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from skyline.vista.bq.runner import JobFailed
 from skyline.vista.bq_backfill import run_job as run_backfill
 from skyline.vista.bq_update import change_record_key
 from skyline.vista.bq_update import run_job as run_update
 from skyline.vista.create_budget import GRANTED_KEY
-from skyline.vista.testing.servers import CarbonServer, RedisServer
 from tests.fakes.bigquery import Answer, FakeBigQuery
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
 from tests.support.bigquery import (
     COLUMNS,
     DAY,
+    BigQueryRig,
     LocalJob,
     account,
     business_rows,
     day_start,
     expected_points,
-    make_config,
     read_whisper_tree,
     wait_whisper,
 )
-
-
-@pytest.fixture(scope="module")
-def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonServer]:
-    server = CarbonServer(tmp_path_factory.mktemp("carbon-daily"), retentions="1d:400d")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -59,22 +48,15 @@ def params(name: str, first: int, last: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def test_backfill_into_carbon_exactly(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_backfill_into_carbon_exactly(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     first = day_start(10)
     rows = business_rows(first, 3, 40)  # 40 rows a day: 1 page of 50
     fake.set_table(COLUMNS, rows, "day")
-    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
-    job = LocalJob(cfg, redis_client, params("shop", first, first + 2 * DAY))
+    cfg = bq.bq_config(fake)
+    job = LocalJob(cfg, bq.redis, params("shop", first, first + 2 * DAY))
     run_backfill(job)
-    expected = expected_points(metric_prefix, rows)
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 3 * DAY, 360)
+    expected = expected_points(bq.prefix, rows)
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 3 * DAY, 360)
     assert got == expected
     # one query per interval, the date bound as a DATE parameter exactly as sent
     dates = [q.parameters for q in fake.received]
@@ -83,86 +65,67 @@ def test_backfill_into_carbon_exactly(
     ]
     assert all(d[0]["parameterType"] == {"type": "DATE"} for d in dates)
     assert job.last["done"] == 3 and job.last["points"] == 360 and job.last["errors"] == 0
-    archives = sorted(os.listdir(tmp_path / "archives" / "shop"))
+    archives = sorted(os.listdir(bq.tmp_path / "archives" / "shop"))
     assert len(archives) == 3 and all(a.endswith(".csv.gz") for a in archives)
     # no credential reached Redis
-    for key in redis_client.scan_iter("vista.*"):
-        kind = redis_client.type(key)
-        text = repr(redis_client.hgetall(key) if kind == b"hash" else redis_client.type(key))
+    for key in bq.redis.scan_iter("vista.*"):
+        kind = bq.redis.type(key)
+        text = repr(bq.redis.hgetall(key) if kind == b"hash" else bq.redis.type(key))
         assert "client-secret-value" not in text and "refresh-secret" not in text, key
 
 
-def test_dry_run_writes_nothing(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_dry_run_writes_nothing(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     first = day_start(20)
     fake.set_table(COLUMNS, business_rows(first, 2, 10), "day")
-    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
-    job = LocalJob(cfg, redis_client, params("shop", first, first + DAY, dry_run=True))
+    cfg = bq.bq_config(fake)
+    job = LocalJob(cfg, bq.redis, params("shop", first, first + DAY, dry_run=True))
     run_backfill(job)
     assert len(fake.received) == 2
     assert job.last["points"] == 60
     assert "dry run: would send 60 points" in job.last["message"]
-    assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
-    assert not (tmp_path / "archives").exists()
-    granted = [m.decode() for m in redis_client.zrange(GRANTED_KEY, 0, -1)]  # type: ignore[union-attr]
-    assert not any(m.startswith(metric_prefix) for m in granted)
+    assert read_whisper_tree(bq.carbon, bq.prefix, first - DAY, first + 2 * DAY) == {}
+    assert not (bq.tmp_path / "archives").exists()
+    granted = [m.decode() for m in bq.redis.zrange(GRANTED_KEY, 0, -1)]  # type: ignore[union-attr]
+    assert not any(m.startswith(bq.prefix) for m in granted)
 
 
-def test_stop_and_resume_from_checkpoint(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_stop_and_resume_from_checkpoint(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     first = day_start(30)
     rows = business_rows(first, 5, 4)
     fake.set_table(COLUMNS, rows, "day")
-    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
+    cfg = bq.bq_config(fake)
     job_params = params("shop", first, first + 4 * DAY)
     running: list[object] = []
 
     def stop_after_two(j: LocalJob) -> bool:
-        running.append(redis_client.get("vista.bq_backfill.running"))
+        running.append(bq.redis.get("vista.bq_backfill.running"))
         return len(fake.received) >= 2
 
-    job = LocalJob(cfg, redis_client, job_params, stop_after=stop_after_two)
+    job = LocalJob(cfg, bq.redis, job_params, stop_after=stop_after_two)
     run_backfill(job)  # SIGTERM-like stop after two intervals
     assert running and all(b'"job_id": "local-job"' in r for r in running)  # type: ignore[operator]
-    assert redis_client.get("vista.bq_backfill.running") is None  # Skyline's key, while running
+    assert bq.redis.get("vista.bq_backfill.running") is None  # Skyline's key, while running
     assert job.record.checkpoint["next"] == 2
-    again = LocalJob(cfg, redis_client, job_params, checkpoint=job.record.checkpoint)
+    again = LocalJob(cfg, bq.redis, job_params, checkpoint=job.record.checkpoint)
     run_backfill(again)
     assert len(fake.received) == 5  # the finished intervals were not queried again
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 5 * DAY, 60)
-    assert got == expected_points(metric_prefix, rows)
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 5 * DAY, 60)
+    assert got == expected_points(bq.prefix, rows)
     assert again.last["done"] == 5 and again.last["points"] == 60
 
 
 def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
+    bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
     first = day_start(40)
     rows = business_rows(first, 3, 6)
     rows = [r for r in rows if not (r[0] == rows[12][0] and str(r[1]) > "c002")]  # day 3: 3 rows
     fake.set_table(COLUMNS, rows, "day")
-    acct = account(metric_prefix, min_expected_results=5)
-    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": acct})
+    acct = account(bq.prefix, min_expected_results=5)
+    cfg = bq.bq_config(fake, {"shop": acct})
     day2 = dt.datetime.fromtimestamp(first + DAY, dt.UTC).date().isoformat()
     fake.set_answer(Answer("", date=day2, error=("notFound", "Table shop.daily was not found")))
-    job = LocalJob(cfg, redis_client, params("shop", first, first + 2 * DAY))
+    job = LocalJob(cfg, bq.redis, params("shop", first, first + 2 * DAY))
     with pytest.raises(JobFailed, match="2 of 3 interval") as err:
         run_backfill(job)
     assert f"{day2}: BigQuery job" in str(err.value) and "was not found" in str(err.value)
@@ -173,24 +136,19 @@ def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
     # the summary counts failed intervals as failed, not as bad rows (it said '2 bad row(s)')
     assert "1 of 3 interval(s) done, 2 failed; 6 rows" in job.last["message"], job.last
     assert "0 bad row(s)" in job.last["message"], job.last
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 3 * DAY, 18)
-    assert got == expected_points(metric_prefix, rows[:6])
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 3 * DAY, 18)
+    assert got == expected_points(bq.prefix, rows[:6])
 
 
 def test_update_sends_exactly_the_changed_and_new_values(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
+    bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
     first = day_start(7)
     rows = business_rows(first, 7, 10)
     fake.set_table(COLUMNS, rows, "day")
-    cfg = make_config(tmp_path, redis_server, fake, daily_carbon, {"shop": account(metric_prefix)})
-    run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + 6 * DAY)))
-    wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 210)
+    cfg = bq.bq_config(fake)
+    run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + 6 * DAY)))
+    wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY, 210)
     # late corrections: 5 values change, 2 rows appear (one day earlier than today)
     changed = [list(r) for r in rows]
     edits = [(0, 2), (3, 3), (15, 4), (33, 2), (68, 3)]
@@ -203,10 +161,10 @@ def test_update_sends_exactly_the_changed_and_new_values(
     ]
     fake.set_table(COLUMNS, [tuple(r) for r in changed] + new_rows, "day")
     fake.received.clear()
-    before = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY)
+    before = read_whisper_tree(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY)
     job = LocalJob(
         cfg,
-        redis_client,
+        bq.redis,
         {
             "vista_bq_account_key": "shop",
             "from_timestamp": first,
@@ -216,14 +174,14 @@ def test_update_sends_exactly_the_changed_and_new_values(
     run_update(job)
     assert len(fake.received) == 7
     assert job.last["points"] == 7
-    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
-    expected[f"{metric_prefix}.zz1.signups"] = {first + 2 * DAY: 5.0}
-    expected[f"{metric_prefix}.zz2.revenue"] = {first + 2 * DAY: 6.5}
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 212)
+    expected = expected_points(bq.prefix, [tuple(r) for r in changed])
+    expected[f"{bq.prefix}.zz1.signups"] = {first + 2 * DAY: 5.0}
+    expected[f"{bq.prefix}.zz2.revenue"] = {first + 2 * DAY: 6.5}
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY, 212)
     for _ in range(40):
         if got == expected:
             break
-        got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 7 * DAY, 212)
+        got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY, 212)
     assert got == expected
     differ = {
         (m, ts) for m, pts in got.items() for ts, v in pts.items() if before.get(m, {}).get(ts) != v
@@ -231,12 +189,12 @@ def test_update_sends_exactly_the_changed_and_new_values(
     assert len(differ) == 7
     # the change records name them
     records = {}
-    for key in redis_client.scan_iter("vista.bq_update.shop.*"):
+    for key in bq.redis.scan_iter("vista.bq_update.shop.*"):
         name = key.decode() if isinstance(key, bytes) else key
         if name.endswith("last_update"):
             continue
-        assert 0 < redis_client.ttl(key) <= 30 * DAY
-        raw: dict[bytes, bytes] = redis_client.hgetall(key)  # type: ignore[assignment]
+        assert 0 < bq.redis.ttl(key) <= 30 * DAY
+        raw: dict[bytes, bytes] = bq.redis.hgetall(key)  # type: ignore[assignment]
         records[name] = {k.decode(): v.decode() for k, v in raw.items()}
     changes = [c for r in records.values() for c in json.loads(r["changed"])]
     news = [n for r in records.values() for n in json.loads(r["new"])]
@@ -245,168 +203,122 @@ def test_update_sends_exactly_the_changed_and_new_values(
     assert sum(int(r["new_count"]) for r in records.values()) == 2
     label = extra_day.isoformat()
     assert any(k.startswith(change_record_key("shop", label, "")) for k in records)
-    assert redis_client.exists("vista.bq_update.shop.last_update")
+    assert bq.redis.exists("vista.bq_update.shop.last_update")
 
 
 @pytest.mark.slow
-def test_first_writes_wait_for_carbons_create_budget(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_first_writes_wait_for_carbons_create_budget(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     from skyline.vista.create_budget import BUDGET_KEY
 
     first = day_start(50)
     rows = business_rows(first, 2, 20)  # 60 new names, then the same 60 again
     fake.set_table(COLUMNS, rows, "day")
-    redis_client.delete(BUDGET_KEY)
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    bq.redis.delete(BUDGET_KEY)
+    cfg = bq.bq_config(
         fake,
-        daily_carbon,
-        {"shop": account(metric_prefix)},
         VISTA_CARBON_MAX_CREATES_PER_MINUTE=60,  # 1 a second, 54 at once
     )
-    job = LocalJob(cfg, redis_client, params("shop", first, first + DAY))
+    job = LocalJob(cfg, bq.redis, params("shop", first, first + DAY))
     began = time.monotonic()
     run_backfill(job)
     took = time.monotonic() - began
     assert 4.0 <= took <= 20.0, took  # 6 names waited about a second each
-    granted = {m.decode() for m in redis_client.zrange(GRANTED_KEY, 0, -1)}  # type: ignore[union-attr]
-    assert {m for m in granted if m.startswith(metric_prefix)} == set(
-        expected_points(metric_prefix, rows)
-    )
-    got = wait_whisper(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY, 120)
-    assert got == expected_points(metric_prefix, rows)
+    granted = {m.decode() for m in bq.redis.zrange(GRANTED_KEY, 0, -1)}  # type: ignore[union-attr]
+    assert {m for m in granted if m.startswith(bq.prefix)} == set(expected_points(bq.prefix, rows))
+    got = wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 2 * DAY, 120)
+    assert got == expected_points(bq.prefix, rows)
 
 
 ACCOUNT_KEY = "ShopAccountFluxKey0123456789abcd"  # 32 alphanumeric characters
 
 
-def flux_config(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    fake: FakeBigQuery,
-    carbon: CarbonServer,
-    flux: FluxServer,
-    prefix: str,
-    check_last: bool,
-) -> Any:
-    return make_config(
-        tmp_path,
-        redis_server,
+def flux_config(bq: BigQueryRig, fake: FakeBigQuery, flux: FluxServer, check_last: bool) -> Any:
+    return bq.bq_config(
         fake,
-        carbon,
-        {"shop": account(prefix, flux_api_token=ACCOUNT_KEY)},
+        {"shop": account(bq.prefix, flux_api_token=ACCOUNT_KEY)},
         VISTA_SINK="flux",
         FLUX_IP="127.0.0.1",
         FLUX_PORT=flux.port,
         FLUX_SELF_API_KEY=DEFAULT_KEY,
         FLUX_CHECK_LAST_TIMESTAMP=check_last,
         FLUX_CARBON_HOST="127.0.0.1",
-        FLUX_CARBON_PICKLE_PORT=carbon.pickle_port,
+        FLUX_CARBON_PICKLE_PORT=bq.carbon.pickle_port,
     )
 
 
 def test_flux_sink_backfill_and_rewrites_post_with_fill_and_the_accounts_key(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
+    bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
     first = day_start(60)
     rows = business_rows(first, 2, 3)
     fake.set_table(COLUMNS, rows, "day")
     with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY)) as flux:
-        cfg = flux_config(tmp_path, redis_server, fake, daily_carbon, flux, metric_prefix, True)
-        run_backfill(
-            LocalJob(cfg, redis_client, params("shop", first, first + DAY, flux_test=True))
-        )
+        cfg = flux_config(bq, fake, flux, True)
+        run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + DAY, flux_test=True)))
         assert flux.accepted == [] and all(r.test_only_header for r in flux.requests)
-        run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         assert len(flux.accepted) == 18 and all(p.fill for p in flux.accepted)
         changed = [list(r) for r in rows]
         changed[4][2] = 4242
         fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
-        run_update(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        run_update(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         last = flux.accepted[-1]
         assert len(flux.accepted) == 19 and last.fill and last.value == 4242.0
         flux.wait_processed()
         forwarded = flux.forwarded_by_metric()[last.metric]
         assert forwarded[-1] == (last.timestamp, 4242.0)  # Flux sent the rewrite on to carbon
-    assert read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY) == {}
+    assert read_whisper_tree(bq.carbon, bq.prefix, first - DAY, first + 2 * DAY) == {}
 
 
 def test_flux_sink_without_flux_last_checks_off_rewrites_go_to_the_carbon_beside_flux(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
+    bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
     first = day_start(70)
     rows = business_rows(first, 2, 3)
     fake.set_table(COLUMNS, rows, "day")
     with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY), check_last_timestamp=False) as flux:
-        cfg = flux_config(tmp_path, redis_server, fake, daily_carbon, flux, metric_prefix, False)
-        run_backfill(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        cfg = flux_config(bq, fake, flux, False)
+        run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         changed = [list(r) for r in rows]
         changed[4][2] = 4242
         fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
-        run_update(LocalJob(cfg, redis_client, params("shop", first, first + DAY)))
+        run_update(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         assert flux.requests == []
-    expected = expected_points(metric_prefix, [tuple(r) for r in changed])
+    expected = expected_points(bq.prefix, [tuple(r) for r in changed])
     got: dict[str, dict[int, float]] = {}
     for _ in range(60):
-        got = read_whisper_tree(daily_carbon, metric_prefix, first - DAY, first + 2 * DAY)
+        got = read_whisper_tree(bq.carbon, bq.prefix, first - DAY, first + 2 * DAY)
         if got == expected:
             break
         time.sleep(0.25)
     assert got == expected
 
 
-def test_counters_and_self_metrics(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-    fake: FakeBigQuery,
-    daily_carbon: CarbonServer,
-    metric_prefix: str,
-) -> None:
+def test_counters_and_self_metrics(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     from prometheus_client import REGISTRY
 
     first = day_start(80)
     fake.set_table(COLUMNS, business_rows(first, 2, 4), "day")
-    name = metric_prefix.replace(".", "_")
-    cfg = make_config(
-        tmp_path,
-        redis_server,
+    name = bq.prefix.replace(".", "_")
+    cfg = bq.bq_config(
         fake,
-        daily_carbon,
-        {name: account(metric_prefix)},
+        {name: account(bq.prefix)},
         SKYLINE_METRICS_CARBON_HOST="127.0.0.1",
-        SKYLINE_METRICS_CARBON_PORT=daily_carbon.line_port,
+        SKYLINE_METRICS_CARBON_PORT=bq.carbon.line_port,
     )
 
     def sample(metric: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(metric, labels) or 0.0
 
-    run_backfill(LocalJob(cfg, redis_client, params(name, first, first + DAY)))
+    run_backfill(LocalJob(cfg, bq.redis, params(name, first, first + DAY)))
     assert sample("vista_bq_rows_read_total", account=name) == 8
     assert sample("vista_bq_points_sent_total", account=name, kind="bq_backfill") == 24
     assert sample("vista_bq_intervals_total", account=name, kind="bq_backfill", result="done") == 2
     assert sample("vista_bq_bytes_billed_total", account=name) == 2 * 10_485_760
     prefix = f"skyline.vista.bq.{name}.bq_backfill"
-    path = daily_carbon.whisper_path(f"{prefix}.points_sent")
+    path = bq.carbon.whisper_path(f"{prefix}.points_sent")
     deadline = time.monotonic() + 20
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert path.exists()
-    assert daily_carbon.whisper_path(f"{prefix}.intervals_done").exists()
+    assert bq.carbon.whisper_path(f"{prefix}.intervals_done").exists()

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
-import redis
 from prometheus_client import REGISTRY
 
 from skyline.vista import lag, report
 from skyline.vista.sinks.carbon import CarbonSink
-from skyline.vista.testing.servers import CarbonServer, RedisServer
+from skyline.vista.testing.servers import CarbonServer
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import WorkerLoop
 from tests.integration.test_worker import carbon_config, drained, push_series
+from tests.support.rig import Rig
 
 
 def histogram_count() -> float:
@@ -24,9 +23,7 @@ def histogram_count() -> float:
 
 
 def test_lag_of_delivered_items_reaches_metrics_and_status(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     carbon_server: CarbonServer,
     metric_prefix: str,
 ) -> None:
@@ -36,17 +33,19 @@ def test_lag_of_delivered_items_reaches_metrics_and_status(
         f"{metric_prefix}.fresh{i}": [(closed - 120, 1.0), (closed - 60, 2.0)] for i in range(9)
     }
     series[f"{metric_prefix}.old"] = [(closed - 3 * 3600, 5.0)]
-    push_series(redis_client, series, per_item=10)
-    cfg = carbon_config(tmp_path, redis_server.url, carbon_server, "pickle")
+    push_series(rig.redis, series, per_item=10)
+    cfg = carbon_config(rig.tmp_path, rig.redis_server.url, carbon_server, "pickle")
     before = histogram_count()
-    loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", redis_server.client(), CarbonSink(cfg.carbon))
+    loop = WorkerLoop(
+        cfg, f"test:{os.getpid()}:0", rig.redis_server.client(), CarbonSink(cfg.carbon)
+    )
     deadline = time.monotonic() + 20
-    while not drained(redis_client) and time.monotonic() < deadline:
+    while not drained(rig.redis) and time.monotonic() < deadline:
         loop.run_once()
     loop.shutdown()
     acked = time.time()
     assert histogram_count() - before == 10
-    counts = lag.read_counts(redis_client, acked)
+    counts = lag.read_counts(rig.redis, acked)
     assert sum(counts) == 10
     fresh = acked - (closed - 60)
     assert counts[lag.bucket_of(fresh)] >= 9 - 1  # the ack may straddle a bucket bound
@@ -61,4 +60,4 @@ def test_lag_of_delivered_items_reaches_metrics_and_status(
         for line in lines
     ), lines
     # Counts older than an hour no longer count.
-    assert sum(lag.read_counts(redis_client, acked + 3660)) == 0
+    assert sum(lag.read_counts(rig.redis, acked + 3660)) == 0

@@ -334,6 +334,16 @@ def make_config(
     )
 
 
+async def dry_cycle(
+    config: VistaConfig, session: aiohttp.ClientSession, hosts: dict[str, HostState] | None = None
+) -> CycleReport:
+    """One cycle at :func:`recorded_time` that queues nothing."""
+    cycle = FetchCycle(
+        config, session, {} if hosts is None else hosts, queue=None, clock=recorded_time
+    )
+    return await cycle.run(config.fetch_metrics, {}, set())
+
+
 def recorded_time() -> float:
     """A clock in the minutes after the recorded Prometheus answers' last point."""
     return P_T0 + 600.0
@@ -642,9 +652,7 @@ async def test_graphite_batch_broken_by_one_target_is_fetched_singly(
     entries.append(graphite_entry(other.url, "elsewhere", record.GRAPHITE_PLAIN))
     config = make_config(tmp_path, entries)
 
-    report = await FetchCycle(config, session, {}, queue=None, clock=recorded_time).run(
-        config.fetch_metrics, {}, set()
-    )
+    report = await dry_cycle(config, session)
 
     assert_no_crash(report, caplog)
     results = by_metric(report)
@@ -687,9 +695,7 @@ async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
     entries = [graphite_entry(graph.url, f"g{n}", t) for n, t in enumerate(targets)]
     config = make_config(tmp_path, entries)
 
-    report = await FetchCycle(config, session, {}, queue=None, clock=recorded_time).run(
-        config.fetch_metrics, {}, set()
-    )
+    report = await dry_cycle(config, session)
 
     assert_no_crash(report, caplog)
     r = [by_metric(report)[f"g{n}"] for n in range(len(targets))]
@@ -725,19 +731,11 @@ async def test_a_host_that_answered_429_is_left_alone_next_cycle(
     config = make_config(tmp_path, entries)
     hosts: dict[str, HostState] = {}
 
-    first = by_metric(
-        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
-            config.fetch_metrics, {}, set()
-        )
-    )
+    first = by_metric(await dry_cycle(config, session, hosts))
     assert [kind_of(first[m]) for m in ("t1", "t2", "good")] == ["http_429", "http_429", None]
     assert not hosts[throttled.url].available() and hosts[prom.url].available()
 
-    second = by_metric(
-        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
-            config.fetch_metrics, {}, set()
-        )
-    )
+    second = by_metric(await dry_cycle(config, session, hosts))
     assert [(second[m].skipped, second[m].requests) for m in ("t1", "t2")] == [
         ("host_backoff", 0),
         ("host_backoff", 0),
@@ -770,11 +768,7 @@ async def test_retry_after_holds_even_when_another_request_to_the_host_then_succ
     ]
     config = make_config(tmp_path, entries)
     hosts: dict[str, HostState] = {}
-    results = by_metric(
-        await FetchCycle(config, session, hosts, queue=None, clock=recorded_time).run(
-            config.fetch_metrics, {}, set()
-        )
-    )
+    results = by_metric(await dry_cycle(config, session, hosts))
     assert results["good"].points == GOOD_PROM
     assert results["throttled"].error is not None
     assert results["throttled"].error.kind == "http_429"

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,9 +27,9 @@ from skyline.vista.fetch_cycle import FetchCycle, MetricResult
 from skyline.vista.fetcher import Fetcher, order_due
 from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.model import Point
-from skyline.vista.testing.servers import PrometheusServer, RedisServer, free_port
+from skyline.vista.testing.servers import PrometheusServer, free_port
 from tests.conftest import PrometheusFactory
-from tests.support.settings import make_config
+from tests.support.rig import Rig
 from tests.support.web import serving
 
 FAST = 4
@@ -132,15 +131,13 @@ class TimedCycle(FetchCycle):
 
 @pytest.mark.slow
 async def test_fast_host_finishes_and_is_queued_long_before_the_slow_one_answers(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     fast: tuple[PrometheusServer, int, dict[int, float]],
 ) -> None:
     prom, minute, samples = fast
     delay = 3.0
     async with serve(SlowPrometheus(delay)) as slow:
-        cfg = make_config(tmp_path, redis_server, entries(prom.url, slow.url))
+        cfg = rig.config(entries(prom.url, slow.url))
         client = redisconn.connect_async(cfg.redis)
         queued_at: list[float] = []
 
@@ -176,7 +173,7 @@ async def test_fast_host_finishes_and_is_queued_long_before_the_slow_one_answers
     for i in range(SLOW):
         want = [(ts, float(ts)) for ts in range(minute - 300, minute, 60)]
         assert list(results[f"hosts.slow{i}"].points) == want
-    assert queued(redis_client) == {
+    assert queued(rig.redis) == {
         **{f"hosts.fast{i}": fast_points(samples, minute, i) for i in range(FAST)},
         **{
             f"hosts.slow{i}": [(ts, float(ts)) for ts in range(minute - 300, minute, 60)]
@@ -187,17 +184,13 @@ async def test_fast_host_finishes_and_is_queued_long_before_the_slow_one_answers
 
 @pytest.mark.slow
 async def test_cycle_deadline_counts_slow_metrics_unfinished_and_they_go_first_next_cycle(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     fast: tuple[PrometheusServer, int, dict[int, float]],
 ) -> None:
     prom, minute, samples = fast
     now = [minute + 1.0]
     async with serve(SlowPrometheus(delay=30.0)) as slow:
-        cfg = make_config(
-            tmp_path,
-            redis_server,
+        cfg = rig.config(
             entries(prom.url, slow.url),
             VISTA_FETCHER_PROCESS_MAX_RUNTIME=1.5,
         )
@@ -217,7 +210,7 @@ async def test_cycle_deadline_counts_slow_metrics_unfinished_and_they_go_first_n
                 assert {r.metric for r in first.results if not r.done} == slow_names
                 assert fetcher.state.carried == slow_names
                 # The fast host's metrics were queued; nothing of the slow ones.
-                assert queued(redis_client) == {
+                assert queued(rig.redis) == {
                     f"hosts.fast{i}": fast_points(samples, minute, i) for i in range(FAST)
                 }
                 assert await client.get(constants.FETCHER_HEARTBEAT_KEY) == str(minute + 1).encode()
@@ -242,4 +235,4 @@ async def test_cycle_deadline_counts_slow_metrics_unfinished_and_they_go_first_n
         assert list(r.points) == [(ts, float(ts)) for ts in range(minute - 240, minute + 60, 60)]
     # The fast metrics' first items are still queued (no worker runs here): not fetched again.
     assert [r.skipped for r in results[SLOW:]] == ["pending"] * FAST
-    assert set(queued(redis_client)) == {r.metric for r in results}
+    assert set(queued(rig.redis)) == {r.metric for r in results}

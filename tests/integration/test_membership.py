@@ -36,6 +36,7 @@ from tests.conftest import PrometheusFactory, RedisFactory
 from tests.support.carbon_proxy import PickleRecorder
 from tests.support.daemon import VistaHarness, wait_for
 from tests.support.ha import caught_up, check_delivered, closed_slot, vector_entries
+from tests.support.rig import Rig
 from tests.support.settings import make_config
 
 STEP = 10
@@ -231,9 +232,7 @@ def make_config_for(redis_server: RedisServer, **settings: object) -> config_mod
 
 
 async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prometheus_server: PrometheusServer,
 ) -> None:
     """The hand-over moment: neither host has seen the other (no member key in Redis), so each
@@ -241,7 +240,9 @@ async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both
     is fetched by one of them only; after the cycles the leases are given back."""
     names, entries = vector_entries(prometheus_server.url, "lease", 20, 60)
     hosts = ("vista-a", "vista-b")
-    configs = [make_config(tmp_path / h, redis_server, entries, VISTA_HOSTNAME=h) for h in hosts]
+    configs = [
+        make_config(rig.tmp_path / h, rig.redis_server, entries, VISTA_HOSTNAME=h) for h in hosts
+    ]
     clients = [redisconn.connect_async(c.redis) for c in configs]
     try:
         async with aiohttp.ClientSession() as session:
@@ -261,4 +262,4 @@ async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both
     assert len(fetched) == 2
     assert fetched[0] | fetched[1] == set(names)
     assert fetched[0] & fetched[1] == set()  # never both
-    assert redis_client.hlen(constants.FETCH_LEASES_KEY) == 0
+    assert rig.redis.hlen(constants.FETCH_LEASES_KEY) == 0

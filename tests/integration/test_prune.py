@@ -18,6 +18,7 @@ from skyline.vista import constants, prune, redisconn
 from skyline.vista.config import VistaConfig
 from skyline.vista.report import redis_report
 from skyline.vista.testing.servers import RedisServer
+from tests.support.rig import Rig
 from tests.support.settings import make_config
 
 PROM = "http://prometheus.example:9090"
@@ -85,21 +86,19 @@ NONE = dict.fromkeys(ALL, False)
 
 
 def test_removed_metrics_are_listed_then_pruned_after_the_grace_period(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = time.time()
-    before = config(tmp_path, redis_server, ["a", "gone", "busy"])
+    before = config(rig.tmp_path, rig.redis_server, ["a", "gone", "busy"])
     for metric in ("vista.a", "vista.gone", "vista.busy"):
-        give_state(redis_client, metric)
-    give_state(redis_client, "skyline.own", vista_owned=False)  # Flux's, not Vista's
+        give_state(rig.redis, metric)
+    give_state(rig.redis, "skyline.own", vista_owned=False)  # Flux's, not Vista's
     assert maintain(before, now - WEEK + 3600) == []  # all three in the settings then
 
     # 'gone' and 'busy' leave the settings; 'busy' still has an item queued.
-    after = config(tmp_path, redis_server, ["a"])
-    redis_client.hset(constants.PENDING_KEY, "vista.busy", "an item")
+    after = config(rig.tmp_path, rig.redis_server, ["a"])
+    rig.redis.hset(constants.PENDING_KEY, "vista.busy", "an item")
     assert maintain(after, now) == []  # an hour of the grace period left
     lines = redis_report(after)
     at = lines.index("pending removal (in no Vista host's settings): 2")
@@ -114,41 +113,37 @@ def test_removed_metrics_are_listed_then_pruned_after_the_grace_period(
 
     with caplog.at_level(logging.WARNING, logger="skyline.vista.prune"):
         assert maintain(after, now + 3601) == ["vista.gone"]
-    assert state_of(redis_client, "vista.gone") == NONE
-    assert state_of(redis_client, "vista.busy") == ALL  # its item is not delivered yet
-    assert state_of(redis_client, "vista.a") == ALL
-    assert state_of(redis_client, "skyline.own") == {**NONE, "flux_hash": True, "flux_key": True}
+    assert state_of(rig.redis, "vista.gone") == NONE
+    assert state_of(rig.redis, "vista.busy") == ALL  # its item is not delivered yet
+    assert state_of(rig.redis, "vista.a") == ALL
+    assert state_of(rig.redis, "skyline.own") == {**NONE, "flux_hash": True, "flux_key": True}
     assert "pruned the state of 1 metric(s)" in caplog.text and "vista.gone" in caplog.text
     # Once its item is delivered, 'busy' goes too; 'a' never.
-    redis_client.hdel(constants.PENDING_KEY, "vista.busy")
+    rig.redis.hdel(constants.PENDING_KEY, "vista.busy")
     assert maintain(after, now + 3602) == ["vista.busy"]
-    assert state_of(redis_client, "vista.a") == ALL
+    assert state_of(rig.redis, "vista.a") == ALL
     assert not any("pending removal" in line for line in redis_report(after))
 
 
-def test_with_the_flux_sink_flux_last_is_never_pruned(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_with_the_flux_sink_flux_last_is_never_pruned(rig: Rig) -> None:
     now = time.time()
-    give_state(redis_client, "vista.gone")
-    maintain(config(tmp_path, redis_server, ["gone"], sink="flux"), now - 2 * WEEK)
-    assert maintain(config(tmp_path, redis_server, [], sink="flux"), now) == ["vista.gone"]
-    assert state_of(redis_client, "vista.gone") == {**NONE, "flux_hash": True, "flux_key": True}
+    give_state(rig.redis, "vista.gone")
+    maintain(config(rig.tmp_path, rig.redis_server, ["gone"], sink="flux"), now - 2 * WEEK)
+    assert maintain(config(rig.tmp_path, rig.redis_server, [], sink="flux"), now) == ["vista.gone"]
+    assert state_of(rig.redis, "vista.gone") == {**NONE, "flux_hash": True, "flux_key": True}
 
 
-def test_a_metric_another_vista_host_still_has_is_not_removed(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_a_metric_another_vista_host_still_has_is_not_removed(rig: Rig) -> None:
     """Two Vista hosts on one Redis (VISTA_SHARDS, or settings that differ): 'm' is only in
     host A's settings; host B never prunes it while A keeps refreshing it."""
     now = time.time()
-    give_state(redis_client, "vista.m")
-    host_a = config(tmp_path, redis_server, ["m", "x"], VISTA_PRUNE_REMOVED_AFTER=600)
-    host_b = config(tmp_path, redis_server, ["x"], VISTA_PRUNE_REMOVED_AFTER=600)
+    give_state(rig.redis, "vista.m")
+    host_a = config(rig.tmp_path, rig.redis_server, ["m", "x"], VISTA_PRUNE_REMOVED_AFTER=600)
+    host_b = config(rig.tmp_path, rig.redis_server, ["x"], VISTA_PRUNE_REMOVED_AFTER=600)
     for step in range(0, 3600, 300):  # both refresh every 5 minutes for an hour
         maintain(host_a, now + step)
         assert maintain(host_b, now + step) == []
-    assert state_of(redis_client, "vista.m") == ALL
+    assert state_of(rig.redis, "vista.m") == ALL
     assert not any("pending removal" in line for line in redis_report(host_b))
     # Host A goes away for good: once its refresh is stale and the grace period over, B
     # prunes it.
@@ -156,23 +151,19 @@ def test_a_metric_another_vista_host_still_has_is_not_removed(
     assert maintain(host_b, now + 3300 + prune.STALE_AFTER + 1) == ["vista.m"]
 
 
-def test_metrics_delivered_before_the_record_existed_get_a_grace_period_too(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_metrics_delivered_before_the_record_existed_get_a_grace_period_too(rig: Rig) -> None:
     now = time.time()
-    give_state(redis_client, "vista.old")  # in vista.metrics, not in the configured record
-    cfg = config(tmp_path, redis_server, ["a"])
+    give_state(rig.redis, "vista.old")  # in vista.metrics, not in the configured record
+    cfg = config(rig.tmp_path, rig.redis_server, ["a"])
     assert maintain(cfg, now) == []  # its grace period starts now
     assert maintain(cfg, now + WEEK - 1) == []
     assert maintain(cfg, now + WEEK + 1) == ["vista.old"]
 
 
-def test_prune_zero_never_prunes(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_prune_zero_never_prunes(rig: Rig) -> None:
     now = time.time()
-    give_state(redis_client, "vista.gone")
-    maintain(config(tmp_path, redis_server, ["gone"]), now - 2 * WEEK)
-    cfg = config(tmp_path, redis_server, [], VISTA_PRUNE_REMOVED_AFTER=0)
+    give_state(rig.redis, "vista.gone")
+    maintain(config(rig.tmp_path, rig.redis_server, ["gone"]), now - 2 * WEEK)
+    cfg = config(rig.tmp_path, rig.redis_server, [], VISTA_PRUNE_REMOVED_AFTER=0)
     assert maintain(cfg, now) == []
-    assert state_of(redis_client, "vista.gone") == ALL
+    assert state_of(rig.redis, "vista.gone") == ALL

@@ -28,7 +28,8 @@ from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.report import config_summary
 from skyline.vista.request_budget import LocalBucket
 from skyline.vista.sources.http import Credentials, HostState, get_json, host_state_of
-from skyline.vista.testing.servers import RedisServer, free_port
+from skyline.vista.testing.servers import free_port
+from tests.support.rig import Rig
 from tests.support.settings import make_config
 from tests.support.web import serving
 
@@ -125,14 +126,10 @@ def most_in_any_window(times: list[float], seconds: float) -> int:
 
 
 @pytest.mark.slow
-async def test_a_20_per_second_budget_holds_and_live_fetching_comes_first(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+async def test_a_20_per_second_budget_holds_and_live_fetching_comes_first(rig: Rig) -> None:
     async with serve(CountingPrometheus()) as source:
         options = {"requests_per_second": RATE, "burst": BURST}
-        cfg = make_config(
-            tmp_path,
-            redis_server,
+        cfg = rig.config(
             live_entries(source.url, LIVE),
             VISTA_REMOTE_HOSTS={source.url: options},
         )
@@ -196,13 +193,9 @@ async def test_a_20_per_second_budget_holds_and_live_fetching_comes_first(
     )
 
 
-async def test_429_retry_after_is_still_honoured_with_a_budget(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+async def test_429_retry_after_is_still_honoured_with_a_budget(rig: Rig) -> None:
     async with serve(CountingPrometheus(too_many=1, retry_after=30)) as source:
-        cfg = make_config(
-            tmp_path,
-            redis_server,
+        cfg = rig.config(
             live_entries(source.url, 3),
             VISTA_REMOTE_HOSTS={source.url: {"requests_per_second": 100, "burst": 100}},
             VISTA_MAX_CONCURRENCY_PER_HOST=1,

@@ -11,53 +11,23 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from pathlib import Path
-from typing import Any
 
 import redis
 
-from skyline.vista import codec, config, constants
+from skyline.vista import codec, constants
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import FLUX_WATERMARKS, FetchQueue
-from skyline.vista.model import DeadLetter, QueueItem
+from skyline.vista.model import DeadLetter
 from skyline.vista.report import queue_command
 from skyline.vista.sinks.flux import FluxSink
-from skyline.vista.testing.servers import CarbonServer, RedisServer
+from skyline.vista.testing.servers import CarbonServer
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import WorkerLoop
-from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.fakes.flux import FluxServer
+from tests.support.items import make_item
+from tests.support.rig import Rig
 
 Point = tuple[int, float]
-
-
-def item(metric: str, points: list[Point]) -> str:
-    return codec.encode_item(
-        QueueItem(
-            id=uuid.uuid4().hex,
-            metric=metric,
-            source="prometheus",
-            host="http://prometheus.example:9090",
-            target=metric,
-            points=tuple(points),
-            fetched_at=time.time(),
-        )
-    )
-
-
-def settings(tmp_path: Path, redis_url: str, flux: FluxServer, **extra: Any) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "REDIS_URL": redis_url,
-        "VISTA_SINK": "flux",
-        "FLUX_IP": "127.0.0.1",
-        "FLUX_PORT": flux.port,
-        "FLUX_SELF_API_KEY": DEFAULT_KEY,
-        "LOG_PATH": str(tmp_path),
-        "PID_PATH": str(tmp_path),
-        **extra,
-    }
-    return config.validate(values, str(tmp_path / "settings.py"))
 
 
 def dead_then_newer_then_requeued(
@@ -70,11 +40,11 @@ def dead_then_newer_then_requeued(
     loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", client, FluxSink(cfg.flux))
     queue = FetchQueue(client, FLUX_WATERMARKS)
     flux.reject_metric(metric)  # over its namespace quota: Flux answers 207
-    queue.push([(metric, [item(metric, points[:3])])])
+    queue.push([(metric, [make_item(metric, points[:3], target=metric)])])
     loop.run_once()
     assert [letter.metric for letter in queue.dead_letters()] == [metric]
     flux.accept_metric(metric)  # the quota was raised
-    queue.push([(metric, [item(metric, points[3:])])])
+    queue.push([(metric, [make_item(metric, points[3:], target=metric)])])
     loop.run_once()
     flux.wait_processed()
     assert flux.forwarded_by_metric() == {metric: points[3:]}  # flux.last is now points[5]
@@ -85,13 +55,11 @@ def dead_then_newer_then_requeued(
     return loop, points
 
 
-def test_requeued_points_below_flux_last_are_stored_with_flux_defaults(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_requeued_points_below_flux_last_are_stored_with_flux_defaults(rig: Rig) -> None:
     metric = "vista.requeue.default"
-    with FluxServer(redis=redis_client) as flux:
-        cfg = settings(tmp_path, redis_server.url, flux)
-        loop, points = dead_then_newer_then_requeued(cfg, redis_client, flux, metric)
+    with FluxServer(redis=rig.redis) as flux:
+        cfg = rig.config(FLUX_PORT=flux.port)
+        loop, points = dead_then_newer_then_requeued(cfg, rig.redis, flux, metric)
         loop.shutdown()
         forwarded = flux.forwarded_by_metric()
         dropped, twice = flux.dropped_count, flux.forwarded_twice
@@ -100,28 +68,24 @@ def test_requeued_points_below_flux_last_are_stored_with_flux_defaults(
     assert (dropped, twice) == (0, 0)
     # What Vista counts delivered is what Flux stored.
     assert loop.stats.points == len(points)
-    assert FetchQueue(redis_client).counts().dead == 0
+    assert FetchQueue(rig.redis).counts().dead == 0
 
 
 def test_requeued_points_go_to_the_carbon_beside_flux_when_flux_checks_fill_too(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     carbon_server: CarbonServer,
     metric_prefix: str,
 ) -> None:
     metric = f"{metric_prefix}.m"
-    redis_client.sadd("vista.metrics", metric)  # delivered before: Flux checks all its points
-    with FluxServer(redis=redis_client, check_last_timestamp=False) as flux:
-        cfg = settings(
-            tmp_path,
-            redis_server.url,
-            flux,
+    rig.redis.sadd("vista.metrics", metric)  # delivered before: Flux checks all its points
+    with FluxServer(redis=rig.redis, check_last_timestamp=False) as flux:
+        cfg = rig.config(
+            FLUX_PORT=flux.port,
             FLUX_CHECK_LAST_TIMESTAMP=False,
             FLUX_CARBON_HOST="127.0.0.1",
             FLUX_CARBON_PICKLE_PORT=carbon_server.pickle_port,
         )
-        loop, points = dead_then_newer_then_requeued(cfg, redis_client, flux, metric)
+        loop, points = dead_then_newer_then_requeued(cfg, rig.redis, flux, metric)
         loop.shutdown()
         forwarded = flux.forwarded_by_metric()
         dropped = flux.dropped_count

@@ -35,7 +35,7 @@ from skyline.vista.model import dead_letter
 from skyline.vista.sources.http import new_connector
 from skyline.vista.testing.servers import RedisServer
 from tests.support.remotes import graphite_entry, prom_entry, remotes
-from tests.support.settings import make_config
+from tests.support.rig import Rig
 
 TOKEN = "tok-SECRET-a1b2c3d4e5"
 API_KEY = "key-SECRET-f6g7h8i9j0"
@@ -178,21 +178,17 @@ def echo_text_of(headers: dict[str, str]) -> str:
 
 
 async def test_daemon_log_redis_and_metrics_hold_no_echoed_secret(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     restore_logging: None,
 ) -> None:
     async with remotes() as start:
         host = await start(echo)
-        config = make_config(
-            tmp_path,
-            redis_server,
+        config = rig.config(
             entries(host.url),
             VISTA_REMOTE_HOSTS=host_options(host.url),
             VISTA_VERBOSE_LOGGING=True,
         )
-        log_file = tmp_path / "vista.log"
+        log_file = rig.tmp_path / "vista.log"
         logs.configure(LogSpec(str(log_file), verbose=True, secrets=tuple(config.secrets())))
         fetcher = Fetcher(os.getpid(), config)
         client = redisconn.connect_async(config.redis)
@@ -205,15 +201,14 @@ async def test_daemon_log_redis_and_metrics_hold_no_echoed_secret(
     # A dead letter whose reason quotes an echo (as a sink's error text may).
     reason = f"HTTP 400: {echo_text_of(host.seen[0].headers)}"
     letter = dead_letter("{}", reason, "w1", "m", now=time.time())
-    FetchQueue(redis_client).dead_letter("w1", [("{}", letter)])
-    assert redis_client.hlen("vista.fetcher.metrics.dead") == 1
+    FetchQueue(rig.redis).dead_letter("w1", [("{}", letter)])
+    assert rig.redis.hlen("vista.fetcher.metrics.dead") == 1
 
     logged = log_file.read_text()
     assert "remote.title" in logged and "remote.plain" in logged
     assert leaks(logged) == [], logged
     stored = "\n".join(
-        f"{key!r} {redis_client.dump(key)!r} {dump(redis_client, key)}"
-        for key in redis_client.keys("*")
+        f"{key!r} {rig.redis.dump(key)!r} {dump(rig.redis, key)}" for key in rig.redis.keys("*")
     )
     assert leaks(stored) == [], stored
     exposed = prometheus_client.generate_latest().decode()

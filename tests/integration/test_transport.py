@@ -26,6 +26,7 @@ from skyline.vista.fetchqueue import AsyncFetchQueue
 from skyline.vista.sources.http import HostState, new_connector
 from skyline.vista.testing.servers import PrometheusServer, RedisServer
 from tests.support.remotes import graphite_entry, matrix, prom_entry, remotes, time_series
+from tests.support.rig import Rig
 from tests.support.settings import make_config
 
 
@@ -79,9 +80,7 @@ async def test_a_retry_after_stops_the_requests_already_waiting_for_the_host(
 
 
 async def test_json_nested_200000_deep_is_one_clear_error_line(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     session: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -92,9 +91,7 @@ async def test_json_nested_200000_deep_is_one_clear_error_line(
 
     async with remotes() as start:
         host = await start(nested)
-        config = make_config(
-            tmp_path,
-            redis_server,
+        config = rig.config(
             [prom_entry(host.url, "deep.prom"), graphite_entry(host.url, "deep.graphite", "a.b")],
         )
         fetcher = Fetcher(os.getpid(), config)
@@ -232,9 +229,7 @@ async def test_ten_slow_hosts_do_not_starve_the_others(
 
 @pytest.mark.parametrize("budget", [False, True])
 def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     prometheus_server: PrometheusServer,
     caplog: pytest.LogCaptureFixture,
     budget: bool,
@@ -248,9 +243,7 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     options: dict[str, object] = {"max_concurrency": 2}
     if budget:
         options.update(requests_per_second=1000, burst=1000)
-    config = make_config(
-        tmp_path,
-        redis_server,
+    config = rig.config(
         [prom_entry(prometheus_server.url, f"m{i}", f"up + {i}") for i in range(6)],
         VISTA_REMOTE_HOSTS={prometheus_server.url: options},
     )
@@ -258,7 +251,7 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     clients: list[redis.asyncio.Redis] = []
 
     async def one_cycle(fetcher: Fetcher) -> CycleReport | None:
-        client = redis.asyncio.Redis.from_url(redis_server.url)
+        client = redis.asyncio.Redis.from_url(rig.redis_server.url)
         clients.append(client)
         try:
             async with aiohttp.ClientSession(connector=new_connector()) as session:
@@ -270,7 +263,7 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     before = asyncio.run(one_cycle(first))
     assert before is not None and [kind(r) for r in before.results] == [None] * 6
 
-    redis_client.flushall()  # nothing pending: every metric is due again
+    rig.redis.flushall()  # nothing pending: every metric is due again
     now[0] += 60
     restarted = Fetcher(os.getpid(), config, clock=lambda: now[0])
     restarted.state = first.state  # as Agent._start_fetcher does
@@ -281,7 +274,7 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
     ]
     if budget:  # the budget in Redis was used by the new loop, not given up for a local one
         assert not [r for r in caplog.records if "request budget" in r.getMessage()]
-        counts = redis_client.hgetall(f"{request_budget.KEY_PREFIX}{prometheus_server.url}")
+        counts = rig.redis.hgetall(f"{request_budget.KEY_PREFIX}{prometheus_server.url}")
         assert counts.get(b"live") == b"6", counts
         # ...through the new fetcher's own client, not the old loop's (closed) one.
         pacer = restarted.state.hosts[prometheus_server.url].pacer
@@ -292,9 +285,7 @@ def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
 
 
 @pytest.mark.slow
-async def test_a_hung_host_delays_only_its_own_metrics(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+async def test_a_hung_host_delays_only_its_own_metrics(rig: Rig) -> None:
     """Two hosts at frequency 10 s; one never answers (the default 30 s timeout). The fetcher
     thread must keep asking the healthy host every 10 s while the hung host's requests wait,
     and must not ask the hung host again while its first requests are still in flight."""
@@ -310,9 +301,7 @@ async def test_a_hung_host_delays_only_its_own_metrics(
             return web.Response(status=500)
 
         hung = await start(never)
-        config = make_config(
-            tmp_path,
-            redis_server,
+        config = rig.config(
             [prom_entry(hung.url, f"hung{i}", frequency=10) for i in range(2)]
             + [prom_entry(healthy.url, f"ok{i}", frequency=10) for i in range(2)],
         )

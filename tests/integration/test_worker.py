@@ -42,6 +42,7 @@ from skyline.vista.worker import Worker, WorkerLoop, worker_id
 from tests.conftest import RedisFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
 from tests.support.items import make_item
+from tests.support.rig import Rig
 from tests.support.settings import make_config
 
 WRONG_KEY = "Zyxwvutsrqponmlkjihgfedcba987654"  # 32 alphanumerics, not Flux's key
@@ -263,9 +264,7 @@ def log_text(tmp_path: Path) -> str:
 # ----------------------------------------------------------------- Flux, in-process worker
 
 
-def test_flux_delivers_every_point_once_in_posts_of_at_most_450(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
-) -> None:
+def test_flux_delivers_every_point_once_in_posts_of_at_most_450(rig: Rig, flux: FluxServer) -> None:
     start = recent_start()
     series = make_series("vista.ok", 60, 30, start)
     # Values whose text form matters: never 1e+11 or 1e-05 on the wire.
@@ -275,11 +274,11 @@ def test_flux_delivers_every_point_once_in_posts_of_at_most_450(
         (start + 120, -2.5),
         (start + 180, 0.0),
     ]
-    push_series(redis_client, series, per_item=10)  # chains of 3 items per metric
-    cfg = flux_config(tmp_path, redis_server.url, flux)
-    loop = flux_loop(cfg, redis_server)
+    push_series(rig.redis, series, per_item=10)  # chains of 3 items per metric
+    cfg = rig.config(FLUX_PORT=flux.port)
+    loop = flux_loop(cfg, rig.redis_server)
     deadline = time.monotonic() + 30
-    while not drained(redis_client) and time.monotonic() < deadline:
+    while not drained(rig.redis) and time.monotonic() < deadline:
         loop.run_once()
     loop.shutdown()
 
@@ -294,45 +293,45 @@ def test_flux_delivers_every_point_once_in_posts_of_at_most_450(
     assert loop.queue.watermarks(sorted(series)) == {
         m: Watermark(*pts[-1]) for m, pts in series.items()
     }
-    assert {text(m) for m in redis_client.smembers(constants.VISTA_METRICS_KEY)} == set(series)
-    assert redis_client.get(constants.RESOLUTION_KEY_PREFIX + "vista.ok.m0007") == b"60"
-    stats = redis_client.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
+    assert {text(m) for m in rig.redis.smembers(constants.VISTA_METRICS_KEY)} == set(series)
+    assert rig.redis.get(constants.RESOLUTION_KEY_PREFIX + "vista.ok.m0007") == b"60"
+    stats = rig.redis.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
     assert (stats[b"points_sent"], stats[b"metrics_sent"]) == (b"1800", b"180")
     assert loop.stats.points == 1800 and loop.stats.items == 180
-    assert FetchQueue(redis_client).counts().dead == 0
+    assert FetchQueue(rig.redis).counts().dead == 0
 
 
 def test_single_point_items_keep_the_resolution_key_alive_from_the_frequency(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+    rig: Rig, flux: FluxServer
 ) -> None:
     """Steady state is one new point per item: no step to detect, yet Skyline's
     vista.last.resolution.<metric> must not expire (it is written from the item's frequency)."""
     start = recent_start()
-    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
     queue.push([("vista.one", [make_item("vista.one", [(start, 1.5)], frequency=300)])])
-    cfg = flux_config(tmp_path, redis_server.url, flux)
-    loop = flux_loop(cfg, redis_server)
+    cfg = rig.config(FLUX_PORT=flux.port)
+    loop = flux_loop(cfg, rig.redis_server)
     deadline = time.monotonic() + 30
-    while not drained(redis_client) and time.monotonic() < deadline:
+    while not drained(rig.redis) and time.monotonic() < deadline:
         loop.run_once()
     loop.shutdown()
     assert accepted(flux) == [("vista.one", start, 1.5)]
     key = constants.RESOLUTION_KEY_PREFIX + "vista.one"
-    assert redis_client.get(key) == b"300"
-    assert 0 < redis_client.ttl(key) <= constants.RESOLUTION_KEY_TTL
+    assert rig.redis.get(key) == b"300"
+    assert 0 < rig.redis.ttl(key) <= constants.RESOLUTION_KEY_TTL
 
 
 def test_points_at_or_below_the_watermark_are_not_sent_again_unless_replayed(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+    rig: Rig, flux: FluxServer
 ) -> None:
     start = recent_start()
     pts = [(start + 60 * j, float(j)) for j in range(6)]
-    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
     # Flux's own watermark (its worker writes it): Vista reads it and never writes it.
     flux_mark = f"{{'timestamp': {start + 120}, 'value': 2.0}}"
-    redis_client.hset(constants.WATERMARK_HASH, "vista.wm", flux_mark)
+    rig.redis.hset(constants.WATERMARK_HASH, "vista.wm", flux_mark)
     queue.push([("vista.wm", [make_item("vista.wm", pts)])])
-    loop = flux_loop(flux_config(tmp_path, redis_server.url, flux), redis_server)
+    loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
     loop.run_once()
     assert accepted(flux) == [("vista.wm", ts, v) for ts, v in pts[3:]]
 
@@ -340,9 +339,9 @@ def test_points_at_or_below_the_watermark_are_not_sent_again_unless_replayed(
     queue.push([("vista.wm", [make_item("vista.wm", pts)])])
     requests_before = flux.request_count
     loop.run_once()
-    assert flux.request_count == requests_before and drained(redis_client)
+    assert flux.request_count == requests_before and drained(rig.redis)
     # A replayed dead letter is delivered although it is below the watermark.
-    redis_client.sadd(constants.QUEUE_KEY, make_item("vista.wm", pts[:2], replay=True))
+    rig.redis.sadd(constants.QUEUE_KEY, make_item("vista.wm", pts[:2], replay=True))
     loop.run_once()
     assert accepted(flux) == sorted(
         [("vista.wm", ts, v) for ts, v in pts[3:]] + [("vista.wm", ts, v) for ts, v in pts[:2]]
@@ -350,23 +349,21 @@ def test_points_at_or_below_the_watermark_are_not_sent_again_unless_replayed(
     assert queue.watermarks(["vista.wm"]) == {"vista.wm": Watermark(start + 300, 5.0)}
     # With the Flux sink, Vista's watermark is its own hash; flux.last.* are left to Flux,
     # whose worker would otherwise drop the points it has queued but not yet sent on.
-    assert redis_client.hget(constants.WATERMARK_HASH, "vista.wm") == flux_mark.encode()
-    assert redis_client.get(constants.WATERMARK_KEY_PREFIX + "vista.wm") is None
-    assert redis_client.hget(constants.VISTA_WATERMARK_HASH, "vista.wm") is not None
+    assert rig.redis.hget(constants.WATERMARK_HASH, "vista.wm") == flux_mark.encode()
+    assert rig.redis.get(constants.WATERMARK_KEY_PREFIX + "vista.wm") is None
+    assert rig.redis.hget(constants.VISTA_WATERMARK_HASH, "vista.wm") is not None
     loop.shutdown()
 
 
-def test_points_older_than_flux_max_age_carry_fill(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
-) -> None:
+def test_points_older_than_flux_max_age_carry_fill(rig: Rig, flux: FluxServer) -> None:
     now_minute = current_minute_start(time.time())
     old = {"vista.fill.old": [(now_minute - 7200 + 60 * j, float(j)) for j in range(10)]}
     young = {"vista.fill.young": [(now_minute - 1800 + 60 * j, float(j)) for j in range(10)]}
     # Around the edge: FLUX_MAX_AGE (3600) minus the 60 s safety margin.
     edge = {"vista.fill.edge": [(now_minute - 3660, 1.0), (now_minute - 3300, 2.0)]}
     series = {**old, **young, **edge}
-    push_series(redis_client, series, per_item=10)
-    loop = flux_loop(flux_config(tmp_path, redis_server.url, flux), redis_server)
+    push_series(rig.redis, series, per_item=10)
+    loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
     loop.run_once()
     loop.shutdown()
 
@@ -380,35 +377,33 @@ def test_points_older_than_flux_max_age_carry_fill(
 
 
 def test_flux_207_rejected_metric_is_dead_lettered_with_flux_reason(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+    rig: Rig, flux: FluxServer
 ) -> None:
     series = make_series("vista.quota", 10, 5, recent_start())
     rejected = "vista.quota.m0003"
     flux.reject_metric(rejected)
-    push_series(redis_client, series, per_item=5)
-    loop = flux_loop(flux_config(tmp_path, redis_server.url, flux), redis_server)
+    push_series(rig.redis, series, per_item=5)
+    loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
     loop.run_once()
     loop.shutdown()
 
     delivered = {m: p for m, p in series.items() if m != rejected}
     assert accepted(flux) == triples(delivered)
     assert [r.status for r in flux.requests] == [207]
-    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
     (letter,) = queue.dead_letters()
     assert letter.metric == rejected
     assert letter.reason.startswith("Flux 207: ") and "45 metrics were processed" in letter.reason
     assert codec.decode_item(letter.item).points == tuple(series[rejected])
-    assert drained(redis_client)
+    assert drained(rig.redis)
     # The watermark moves past the rejected points (they are in the dead letter, for replay)
     # and past every delivered point; only delivered metrics join vista.metrics.
     assert queue.watermarks(sorted(series)) == {m: Watermark(*p[-1]) for m, p in series.items()}
-    assert {text(m) for m in redis_client.smembers(constants.VISTA_METRICS_KEY)} == set(delivered)
+    assert {text(m) for m in rig.redis.smembers(constants.VISTA_METRICS_KEY)} == set(delivered)
     assert loop.stats.rejected == 5 and loop.stats.points == 45
 
 
-def test_flux_400_rejects_only_the_offending_point(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_flux_400_rejects_only_the_offending_point(rig: Rig) -> None:
     """Flux's clock is 10 minutes behind ours, so a point of 2 minutes ago is "more than 1
     minute in the future" to it: a 400 quoting that item. It is dead-lettered with Flux's
     message; Flux has taken the points before it and the rest are sent again, each once."""
@@ -416,9 +411,9 @@ def test_flux_400_rejects_only_the_offending_point(
     bad_metric = "vista.skew.m0005"
     bad_ts = current_minute_start(time.time()) - 120
     series[bad_metric].append((bad_ts, 99.5))
-    push_series(redis_client, series, per_item=6)
+    push_series(rig.redis, series, per_item=6)
     with FluxServer(now=lambda: time.time() - 600) as flux:
-        loop = flux_loop(flux_config(tmp_path, redis_server.url, flux), redis_server)
+        loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
         loop.run_once()
         loop.shutdown()
 
@@ -426,18 +421,18 @@ def test_flux_400_rejects_only_the_offending_point(
     assert accepted(flux) == good  # exactly once: nothing before the bad point was re-sent
     statuses = [r.status for r in flux.requests]
     assert statuses.count(400) == 1 and set(statuses) <= {204, 400}
-    (letter,) = FetchQueue(redis_client).dead_letters()
+    (letter,) = FetchQueue(rig.redis).dead_letters()
     assert letter.metric == bad_metric
     assert letter.reason.startswith(f"Flux 400: invalid timestamp - {bad_ts} - ")
     assert "timestamp is more than 1 minute in the future" in letter.reason
     assert f"'metric': '{bad_metric}'" in letter.reason  # Flux quotes the item
     assert codec.decode_item(letter.item).points == ((bad_ts, 99.5),)
-    assert drained(redis_client)
+    assert drained(rig.redis)
     assert loop.stats.points == 60 and loop.stats.rejected == 1
 
 
 def test_a_point_too_far_in_the_future_is_held_back_not_rejected(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+    rig: Rig, flux: FluxServer
 ) -> None:
     """With the current minute submitted, an item written with a point beyond Flux's +60 s
     (a source whose clock is ahead): that point is not sent (Flux would refuse it, and the
@@ -445,15 +440,15 @@ def test_a_point_too_far_in_the_future_is_held_back_not_rejected(
     start = recent_start()
     minute = current_minute_start(time.time())
     future = minute + 600
-    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
     pts = [(start, 1.0), (start + 60, 2.0), (future, 3.0)]
     queue.push([("vista.ahead", [make_item("vista.ahead", pts)])])
-    cfg = flux_config(tmp_path, redis_server.url, flux, VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE=False)
-    loop = flux_loop(cfg, redis_server)
+    cfg = rig.config(FLUX_PORT=flux.port, VISTA_DO_NOT_SUBMIT_CURRENT_MINUTE=False)
+    loop = flux_loop(cfg, rig.redis_server)
     loop.run_once()
     assert accepted(flux) == [("vista.ahead", start, 1.0), ("vista.ahead", start + 60, 2.0)]
     assert queue.watermarks(["vista.ahead"]) == {"vista.ahead": Watermark(start + 60, 2.0)}
-    assert queue.dead_letters() == [] and drained(redis_client)
+    assert queue.dead_letters() == [] and drained(rig.redis)
     # The next fetch brings a point of a minute ago (and the one ahead again): it is sent.
     queue.push([("vista.ahead", [make_item("vista.ahead", [(minute - 60, 4.0), (future, 3.0)])])])
     loop.run_once()
@@ -463,22 +458,20 @@ def test_a_point_too_far_in_the_future_is_held_back_not_rejected(
 
 
 def test_flux_401_keeps_every_item_logs_once_and_backs_off(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     flux: FluxServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     series = make_series("vista.auth", 20, 5, recent_start())
-    push_series(redis_client, series, per_item=5)
-    cfg = flux_config(tmp_path, redis_server.url, flux)
+    push_series(rig.redis, series, per_item=5)
+    cfg = rig.config(FLUX_PORT=flux.port)
     caplog.set_level(logging.INFO)
-    with LoopThreads([flux_loop(cfg, redis_server, key=WRONG_KEY)]):
+    with LoopThreads([flux_loop(cfg, rig.redis_server, key=WRONG_KEY)]):
         poll_until(lambda: flux.request_count or None, 10, what="the first POST")
         time.sleep(2.5)  # observe: the worker must not retry in this window
         assert flux.request_count == 1
         assert [r.status for r in flux.requests] == [401]
-        counts = FetchQueue(redis_client).counts()
+        counts = FetchQueue(rig.redis).counts()
         assert (counts.queued, counts.inflight, counts.dead) == (20, 0, 0)
     assert flux.accepted == []
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -489,7 +482,7 @@ def test_flux_401_keeps_every_item_logs_once_and_backs_off(
     assert WRONG_KEY not in caplog.text and DEFAULT_KEY not in caplog.text
 
     # With the right key, everything that waited is delivered once.
-    loop = flux_loop(cfg, redis_server, 1)
+    loop = flux_loop(cfg, rig.redis_server, 1)
     loop.run_once()
     loop.shutdown()
     assert accepted(flux) == triples(series)
@@ -497,26 +490,24 @@ def test_flux_401_keeps_every_item_logs_once_and_backs_off(
 
 @pytest.mark.slow
 def test_flux_503_is_retried_with_backoff_nothing_lost_or_doubled(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     flux: FluxServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     series = make_series("vista.busy", 30, 5, recent_start())
-    push_series(redis_client, series, per_item=5)
+    push_series(rig.redis, series, per_item=5)
     flux.fail_next(503, count=3, body="Service Unavailable")
-    cfg = flux_config(tmp_path, redis_server.url, flux)
+    cfg = rig.config(FLUX_PORT=flux.port)
     began = time.monotonic()
-    with LoopThreads([flux_loop(cfg, redis_server)]):
-        wait_drained(redis_client, 30)
+    with LoopThreads([flux_loop(cfg, rig.redis_server)]):
+        wait_drained(rig.redis, 30)
     elapsed = time.monotonic() - began
     assert accepted(flux) == triples(series)
     assert [r.status for r in flux.requests] == [503, 503, 503, 204]
     # Backoff 1, 2, 4 s, each with up to 50 % jitter: at least 3.5 s before the success.
     assert elapsed >= 3.5
-    assert FetchQueue(redis_client).counts().dead == 0
+    assert FetchQueue(rig.redis).counts().dead == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "flux sink failed (Flux answered HTTP 503: Service Unavailable); items kept in the "
@@ -526,24 +517,22 @@ def test_flux_503_is_retried_with_backoff_nothing_lost_or_doubled(
 
 @pytest.mark.slow
 def test_flux_down_then_up_loses_and_doubles_nothing(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     flux: FluxServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     series = make_series("vista.down", 40, 5, recent_start())
-    push_series(redis_client, series, per_item=5)
+    push_series(rig.redis, series, per_item=5)
     flux.set_down(True)
-    cfg = flux_config(tmp_path, redis_server.url, flux)
-    loop = flux_loop(cfg, redis_server)
+    cfg = rig.config(FLUX_PORT=flux.port)
+    loop = flux_loop(cfg, rig.redis_server)
     with LoopThreads([loop]):
         poll_until(lambda: sink_requests(loop) >= 3 or None, 15, what="3 refused attempts")
-        counts = FetchQueue(redis_client).counts()
+        counts = FetchQueue(rig.redis).counts()
         assert counts.queued + counts.inflight == 40 and counts.dead == 0
         flux.set_down(False)
-        wait_drained(redis_client, 30)
+        wait_drained(rig.redis, 30)
     assert accepted(flux) == triples(series)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("flux sink failed (cannot reach Flux" in w for w in warnings) == 1
@@ -556,9 +545,7 @@ def test_flux_down_then_up_loses_and_doubles_nothing(
 @pytest.mark.parametrize("protocol", ["pickle", "plaintext"])
 def test_carbon_sink_stores_exact_points_in_whisper(
     protocol: str,
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     carbon_server: CarbonServer,
     metric_prefix: str,
 ) -> None:
@@ -569,21 +556,21 @@ def test_carbon_sink_stores_exact_points_in_whisper(
         (start + 60, 1e-05),
         (start + 120, -7.75),
     ]
-    push_series(redis_client, series, per_item=50)  # chains of 3 items
-    cfg = carbon_config(tmp_path, redis_server.url, carbon_server, protocol)
+    push_series(rig.redis, series, per_item=50)  # chains of 3 items
+    cfg = carbon_config(rig.tmp_path, rig.redis_server.url, carbon_server, protocol)
     sink = CarbonSink(cfg.carbon)
-    loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", redis_server.client(), sink)
+    loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", rig.redis_server.client(), sink)
     deadline = time.monotonic() + 20
-    while not drained(redis_client) and time.monotonic() < deadline:
+    while not drained(rig.redis) and time.monotonic() < deadline:
         loop.run_once()
     loop.shutdown()
-    assert drained(redis_client)
+    assert drained(rig.redis)
     for metric, pts in series.items():
         stored = carbon_server.wait_for_points(metric, len(pts), timeout=15)
         assert stored == pts, metric
     assert sink.connects == 1  # one persistent connection for every batch
     assert loop.stats.points == 480
-    assert FetchQueue(redis_client).watermarks(sorted(series)) == {
+    assert FetchQueue(rig.redis).watermarks(sorted(series)) == {
         m: Watermark(*p[-1]) for m, p in series.items()
     }
 
@@ -592,16 +579,14 @@ def test_carbon_sink_stores_exact_points_in_whisper(
 
 
 def test_poison_items_are_dead_lettered_and_block_nothing(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     flux: FluxServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     start = recent_start()
     series = make_series("vista.poison", 5, 4, start)
-    push_series(redis_client, series, per_item=4)
+    push_series(rig.redis, series, per_item=4)
     # The original Vista's item: str() of a list holding one dict (a Python literal).
     original = str(
         [
@@ -619,28 +604,28 @@ def test_poison_items_are_dead_lettered_and_block_nothing(
             }
         ]
     )
-    redis_client.sadd(constants.QUEUE_KEY, "not json", original)
+    rig.redis.sadd(constants.QUEUE_KEY, "not json", original)
     # A future item version at the head of a chain: dead-lettered, the chain goes on.
     future_version = json.dumps(
         {"v": 2, "id": "x", "metric": "vista.poison.v2", "points": [[start, 1.0]]}
     )
     after = make_item("vista.poison.v2", [(start + 60, 2.5)], seq=1)
-    assert FetchQueue(redis_client).push([("vista.poison.v2", [future_version, after])]) == 1
+    assert FetchQueue(rig.redis).push([("vista.poison.v2", [future_version, after])]) == 1
 
-    loop = flux_loop(flux_config(tmp_path, redis_server.url, flux), redis_server)
+    loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
     deadline = time.monotonic() + 10
-    while not drained(redis_client) and time.monotonic() < deadline:
+    while not drained(rig.redis) and time.monotonic() < deadline:
         loop.run_once()
     loop.shutdown()
 
     assert accepted(flux) == sorted(triples(series) + [("vista.poison.v2", start + 60, 2.5)])
-    letters = {d.item: d for d in FetchQueue(redis_client).dead_letters()}
+    letters = {d.item: d for d in FetchQueue(rig.redis).dead_letters()}
     assert set(letters) == {"not json", original, future_version}
     assert letters["not json"].reason.startswith("undecodable item: not JSON: ")
     assert letters[original].reason.startswith("undecodable item: not JSON: ")
     assert letters[future_version].reason == "undecodable item: unsupported item version 2"
     assert letters[future_version].metric == "vista.poison.v2"
-    assert drained(redis_client) and redis_client.scard(constants.QUEUE_KEY) == 0
+    assert drained(rig.redis) and rig.redis.scard(constants.QUEUE_KEY) == 0
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 3 and all(
         e.startswith("dead-lettered an undecodable item") for e in errors
@@ -649,9 +634,7 @@ def test_poison_items_are_dead_lettered_and_block_nothing(
 
 
 def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_attempts(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     flux: FluxServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -659,7 +642,7 @@ def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_at
     one that fails alone is given back with its attempt counted, then dead-lettered."""
     start = recent_start()
     series = make_series("vista.bug", 6, 3, start)
-    push_series(redis_client, series, per_item=3)
+    push_series(rig.redis, series, per_item=3)
     poison = "vista.bug.m0003"
     real_plan = delivery.plan_batch
 
@@ -669,8 +652,8 @@ def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_at
         return real_plan(items, *args, **kwargs)
 
     monkeypatch.setattr(delivery, "plan_batch", plan_with_a_bug)
-    cfg = flux_config(tmp_path, redis_server.url, flux)
-    loop = flux_loop(cfg, redis_server)
+    cfg = rig.config(FLUX_PORT=flux.port)
+    loop = flux_loop(cfg, rig.redis_server)
     loop.run_once()  # one batch of 6 items: fails, then item by item
     good = {m: p for m, p in series.items() if m != poison}
     assert accepted(flux) == sorted(triples(good))
@@ -678,38 +661,36 @@ def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_at
         loop.run_once()
     loop.shutdown()
     assert accepted(flux) == sorted(triples(good))  # nothing sent twice
-    (letter,) = FetchQueue(redis_client).dead_letters()
+    (letter,) = FetchQueue(rig.redis).dead_letters()
     assert letter.metric == poison
     assert letter.reason == (
         f"failed {cfg.max_attempts} times: ZeroDivisionError: a bug triggered by this item"
     )
-    assert drained(redis_client)
+    assert drained(rig.redis)
 
 
 # ------------------------------------------------------------- real Worker processes
 
 
 @pytest.mark.slow
-def test_three_worker_processes_deliver_each_point_exactly_once(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
-) -> None:
+def test_three_worker_processes_deliver_each_point_exactly_once(rig: Rig, flux: FluxServer) -> None:
     series = make_series("vista.multi", 2000, 5, recent_start())
-    push_series(redis_client, series, per_item=5)
-    cfg = flux_config(tmp_path, redis_server.url, flux, VISTA_WORKER_BATCH_ITEMS=20)
-    pool = WorkerPool(cfg, LogSpec(str(tmp_path / "vista.log")), 3)
+    push_series(rig.redis, series, per_item=5)
+    cfg = rig.config(FLUX_PORT=flux.port, VISTA_WORKER_BATCH_ITEMS=20)
+    pool = WorkerPool(cfg, LogSpec(str(rig.tmp_path / "vista.log")), 3)
     pool.start()
     try:
-        wait_drained(redis_client, 60)
-        pool.wait_running(redis_client)
+        wait_drained(rig.redis, 60)
+        pool.wait_running(rig.redis)
     finally:
         codes = pool.stop()
     assert codes == [0, 0, 0]
-    assert accepted(flux) == triples(series), log_text(tmp_path)[-3000:]
+    assert accepted(flux) == triples(series), log_text(rig.tmp_path)[-3000:]
     assert_flux_posts_clean(flux)
-    stats = redis_client.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
+    stats = rig.redis.hgetall(f"{constants.HOST_STATS_KEY_PREFIX}{socket.gethostname()}")
     assert (stats[b"points_sent"], stats[b"metrics_sent"]) == (b"10000", b"2000")
-    assert redis_client.zcard(constants.WORKERS_KEY) == 0  # each stopped worker left cleanly
-    assert "Traceback" not in log_text(tmp_path)
+    assert rig.redis.zcard(constants.WORKERS_KEY) == 0  # each stopped worker left cleanly
+    assert "Traceback" not in log_text(rig.tmp_path)
 
 
 # -------------------------------------------------------------- SIGKILL during delivery
@@ -854,9 +835,7 @@ def kill_workers_while(
 
 
 @pytest.mark.slow
-def test_sigkill_of_workers_mid_batch_stores_every_point_once_at_flux(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_sigkill_of_workers_mid_batch_stores_every_point_once_at_flux(rig: Rig) -> None:
     """Workers are SIGKILLed every 0.5 s, mostly while a slow Flux holds their POST. Flux has
     taken those points (the double records them on arrival); the agent requeues the item and
     another worker sends it again. These points are young (sent without fill), so Flux's worker,
@@ -865,10 +844,10 @@ def test_sigkill_of_workers_mid_batch_stores_every_point_once_at_flux(
     values. (Old points, sent with fill, are not checked: tests/integration/
     test_flux_kill_storm.py measures what a kill resends then.)"""
     metrics = [f"vista.kill.m{i:03d}" for i in range(60)]
-    with FluxServer(delay=0.15, redis=redis_client) as flux:
-        cfg = flux_config(tmp_path, redis_server.url, flux, VISTA_WORKER_BATCH_ITEMS=10)
+    with FluxServer(delay=0.15, redis=rig.redis) as flux:
+        cfg = rig.config(FLUX_PORT=flux.port, VISTA_WORKER_BATCH_ITEMS=10)
         feeder = Feeder(
-            redis_client,
+            rig.redis,
             metrics,
             start=recent_start(55),
             step=10,
@@ -877,16 +856,16 @@ def test_sigkill_of_workers_mid_batch_stores_every_point_once_at_flux(
             generations=30,
             every=0.25,
         )
-        queue = FetchQueue(redis_client, FLUX_WATERMARKS)
-        pool = WorkerPool(cfg, LogSpec(str(tmp_path / "vista.log")), 3)
+        queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
+        pool = WorkerPool(cfg, LogSpec(str(rig.tmp_path / "vista.log")), 3)
         pool.start()
         try:
             feeder.start()
             kills, mid_batch = kill_workers_while(pool, queue, feeder.is_alive)
             feeder.join()
             assert feeder.error is None
-            wait_drained(redis_client, 60)
-            pool.wait_running(redis_client)
+            wait_drained(rig.redis, 60)
+            pool.wait_running(rig.redis)
         finally:
             codes = pool.stop()
         arrivals = [(p.metric, p.timestamp, p.value) for p in flux.accepted]
@@ -970,20 +949,20 @@ def test_sigkill_of_workers_mid_batch_stores_exactly_the_points_in_whisper(
 
 
 def test_items_of_a_claim_whose_answer_was_lost_are_not_held_forever(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, flux: FluxServer
+    rig: Rig, flux: FluxServer
 ) -> None:
     """Redis ran a worker's claim but the answer never came back (Redis restarted during the
     call, or redis-py re-sent it after a broken connection). The items are recorded as held
     by a live worker whose lease keeps being renewed; the worker itself must give them back."""
     series = make_series("vista.lost", 8, 5, recent_start())
-    push_series(redis_client, series, per_item=5)
-    cfg = flux_config(tmp_path, redis_server.url, flux)
-    loop = flux_loop(cfg, redis_server)
-    lost = FetchQueue(redis_client).claim(loop.wid, 5, lease=60)  # the answer nobody read
+    push_series(rig.redis, series, per_item=5)
+    cfg = rig.config(FLUX_PORT=flux.port)
+    loop = flux_loop(cfg, rig.redis_server)
+    lost = FetchQueue(rig.redis).claim(loop.wid, 5, lease=60)  # the answer nobody read
     assert len(lost) == 5
     loop.run_once()
     loop.run_once()
-    assert drained(redis_client)
+    assert drained(rig.redis)
     assert accepted(flux) == triples(series)
     loop.shutdown()
 
@@ -993,9 +972,7 @@ def test_items_of_a_claim_whose_answer_was_lost_are_not_held_forever(
 
 @pytest.mark.slow
 def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
+    rig: Rig,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Flux refuses connections for two minutes while two workers run and new windows keep being
@@ -1005,12 +982,12 @@ def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
     caplog.set_level(logging.INFO)
     start = recent_start(55)
     first = make_series("vista.outage", 200, 10, start)
-    push_series(redis_client, first, per_item=5)  # chains of 2
-    queue = FetchQueue(redis_client, FLUX_WATERMARKS)
+    push_series(rig.redis, first, per_item=5)  # chains of 2
+    queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
     with FluxServer() as flux:
         flux.set_down(True)
-        cfg = flux_config(tmp_path, redis_server.url, flux)
-        loops = [flux_loop(cfg, redis_server, n) for n in range(2)]
+        cfg = rig.config(FLUX_PORT=flux.port)
+        loops = [flux_loop(cfg, rig.redis_server, n) for n in range(2)]
         for loop in loops:
             # The production cap is 60 s; 8 s keeps the wait after the outage short.
             loop.sink_health.backoff = Backoff(base=1.0, cap=8.0)
@@ -1031,13 +1008,13 @@ def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
                 assert counts.pending_metrics == 200 + round_
                 assert counts.queued + counts.inflight == 200 + round_
                 assert counts.dead == 0
-                chains = [k for k in redis_client.scan_iter(constants.CHAIN_KEY_PREFIX + "*")]
+                chains = [k for k in rig.redis.scan_iter(constants.CHAIN_KEY_PREFIX + "*")]
                 assert len(chains) == 200 + round_
-                assert all(redis_client.llen(k) == 1 for k in chains)
+                assert all(rig.redis.llen(k) == 1 for k in chains)
                 time.sleep(5)
             attempts = [sink_requests(loop) for loop in loops]
             flux.set_down(False)
-            wait_drained(redis_client, 40)
+            wait_drained(rig.redis, 40)
         assert flux.requests and all(r.status == 204 for r in flux.requests)
         assert accepted(flux) == triples({**first, **late})
         assert_flux_posts_clean(flux)

@@ -7,64 +7,32 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from pathlib import Path
 
-import redis
-
-from skyline.vista import codec, config, constants
+from skyline.vista import constants
 from skyline.vista.fetchqueue import FetchQueue
 from skyline.vista.logs import LogSpec
-from skyline.vista.model import QueueItem
-from skyline.vista.testing.servers import RedisServer, poll_until
+from skyline.vista.testing.servers import poll_until
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, worker_id
-from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.fakes.flux import FluxServer
+from tests.support.items import make_item
+from tests.support.rig import Rig
 
 METRICS = 20
 POINTS = 540  # 10 s apart: 24 requests of 450 for one claim of 20 items
 ANSWER = 0.3  # seconds Flux takes to answer each request
 
 
-def item(metric: str, points: tuple[tuple[int, float], ...]) -> str:
-    return codec.encode_item(
-        QueueItem(
-            id=uuid.uuid4().hex,
-            metric=metric,
-            source="prometheus",
-            host="http://prometheus.example:9090",
-            target=metric,
-            points=points,
-            fetched_at=time.time(),
-        )
-    )
-
-
-def test_sigterm_stops_a_worker_between_requests_and_nothing_is_sent_twice(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+def test_sigterm_stops_a_worker_between_requests_and_nothing_is_sent_twice(rig: Rig) -> None:
     start = current_minute_start(time.time()) - 5 * 3600  # older than Flux's max age: fill
     series = {
         f"vista.drain.m{i:02d}": tuple((start + 10 * j, i * 1000.0 + j) for j in range(POINTS))
         for i in range(METRICS)
     }
-    FetchQueue(redis_client).push([(m, [item(m, p)]) for m, p in series.items()])
-    with FluxServer(redis=redis_client, delay=ANSWER) as flux:
-        cfg = config.validate(
-            {
-                "VISTA_ENABLED": True,
-                "REDIS_URL": redis_server.url,
-                "VISTA_SINK": "flux",
-                "FLUX_IP": "127.0.0.1",
-                "FLUX_PORT": flux.port,
-                "FLUX_SELF_API_KEY": DEFAULT_KEY,
-                "LOG_PATH": str(tmp_path),
-                "PID_PATH": str(tmp_path),
-                "VISTA_WORKER_BATCH_ITEMS": METRICS,
-            },
-            str(tmp_path / "settings.py"),
-        )
-        spec = LogSpec(str(tmp_path / "vista.log"))
+    FetchQueue(rig.redis).push([(m, [make_item(m, p, target=m)]) for m, p in series.items()])
+    with FluxServer(redis=rig.redis, delay=ANSWER) as flux:
+        cfg = rig.config(FLUX_PORT=flux.port, VISTA_WORKER_BATCH_ITEMS=METRICS)
+        spec = LogSpec(str(rig.tmp_path / "vista.log"))
         worker = Worker(os.getpid(), cfg, 0, spec)
         worker.start()
         assert worker.pid is not None
@@ -78,10 +46,10 @@ def test_sigterm_stops_a_worker_between_requests_and_nothing_is_sent_twice(
         # It finished the request it was waiting for, then stopped: not the 24 of its batch.
         assert took < 2 * ANSWER + 1.5, took
         assert sent_before < 10
-        counts = FetchQueue(redis_client).counts()
+        counts = FetchQueue(rig.redis).counts()
         # What it acknowledged is gone, every other item is back in the queue.
         assert counts.inflight == 0 and 0 < counts.queued == counts.pending_metrics < METRICS
-        assert not redis_client.exists(
+        assert not rig.redis.exists(
             constants.WORKER_HEARTBEAT_PREFIX + worker_id(cfg.hostname, 0, worker.pid)
         )
 
@@ -90,7 +58,7 @@ def test_sigterm_stops_a_worker_between_requests_and_nothing_is_sent_twice(
         try:
 
             def drained() -> bool | None:
-                c = FetchQueue(redis_client).counts()
+                c = FetchQueue(rig.redis).counts()
                 return True if c.queued == c.inflight == c.pending_metrics == 0 else None
 
             poll_until(drained, 60, what="the queue to drain")

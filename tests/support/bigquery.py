@@ -8,15 +8,17 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from skyline.vista import config
 from skyline.vista.config import VistaConfig
 from skyline.vista.testing.servers import SYSTEM_PYTHON, CarbonServer, RedisServer
 from tests.fakes.bigquery import Column, FakeBigQuery
+from tests.support import settings
+from tests.support.rig import Rig
 
 COLUMNS = (
     Column("day", "DATE"),
@@ -78,6 +80,22 @@ def account(prefix: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def bq_settings(
+    tmp_path: Path, fake: FakeBigQuery, carbon: CarbonServer | None, accounts: dict[str, Any]
+) -> dict[str, Any]:
+    """The BigQuery settings of these tests: ``accounts`` asked of ``fake``, archived in the temp
+    dir, sent to ``carbon`` (None: a port nothing listens on)."""
+    return {
+        "VISTA_SINK": "graphite",
+        "CARBON_HOST": "127.0.0.1",
+        "CARBON_PICKLE_PORT": carbon.pickle_port if carbon else 9,
+        "CARBON_PORT": carbon.line_port if carbon else 9,
+        "VISTA_BQ_ACCOUNTS": accounts,
+        "VISTA_BQ_API_ENDPOINT": fake.url,
+        "VISTA_BQ_ARCHIVE_DIR": str(tmp_path / "archives"),
+    }
+
+
 def make_config(
     tmp_path: Path,
     redis_server: RedisServer,
@@ -86,23 +104,28 @@ def make_config(
     accounts: dict[str, dict[str, Any]],
     **extra: Any,
 ) -> VistaConfig:
-    values: dict[str, Any] = {
-        "VISTA_ENABLED": True,
-        "REDIS_URL": redis_server.url,
-        "VISTA_SINK": "graphite",
-        "CARBON_HOST": "127.0.0.1",
-        "CARBON_PICKLE_PORT": carbon.pickle_port if carbon else 9,
-        "CARBON_PORT": carbon.line_port if carbon else 9,
+    """:func:`tests.support.settings.make_config` with :func:`bq_settings` (no self-metrics)."""
+    values = {
+        **bq_settings(tmp_path, fake, carbon, accounts),
         "SKYLINE_METRICS_CARBON_HOST": "",
-        "LOG_PATH": str(tmp_path / "log"),
-        "PID_PATH": str(tmp_path / "run"),
-        "VISTA_BQ_ACCOUNTS": accounts,
-        "VISTA_BQ_API_ENDPOINT": fake.url,
-        "VISTA_BQ_ARCHIVE_DIR": str(tmp_path / "archives"),
-        "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
         **extra,
     }
-    return config.validate(values, str(tmp_path / "settings.py"))
+    return settings.make_config(tmp_path, redis_server, **values)
+
+
+@dataclass(frozen=True)
+class BigQueryRig(Rig):
+    carbon: CarbonServer
+    """A carbon-cache of its own with a daily retention (1d:400d)."""
+    prefix: str
+    """A metric prefix unique to this test in the session."""
+
+    def bq_config(
+        self, fake: FakeBigQuery, accounts: dict[str, Any] | None = None, **extra: Any
+    ) -> VistaConfig:
+        """:func:`make_config` here; by default one account, ``shop``, under ``prefix``."""
+        accounts = {"shop": account(self.prefix)} if accounts is None else accounts
+        return make_config(self.tmp_path, self.redis_server, fake, self.carbon, accounts, **extra)
 
 
 class LocalJob:

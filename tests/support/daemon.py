@@ -39,6 +39,7 @@ __all__ = [
     "children",
     "push_items",
     "settings_text",
+    "sigterm_and_wait",
     "wait_gone",
 ]
 
@@ -133,6 +134,18 @@ def wait_gone(procs: Iterable[Proc], timeout: float) -> float:
         left = [f"{p.pid} ({p.cmdline})" for p in procs if p.alive()]
         raise TimeoutError(f"still running after {timeout:g} s: {left}") from None
     return time.monotonic() - began
+
+
+def sigterm_and_wait(
+    popen: subprocess.Popen[bytes], tree: Iterable[Proc], timeout: float
+) -> tuple[int, float]:
+    """SIGTERM a foreground agent: its exit code (within 15 s) and the seconds from the signal
+    until every process of ``tree`` is gone (within ``timeout``)."""
+    began = time.monotonic()
+    popen.send_signal(signal.SIGTERM)
+    code = popen.wait(15)
+    wait_gone(tree, timeout)
+    return code, time.monotonic() - began
 
 
 def wait_for(probe: Callable[[], _T | None], timeout: float, what: str) -> _T:

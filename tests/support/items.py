@@ -16,16 +16,23 @@ def points(start: int, count: int, *, step: int = 60, first_value: float = 0.5) 
 
 
 def make_item(
-    metric: str, pts: Iterable[Point], *, seq: int = 0, frequency: int = 60, replay: bool = False
+    metric: str,
+    pts: Iterable[Point],
+    *,
+    seq: int = 0,
+    frequency: int = 60,
+    replay: bool = False,
+    target: str | None = None,
 ) -> str:
-    """An encoded queue item of ``metric`` (a fresh id, fetched now from a Prometheus)."""
+    """An encoded queue item of ``metric`` (a fresh id, fetched now from a Prometheus, by the
+    query ``target``: ``<metric>_query`` unless given)."""
     return codec.encode_item(
         QueueItem(
             id=uuid.uuid4().hex,
             metric=metric,
             source="prometheus",
             host="http://prometheus.example:9090",
-            target=f"{metric}_query",
+            target=f"{metric}_query" if target is None else target,
             points=tuple(pts),
             fetched_at=time.time(),
             frequency=frequency,
