@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from skyline.vista import constants
+from skyline.vista.durations import UP_TO_HOURS, short
 
 BUCKETS: tuple[float, ...] = (
     1, 2, 5, 10, 15, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300, 450, 600, 900, 1200,
@@ -106,14 +107,7 @@ def status_line(summary: LagSummary) -> str:
         return "delivery lag (point -> acknowledged), last hour: no item delivered"
     assert summary.p50 is not None and summary.p99 is not None
     return (
-        f"delivery lag (point -> acknowledged), last hour: p50 {_short(summary.p50)}, "
-        f"p99 {_short(summary.p99)} over {summary.count} item(s)"
+        "delivery lag (point -> acknowledged), last hour: "
+        f"p50 {short(summary.p50, UP_TO_HOURS)}, p99 {short(summary.p99, UP_TO_HOURS)} "
+        f"over {summary.count} item(s)"
     )
-
-
-def _short(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"

@@ -20,6 +20,7 @@ import redis.asyncio
 
 from skyline.vista import constants, expand, queue_scripts
 from skyline.vista.config import VistaConfig
+from skyline.vista.durations import FROM_MINUTES, short
 from skyline.vista.redisconn import text
 
 logger = logging.getLogger(__name__)
@@ -74,20 +75,12 @@ def removal_lines(removals: Sequence[Removal], now: float) -> list[str]:
     lines = [f"pending removal (in no Vista host's settings): {len(removals)}"]
     for r in removals[:20]:
         lines.append(
-            f"  {r.metric}  removed {_age(now - r.removed_at)} ago, state pruned in "
-            f"{_age(max(0.0, r.prune_at - now))}"
+            f"  {r.metric}  removed {short(now - r.removed_at, FROM_MINUTES)} ago, "
+            f"state pruned in {short(max(0.0, r.prune_at - now), FROM_MINUTES)}"
         )
     if len(removals) > 20:
         lines.append(f"  ... and {len(removals) - 20} more")
     return lines
-
-
-def _age(seconds: float) -> str:
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 async def maintain(client: redis.asyncio.Redis, config: VistaConfig, now: float) -> list[str]:

@@ -22,6 +22,7 @@ from skyline.vista import (
     redisconn,
 )
 from skyline.vista.config import VistaConfig
+from skyline.vista.durations import short
 from skyline.vista.fetchqueue import FetchQueue, watermark_keys
 from skyline.vista.history import history_path
 from skyline.vista.holes import Hole
@@ -99,16 +100,6 @@ def process_lines(pid: int) -> list[str]:
     return lines
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def job_lines(client: redis.Redis) -> list[str]:
     """Running jobs with their progress and the number queued, per kind (none: no line)."""
     from skyline.vista.jobs.commands import stores
@@ -176,7 +167,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         for w in record.get("workers", []):
             lines.append(f"worker {w['index']}: pid {w['pid']} ({w['wid']})")
     for name, beat in (("fetcher", fetcher_beat), ("worker", worker_beat)):
-        text = f"{_age(now - int(beat))} ago" if beat else "missing (thunder would alert)"
+        text = f"{short(now - int(beat))} ago" if beat else "missing (thunder would alert)"
         lines.append(f"heartbeat vista.{name}: {text}")
     lines.append(
         f"queue: {counts.queued} queued, {counts.inflight} in flight, {counts.dead} dead-lettered, "
@@ -203,7 +194,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
             f"lag (now - last delivered point), worst {min(worst, len(lags))} of {len(lags)}:"
         )
         for metric_lag, metric, mark in lags[:worst]:
-            shown = "never delivered" if mark is None else _age(metric_lag)
+            shown = "never delivered" if mark is None else short(metric_lag)
             lines.append(f"  {shown:>16}  {metric}")
     return lines
 
@@ -218,7 +209,7 @@ def failing_window_lines(failing: Mapping[str, list[Hole]], now: float) -> list[
         wait = max(0.0, hole.next_try - now)
         lines.append(
             f"  {metric}  {_utc(hole.start)} .. {_utc(hole.end)}  {hole.attempts} attempt(s), "
-            f"failing for {_age(now - hole.since)}, next try in {_age(wait)}: {hole.error}"
+            f"failing for {short(now - hole.since)}, next try in {short(wait)}: {hole.error}"
         )
     return lines
 
@@ -242,7 +233,7 @@ def expansion_lines(
             head += f" ({len(stale)} not seen for over {expand.STALE_AFTER // 60} min)"
         lines.append(head + (":" if found else " yet"))
         for name in sorted(found)[:show]:
-            lines.append(f"  {name}  (last seen {_age(max(0.0, now - found[name]))} ago)")
+            lines.append(f"  {name}  (last seen {short(max(0.0, now - found[name]))} ago)")
         if len(found) > show:
             lines.append(f"  ... and {len(found) - show} more")
     return lines

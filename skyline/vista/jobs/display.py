@@ -13,21 +13,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
+from skyline.vista.durations import WHOLE, short
 from skyline.vista.jobs.record import JobRecord, Status
 from skyline.vista.jobs.store import JobStore
 
 POLL_EVERY = 0.5
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 def describe(record: JobRecord) -> str:
@@ -66,7 +56,7 @@ def table(records: Iterable[JobRecord], now: float | None = None) -> list[str]:
             what += f"  ({r.error})"
         lines.append(
             f"{r.id:16}  {r.kind:12}  {r.status.value:9}  {done:>16}  {p.points:>12,}  "
-            f"{_age(now - r.created):>4} {what}"
+            f"{short(now - r.created, WHOLE):>4} {what}"
         )
     return lines
 
@@ -77,7 +67,7 @@ def plain_line(record: JobRecord, rate: float, eta: float | None) -> str:
     if rate:
         text += f", {rate:,.0f} points/s"
     if eta is not None:
-        text += f", ETA {_age(eta)}"
+        text += f", ETA {short(eta, WHOLE)}"
     if p.errors:
         text += f", {p.errors} error(s)"
     if p.message:
