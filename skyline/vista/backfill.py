@@ -48,7 +48,6 @@ from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError, VistaError
 from skyline.vista.history import build_history_sink, history_path
 from skyline.vista.jobs.context import JobContext
-from skyline.vista.request_budget import pacer_for_entry
 from skyline.vista.sinks import Sink, SinkPoint
 from skyline.vista.sources import graphite, prometheus
 from skyline.vista.sources.http import (
@@ -56,6 +55,7 @@ from skyline.vista.sources.http import (
     Credentials,
     HostState,
     Redact,
+    host_state_of,
     judge,
     new_connector,
     scrubbed,
@@ -337,17 +337,10 @@ class Backfill:
     # --- fetching ---------------------------------------------------------------------------
 
     def _host(self, entry: FetchEntry) -> HostState:
-        state = self.hosts.get(entry.remote_host)
-        if state is None:
-            options = self.config.host_options(entry.remote_host)
-            state = HostState(entry.host, options)
-            # The host's request budget, shared with the live fetcher, which goes first.
-            # Keyed by the exact remote_host, as the live fetcher's (sources/http.py).
-            state.pacer = pacer_for_entry(
-                entry, self.config, self.budget_client, priority="history"
-            )
-            self.hosts[entry.remote_host] = state
-        return state
+        # The host's request budget, shared with the live fetcher, which goes first.
+        return host_state_of(
+            self.hosts, entry, self.config.host_options, self.budget_client, "history"
+        )
 
     async def _answer(
         self, session: aiohttp.ClientSession, entry: FetchEntry, url: str

@@ -17,9 +17,9 @@ A host without ``requests_per_second`` costs nothing: no pacer, no Redis call. W
 unreachable a pacer falls back to a bucket of its own process (same rate), so fetching goes on
 no faster than the budget from each process.
 
-Usage by a job (priority ``history``)::
+Usage by a job (priority ``history``), through :func:`skyline.vista.sources.http.host_state_of`::
 
-    state.pacer = pacer_for_entry(entry, config, async_redis, priority="history")
+    state = host_state_of(hosts, entry, config.host_options, async_redis, "history")
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import Literal, Protocol
 import redis.asyncio
 
 from skyline.vista import constants, redisconn, telemetry, token_bucket
-from skyline.vista.config import HostOptions, VistaConfig
-from skyline.vista.entries import FetchEntry
+from skyline.vista.config import HostOptions
 
 logger = logging.getLogger(__name__)
 
@@ -162,17 +161,6 @@ class RedisPacer:
             telemetry.BUDGET_WAIT_SECONDS.labels(self.host, self.priority).inc(waited)
 
 
-def pacer_for_entry(
-    entry: FetchEntry,
-    config: VistaConfig,
-    client: redis.asyncio.Redis | None,
-    priority: Priority = "live",
-) -> RedisPacer | None:
-    """The pacer of an entry's remote_host, the same in every process that fetches from it
-    (the bucket is keyed by the exact remote_host, as VISTA_REMOTE_HOSTS is)."""
-    return pacer_for(entry.remote_host, config.host_options(entry.remote_host), client, priority)
-
-
 def pacer_for(
     host: str,
     options: HostOptions,
@@ -180,8 +168,9 @@ def pacer_for(
     priority: Priority = "live",
 ) -> RedisPacer | None:
     """The pacer of a remote_host, or None when it has no request budget. ``client=None``
-    paces this process alone (``vista fetch --once --dry-run``). Prefer
-    :func:`pacer_for_entry`, which keys the bucket the same way everywhere."""
+    paces this process alone (``vista fetch --once --dry-run``). Fetching code gets it through
+    :func:`skyline.vista.sources.http.host_state_of`, which keys the bucket the same way
+    everywhere (the exact remote_host)."""
     rate = options.requests_per_second
     if not rate:
         return None

@@ -238,8 +238,8 @@ def test_hosts_without_a_budget_get_no_pacer() -> None:
 def test_live_and_history_share_one_bucket_for_a_remote_host_with_a_path(
     tmp_path: Path,
 ) -> None:
-    """The live fetcher (sources/http.host_state_of) and a history job (pacer_for_entry) key
-    the bucket by the same exact remote_host, path included."""
+    """The live fetcher and a history job (both through sources/http.host_state_of) key the
+    bucket by the same exact remote_host, path included."""
     url = "http://gw.example:8080/proxy/prom"
     cfg = make_config(
         tmp_path,
@@ -248,7 +248,8 @@ def test_live_and_history_share_one_bucket_for_a_remote_host_with_a_path(
     )
     entry = cfg.fetch_metrics[0]
     live = host_state_of({}, entry, cfg.host_options, None).pacer
-    history = request_budget.pacer_for_entry(entry, cfg, None, "history")
+    history = host_state_of({}, entry, cfg.host_options, None, "history").pacer
     assert isinstance(live, request_budget.RedisPacer)
-    assert history is not None and history.keys == live.keys
+    assert isinstance(history, request_budget.RedisPacer) and history.keys == live.keys
+    assert (live.priority, history.priority) == ("live", "history")
     assert history.keys[0].endswith(url)

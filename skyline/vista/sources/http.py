@@ -375,10 +375,13 @@ def host_state_of(
     entry: FetchEntry,
     options_of: Callable[[str], HostOptions],
     budget_client: redis.asyncio.Redis | None,
+    priority: request_budget.Priority = "live",
 ) -> HostState:
     """The state of the entry's exact remote_host in ``hosts``, made on first use: two
     remote_hosts on one server (``http://gw/proxy/a`` and ``http://gw/proxy/b``) have their own
-    options, headers and credentials; only the connection pool is shared."""
+    options, headers and credentials; only the connection pool is shared. Its pacer takes the
+    host's request budget (keyed by the exact remote_host) at ``priority``: ``live`` for the
+    fetcher, ``history`` for jobs, which yield to it."""
     state = hosts.get(entry.remote_host)
     if state is None:
         state = HostState(entry.host, options_of(entry.remote_host))
@@ -386,7 +389,7 @@ def host_state_of(
     if state.pacer is None or state.pacer_client is not budget_client:
         # First use, or a new fetcher (its own loop and Redis client) took this state over.
         state.pacer = request_budget.pacer_for(
-            entry.remote_host, state.options, budget_client, "live"
+            entry.remote_host, state.options, budget_client, priority
         )
         state.pacer_client = budget_client
     return state
