@@ -1,5 +1,5 @@
 """Small process helpers: parent-death signal, liveness checks, interruptible sleeps, fewer
-GC passes, a child process's start."""
+GC passes, a child process's start (:class:`AgentChild`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import ctypes
 import ctypes.util
 import errno
 import gc
+import multiprocessing.context
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from skyline.vista import constants, logs
 from skyline.vista.logs import LogSpec
+
+if TYPE_CHECKING:
+    from skyline.vista.config import VistaConfig
 
 _PR_SET_PDEATHSIG = 1
 
@@ -111,3 +116,26 @@ def start_child(parent_pid: int, log_spec: LogSpec, death_signal: int) -> None:
     gc.set_threshold(constants.GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+class AgentChild(multiprocessing.context.SpawnProcess):
+    """A process the agent spawns and supervises (a job; a worker may be one too). Started with
+    the 'spawn' method: the agent has threads, and forking a threaded process can deadlock the
+    child on a lock held at the time of the fork. In the child, :meth:`run` does
+    :func:`start_child` (``death_signal`` is sent when the agent dies) and then :meth:`main`."""
+
+    def __init__(
+        self, name: str, parent_pid: int, config: VistaConfig, log_spec: LogSpec, death_signal: int
+    ) -> None:
+        super().__init__(name=name, daemon=False)
+        self.parent_pid = parent_pid
+        self.config = config
+        self.log_spec = log_spec
+        self.death_signal = death_signal
+
+    def run(self) -> None:
+        start_child(self.parent_pid, self.log_spec, self.death_signal)
+        self.main()
+
+    def main(self) -> None:
+        raise NotImplementedError

@@ -13,7 +13,6 @@ Outcome, written atomically with the release of the running marker:
 from __future__ import annotations
 
 import logging
-import multiprocessing.context
 import os
 import signal
 import sys
@@ -116,7 +115,7 @@ def _finish(ctx: JobContext, error: str) -> Status | None:
     return final.status
 
 
-class JobProcess(multiprocessing.context.SpawnProcess):
+class JobProcess(procutil.AgentChild):
     """One job, in its own spawned process, child of the agent."""
 
     def __init__(
@@ -128,16 +127,13 @@ class JobProcess(multiprocessing.context.SpawnProcess):
         job_id: str,
         token: str,
     ) -> None:
-        super().__init__(name=f"vista-job-{job_kind.name}-{job_id}", daemon=False)
-        self.parent_pid = parent_pid
-        self.config = config
-        self.log_spec = log_spec
+        name = f"vista-job-{job_kind.name}-{job_id}"
+        super().__init__(name, parent_pid, config, log_spec, PARENT_DEATH_SIGNAL)
         self.job_kind = job_kind
         self.job_id = job_id
         self.token = token
 
-    def run(self) -> None:
-        procutil.start_child(self.parent_pid, self.log_spec, PARENT_DEATH_SIGNAL)
+    def main(self) -> None:
         holder: list[JobContext] = []
         stop_early = threading.Event()
         terms = [0]
