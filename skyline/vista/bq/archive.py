@@ -16,7 +16,6 @@ import gzip
 import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from types import TracebackType
 
 COMPRESS_LEVEL = 5
 _FILE_SAFE = str.maketrans({"/": "-", " ": "_", "\\": "-"})
@@ -80,12 +79,7 @@ class ArchiveWriter:
     def __enter__(self) -> ArchiveWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.abort()
 
 

@@ -33,8 +33,8 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import redis
@@ -132,21 +132,31 @@ def _require_system_modules(*modules: str) -> None:
     key = ",".join(modules)
     if key in _checked_modules:
         return
+    _system_python(f"import {key}", f"cannot import {key}")
+    _checked_modules.add(key)
+
+
+def _system_python(code: str, failing: str, stdin: bytes | None = None) -> str:
+    """The output of ``code`` run by /usr/bin/python3 (with its Debian modules), or
+    MissingBinaryError saying what ``failing`` and the last line of its error."""
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         raise MissingBinaryError(f"{SYSTEM_PYTHON} not found: {INSTALL_HINT}")
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", f"import {key}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    try:
+        return _output([SYSTEM_PYTHON, "-c", code], f"{SYSTEM_PYTHON} {failing}", stdin=stdin)
+    except ServerError as exc:
+        raise MissingBinaryError(f"{exc}\n{INSTALL_HINT}") from None
+
+
+def _output(
+    argv: list[str], failing: str, *, timeout: float = 30.0, stdin: bytes | None = None
+) -> str:
+    """The output of the command ``argv``, or ServerError saying what ``failing`` and what the
+    command said."""
+    proc = subprocess.run(argv, input=stdin, capture_output=True, check=False, timeout=timeout)
     if proc.returncode != 0:
-        raise MissingBinaryError(
-            f"{SYSTEM_PYTHON} cannot import {key} ({proc.stderr.strip().splitlines()[-1:]}): "
-            f"{INSTALL_HINT}"
-        )
-    _checked_modules.add(key)
+        said = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+        raise ServerError(f"{failing} (exit {proc.returncode}):\n{said}")
+    return proc.stdout.decode()
 
 
 # Every process we started and have not reaped yet: stopped at interpreter exit at the latest.
@@ -196,12 +206,7 @@ class StartStop:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -358,6 +363,21 @@ class Server(StartStop):
         return f"<{type(self).__name__} {state} dir={self.dir}>"
 
 
+class HttpServer(Server):
+    """A daemon answering HTTP on one free loopback port (:attr:`url`)."""
+
+    def __init__(self, dir: Path | str) -> None:
+        super().__init__(dir)
+        self.port = free_port()
+
+    def _repick_ports(self) -> None:
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
 # --------------------------------------------------------------------------------------------
 # Redis
 
@@ -501,38 +521,46 @@ class RedisServer(Server):
 # Prometheus
 
 
+@dataclass(frozen=True)
+class Watched:
+    """The primary a :class:`SentinelServer` watches (at ``port`` on loopback, under
+    ``service``) and how it judges it. Fast failover for tests: the primary is judged down
+    after ``down_after_ms`` (1 s) without an answer, by ``quorum`` sentinels. ``password`` is
+    the primary's and replicas' ``requirepass``."""
+
+    port: int
+    service: str = "mymaster"
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 10000
+    password: str | None = None
+
+    def config_lines(self) -> list[str]:
+        name = self.service
+        lines = [
+            f"sentinel monitor {name} {LOOPBACK} {self.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.password is not None:
+            lines.append(f"sentinel auth-pass {name} {self.password}")
+        return lines
+
+
 class SentinelServer(Server):
     """``redis-sentinel`` (Debian's redis-sentinel package) on a free 127.0.0.1 port, watching
-    the primary at ``primary_port`` under ``service``.
-
-    Fast failover for tests: the primary is judged down after ``down_after_ms`` (1 s) without
-    an answer, by ``quorum`` sentinels.  ``data_password`` is the primary's and replicas'
-    ``requirepass``; ``password`` the sentinels' own (``requirepass`` + ``sentinel-pass``, so
-    that they still talk to each other).  Sentinel rewrites its config file as it learns
-    replicas and peers, so the file is written once, at the first start.
+    the primary that ``watched`` describes.  ``password`` is the sentinels' own
+    (``requirepass`` + ``sentinel-pass``, so that they still talk to each other).  Sentinel
+    rewrites its config file as it learns replicas and peers, so the file is written once, at
+    the first start.
     """
 
     name = "sentinel"
 
-    def __init__(
-        self,
-        dir: Path | str,
-        primary_port: int,
-        *,
-        service: str = "mymaster",
-        quorum: int = 2,
-        down_after_ms: int = 1000,
-        failover_timeout_ms: int = 10000,
-        data_password: str | None = None,
-        password: str | None = None,
-    ) -> None:
+    def __init__(self, dir: Path | str, watched: Watched, *, password: str | None = None) -> None:
         super().__init__(dir)
-        self.primary_port = primary_port
-        self.service = service
-        self.quorum = quorum
-        self.down_after_ms = down_after_ms
-        self.failover_timeout_ms = failover_timeout_ms
-        self.data_password = data_password
+        self.watched = watched
         self.password = password
         self.port = free_port()
         self.config_path = self.dir / "sentinel.conf"
@@ -554,13 +582,8 @@ class SentinelServer(Server):
             'logfile ""',
             f"dir {self.dir}",
             "sentinel resolve-hostnames no",
-            f"sentinel monitor {self.service} {LOOPBACK} {self.primary_port} {self.quorum}",
-            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
-            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
-            f"sentinel parallel-syncs {self.service} 1",
+            *self.watched.config_lines(),
         ]
-        if self.data_password is not None:
-            lines.append(f"sentinel auth-pass {self.service} {self.data_password}")
         if self.password is not None:
             lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -586,13 +609,13 @@ class SentinelServer(Server):
     def primary(self) -> tuple[str, int] | None:
         """Where this sentinel says the primary is now."""
         with self.client(socket_timeout=2.0, decode_responses=True) as client:
-            found = client.sentinel_get_master_addr_by_name(self.service)
+            found = client.sentinel_get_master_addr_by_name(self.watched.service)
         return None if not found else (str(found[0]), int(found[1]))
 
     def knows(self, replicas: int, sentinels: int) -> bool | None:
         """True once it has found ``replicas`` replicas and ``sentinels`` other sentinels."""
         with self.client(socket_timeout=2.0, decode_responses=True) as client:
-            info = client.sentinel_master(self.service)
+            info = client.sentinel_master(self.watched.service)
         enough = info["num-slaves"] >= replicas and info["num-other-sentinels"] >= sentinels
         return True if enough else None
 
@@ -625,14 +648,11 @@ class SentinelSet:
         self.replica = RedisServer(
             self._root / "replica", password=self.password, replica_of=self.primary.port
         ).start()
+        watched = Watched(self.primary.port, service=self.service, password=self.password)
         for n in range(3):
             self.sentinels.append(
                 SentinelServer(
-                    self._root / f"sentinel{n}",
-                    self.primary.port,
-                    service=self.service,
-                    data_password=self.password,
-                    password=self.sentinel_password,
+                    self._root / f"sentinel{n}", watched, password=self.sentinel_password
                 ).start()
             )
         poll_until(
@@ -668,29 +688,15 @@ def _bcrypt_hash(password: str) -> str:
 
     Cost 4 (the minimum) keeps Prometheus' per-request check cheap; this is test-only.
     """
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        raise MissingBinaryError(f"{SYSTEM_PYTHON} not found: {INSTALL_HINT}")
-    proc = subprocess.run(
-        [
-            SYSTEM_PYTHON,
-            "-c",
-            "import bcrypt, sys; "
-            "print(bcrypt.hashpw(sys.stdin.buffer.read(), bcrypt.gensalt(rounds=4)).decode())",
-        ],
-        input=password.encode(),
-        capture_output=True,
-        check=False,
-        timeout=30,
+    code = (
+        "import bcrypt, sys; "
+        "print(bcrypt.hashpw(sys.stdin.buffer.read(), bcrypt.gensalt(rounds=4)).decode())"
     )
-    if proc.returncode != 0:
-        raise MissingBinaryError(
-            f"{SYSTEM_PYTHON} cannot hash with bcrypt (python3-bcrypt, pulled in by "
-            f"graphite-carbon): {proc.stderr.decode(errors='replace').strip()}; {INSTALL_HINT}"
-        )
-    return proc.stdout.decode().strip()
+    failing = "cannot hash with bcrypt (python3-bcrypt, pulled in by graphite-carbon)"
+    return _system_python(code, failing, password.encode()).strip()
 
 
-class PrometheusServer(Server):
+class PrometheusServer(HttpServer):
     """``prometheus`` on a free port, optionally pre-loaded with exact history.
 
     ``history`` is OpenMetrics text (``name{l="v"} value ts_seconds`` lines; ``# EOF`` is
@@ -727,7 +733,6 @@ class PrometheusServer(Server):
         self.basic_auth = basic_auth
         self.scrape_self = scrape_self
         self.scrape_interval = scrape_interval
-        self.port = free_port()
         self.data_dir = self.dir / "data"
         self.config_path = self.dir / "prometheus.yml"
         self.web_config_path = self.dir / "web.yml"
@@ -735,13 +740,6 @@ class PrometheusServer(Server):
         self._history_loaded = False
         self.history_samples: int | None = None
         """Samples promtool wrote (equals the sample lines of ``history``)."""
-
-    def _repick_ports(self) -> None:
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -823,23 +821,9 @@ class PrometheusServer(Server):
         self.history_samples = written
 
     def _promtool(self, path: Path) -> int:
-        proc = subprocess.run(
-            [
-                _require_binary("promtool"),
-                "tsdb",
-                "create-blocks-from",
-                "openmetrics",
-                str(path),
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise ServerError(f"promtool failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-        rows = proc.stdout.splitlines()
+        argv = ["tsdb", "create-blocks-from", "openmetrics", str(path), str(self.data_dir)]
+        output = _output([_require_binary("promtool"), *argv], "promtool failed", timeout=120)
+        rows = output.splitlines()
         if not rows or "NUM SAMPLES" not in rows[0]:
             return 0
         column = rows[0].split().index("NUM") - 3  # "BLOCK ULID", "MIN TIME", "MAX TIME"
@@ -1120,16 +1104,9 @@ class CarbonServer(Server):
         return self.whisper_dir / (metric.replace(".", "/") + ".wsp")
 
     def _fetch(self, metric: str, start: str, end: str) -> list[tuple[int, float | None]]:
-        proc = subprocess.run(
-            [SYSTEM_PYTHON, "-c", _WHISPER_FETCH, str(self.whisper_path(metric)), start, end],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-        if proc.returncode != 0:
-            raise ServerError(f"whisper fetch of {metric!r} failed:\n{proc.stderr}")
-        return [(int(ts), None if v is None else float(v)) for ts, v in json.loads(proc.stdout)]
+        argv = [SYSTEM_PYTHON, "-c", _WHISPER_FETCH, str(self.whisper_path(metric)), start, end]
+        output = _output(argv, f"whisper fetch of {metric!r} failed")
+        return [(int(ts), None if v is None else float(v)) for ts, v in json.loads(output)]
 
     def fetch(self, metric: str, from_ts: int, until_ts: int) -> list[tuple[int, float | None]]:
         """Every slot of the whisper file in (from_ts, until_ts] as ``(ts, value or None)``.
@@ -1178,7 +1155,7 @@ class CarbonServer(Server):
 # graphite-web
 
 
-class GraphiteWebServer(Server):
+class GraphiteWebServer(HttpServer):
     """graphite-web (Django ``runserver``, /usr/bin/python3) reading a :class:`CarbonServer`.
 
     Own settings module in ``<dir>/conf``, sqlite and logs in ``<dir>/storage``, DummyCache,
@@ -1206,18 +1183,10 @@ class GraphiteWebServer(Server):
     def __init__(self, dir: Path | str, carbon: CarbonServer) -> None:
         super().__init__(dir)
         self.carbon = carbon
-        self.port = free_port()
         self.conf_dir = self.dir / "conf"
         self.storage_dir = self.dir / "storage"
         self._migrated = False
         self.migrate_seconds: float | None = None
-
-    def _repick_ports(self) -> None:
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     def _check_installed(self) -> None:
         _require_system_modules("graphite", "django", "whisper")
