@@ -261,7 +261,7 @@ def run(
             if chunk_result.chunk.index + 1 in quarters:
                 result.rss_quarters.append(rss_mb())
 
-        backfill = Backfill(ctx, cfg, params, sink, on_chunk=on_chunk)
+        backfill = Backfill(ctx, params, sink, on_chunk=on_chunk)
         total = len(backfill.chunks)
         quarters.update(total * q // 4 for q in (1, 2, 3, 4))
         requests0, _ = source.counts()

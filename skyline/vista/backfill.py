@@ -298,7 +298,6 @@ class Backfill:
     def __init__(
         self,
         ctx: JobContext,
-        config: VistaConfig,
         params: BackfillParams,
         sink: Sink,
         *,
@@ -306,7 +305,7 @@ class Backfill:
         on_chunk: Callable[[ChunkResult], None] | None = None,
     ) -> None:
         self.ctx = ctx
-        self.config = config
+        self.config = config = ctx.config
         self.params = params
         self.sink = sink
         self.clock = clock
@@ -615,6 +614,6 @@ def run_job(ctx: JobContext) -> None:
         history_path(ctx.config).description,
     )
     try:
-        asyncio.run(Backfill(ctx, ctx.config, params, sink).run())
+        asyncio.run(Backfill(ctx, params, sink).run())
     finally:
         sink.close()
