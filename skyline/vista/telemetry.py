@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from skyline.vista import lag
-from skyline.vista.sinks.carbon import send_plaintext
+from skyline.vista.plaintext import send_plaintext
 from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)

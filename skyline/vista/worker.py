@@ -34,7 +34,8 @@ from skyline.vista.history import build_history_sink
 from skyline.vista.logs import LogSpec
 from skyline.vista.model import QueueItem
 from skyline.vista.sink_health import SinkHealth
-from skyline.vista.sinks import Sink, build_sink
+from skyline.vista.sinks import Sink
+from skyline.vista.sinks.build import build_sink
 
 logger = logging.getLogger(__name__)
 

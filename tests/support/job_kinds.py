@@ -7,8 +7,8 @@ import time
 
 from skyline.vista.errors import VistaError
 from skyline.vista.jobs.context import JobContext
+from skyline.vista.jobs.record import JobKeys
 from skyline.vista.jobs.registry import JobKind
-from skyline.vista.jobs.store import JobKeys
 
 UNITS_KEY = "test.job.units"
 """Hash unit -> times the unit was run (a unit is 'recorded, then checkpointed')."""

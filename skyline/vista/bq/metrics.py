@@ -66,7 +66,7 @@ def send_self_metrics(
 ) -> None:
     if not config.self_metrics.host:
         return
-    from skyline.vista.sinks.carbon import send_plaintext
+    from skyline.vista.plaintext import send_plaintext
 
     lines = self_metric_lines(config, account, kind, totals, duration, time.time())
     try:

@@ -20,6 +20,19 @@ from typing import Any
 from skyline.vista.errors import PayloadError
 
 
+@dataclass(frozen=True)
+class JobKeys:
+    """A job kind's Redis keys (see :mod:`skyline.vista.jobs.store`): the pending work hash,
+    the status hash and the prefix of the running markers."""
+
+    work: str
+    status: str
+    running: str
+
+    def marker(self, job_id: str) -> str:
+        return f"{self.running}.{job_id}"
+
+
 class Status(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from skyline.vista import constants
-from skyline.vista.jobs.store import JobKeys
+from skyline.vista.jobs.record import JobKeys
 
 if TYPE_CHECKING:
     from skyline.vista.jobs.context import JobContext

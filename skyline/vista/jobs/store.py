@@ -24,13 +24,12 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import redis
 
 from skyline.vista import constants
 from skyline.vista.errors import PayloadError
-from skyline.vista.jobs.record import JobRecord, Status, decode, encode
+from skyline.vista.jobs.record import JobKeys, JobRecord, Status, decode, encode
 from skyline.vista.redisconn import text
 
 logger = logging.getLogger(__name__)
@@ -45,16 +44,6 @@ KEEP_FINISHED_SECONDS = 30 * 86400
 """Finished records older than this are pruned whatever their number."""
 MAX_ATTEMPTS = 5
 """A job whose process died this many times is marked failed instead of being run again."""
-
-
-@dataclass(frozen=True)
-class JobKeys:
-    work: str
-    status: str
-    running: str
-
-    def marker(self, job_id: str) -> str:
-        return f"{self.running}.{job_id}"
 
 
 # KEYS: work, marker. ARGV: id, token, ttl. Returns the raw record or nil.

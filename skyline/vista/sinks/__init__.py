@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from skyline.vista.config import VistaConfig
 from skyline.vista.errors import SinkError
 
 
@@ -57,13 +56,3 @@ class Sink(Protocol):
     ) -> SinkResult: ...
 
     def close(self) -> None: ...
-
-
-def build_sink(config: VistaConfig) -> Sink:
-    if config.sink == "flux":
-        from skyline.vista.sinks.flux import FluxSink
-
-        return FluxSink(config.flux)
-    from skyline.vista.sinks.carbon import CarbonSink
-
-    return CarbonSink(config.carbon)

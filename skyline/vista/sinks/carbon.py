@@ -33,12 +33,6 @@ def plaintext_message(points: Iterable[SinkPoint]) -> bytes:
     return "".join(f"{e.metric} {format_value(e.value)} {e.timestamp}\n" for e in points).encode()
 
 
-def send_plaintext(address: tuple[str, int], lines: Sequence[str], timeout: float = 5.0) -> None:
-    """One-shot plaintext send (self-metrics). Raises OSError on failure."""
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall("".join(lines).encode())
-
-
 class CarbonSink:
     name = "graphite"
 
