@@ -35,12 +35,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(VENV)/bin/ruff check skyline tests bench
-	$(VENV)/bin/ruff format --check skyline tests bench
+	$(VENV)/bin/ruff check skyline tests bench tools
+	$(VENV)/bin/ruff format --check skyline tests bench tools
+	$(VENV)/bin/lint-imports  # the import contracts of pyproject.toml (docs/architecture.md)
 
 format: venv
-	$(VENV)/bin/ruff format skyline tests bench
-	$(VENV)/bin/ruff check --fix skyline tests bench
+	$(VENV)/bin/ruff format skyline tests bench tools
+	$(VENV)/bin/ruff check --fix skyline tests bench tools
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -64,4 +65,4 @@ demo: install
 all: lint typecheck test
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache *.egg-info
