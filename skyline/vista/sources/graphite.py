@@ -17,16 +17,8 @@ from urllib.parse import quote, urlencode
 from skyline.vista import expand
 from skyline.vista.errors import SourceError
 from skyline.vista.schedule import Window
-from skyline.vista.sources import HOST_LEVEL_ERRORS, Fetching
+from skyline.vista.sources import HOST_LEVEL_ERRORS, Fetching, stream
 from skyline.vista.sources.http import Credentials
-from skyline.vista.sources.stream import (
-    MAX_DEPTH,
-    Bounds,
-    Event,
-    StreamParser,
-    keep_within,
-    too_deep,
-)
 
 if TYPE_CHECKING:
     from skyline.vista.entries import FetchEntry
@@ -136,11 +128,11 @@ def map_batch(
 # --- bounded parsing (sources/stream.py) ----------------------------------------------------
 
 
-def parse_render_within(body: object, bounds: Bounds) -> list[RenderSeries]:
+def parse_render_within(body: object, bounds: stream.Bounds) -> list[RenderSeries]:
     """:func:`parse_render` of a decoded body, each series kept to ``bounds``."""
     found = []
     for s in parse_render(body):
-        points, outside = keep_within(s.points, bounds)
+        points, outside = stream.keep_within(s.points, bounds)
         found.append(RenderSeries(s.name, points, outside))
     return found
 
@@ -152,7 +144,7 @@ class Rendered:
     series: list[RenderSeries]
 
 
-def stream_parser(bounds: Bounds) -> StreamParser:
+def stream_parser(bounds: stream.Bounds) -> stream.StreamParser:
     """The event parser (sources/stream.py) of :func:`parse_render_within` for a body not
     decoded whole: datapoints outside ``bounds`` are counted and dropped as they are read.
     It returns a :class:`Rendered`."""
@@ -163,7 +155,7 @@ class _RenderReader:
     """The state of :func:`stream_parser`: depth 1 the list, 2 a series object,
     3 its datapoints, 4 one [value, ts]."""
 
-    def __init__(self, bounds: Bounds) -> None:
+    def __init__(self, bounds: stream.Bounds) -> None:
         self.bounds = bounds
         self.series: list[RenderSeries] = []
         self.depth = 0
@@ -171,19 +163,17 @@ class _RenderReader:
         self.key = ""
         self.name: object = None
         self.has_points = False
-        self.points: list[tuple[object, object]] = []
-        self.outside = 0
+        self.kept = stream.Within(bounds)
         self.pair: list[object] = []
 
-    def feed(self, events: list[Event]) -> None:
+    def feed(self, events: list[stream.Event]) -> None:
         for event, value in events:
             if self.depth == 4 and event in _SCALARS:  # the hot path: a datapoint's value
                 self.pair.append(value)
             elif self.skip:  # inside a value we do not read (tags, ...)
                 if event == "start_map" or event == "start_array":
                     self.skip += 1
-                    if self.skip > MAX_DEPTH:
-                        raise too_deep()
+                    stream.check_depth(self.skip)
                 elif event == "end_map" or event == "end_array":
                     self.skip -= 1
             elif self.depth == 0:
@@ -208,7 +198,7 @@ class _RenderReader:
             self.depth = 0
         elif event == "start_map":
             self.depth, self.key, self.name, self.has_points = 2, "", None, False
-            self.points, self.outside = [], 0
+            self.kept = stream.Within(self.bounds)
         else:
             kind = _kind(event) if event.startswith("start") else type(value).__name__
             raise SourceError("shape", f"series {len(self.series)} is a {kind}, not an object")
@@ -223,7 +213,7 @@ class _RenderReader:
                     "shape",
                     f"series {len(self.series)} lacks 'target' (str) or 'datapoints' (list)",
                 )
-            self.series.append(RenderSeries(self.name, self.points, self.outside))
+            self.series.append(RenderSeries(self.name, self.kept.points, self.kept.outside))
         elif self.key == "datapoints" and event == "start_array":
             self.depth, self.has_points = 3, True
         elif event == "start_map" or event == "start_array":
@@ -253,12 +243,7 @@ class _RenderReader:
             raise SourceError(
                 "shape", f"series {self.name!r}: datapoint {pair!r} is not [value, ts]"
             )
-        if self.bounds.outside(pair[1]):
-            self.outside += 1
-            return
-        self.points.append((pair[1], pair[0]))
-        if len(self.points) > self.bounds.max_points:
-            raise self.bounds.too_many(len(self.points))
+        self.kept.add(pair[1], pair[0])
 
 
 def _kind(event: str) -> str:
@@ -328,7 +313,7 @@ class GraphiteSource:
             result.requests += 1
         window = key.window
         frequency = min(r.entry.frequency for r, _ in members)
-        bounds = Bounds.of_window(window.start, window.end, frequency)
+        bounds = stream.Bounds.of_window(window.start, window.end, frequency)
         try:
             body = await cycle.get(None, members[0][0].entry, url, stream_parser(bounds))
             rendered = (

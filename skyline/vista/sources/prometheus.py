@@ -12,15 +12,7 @@ from urllib.parse import quote, urlencode
 
 from skyline.vista import expand
 from skyline.vista.errors import SourceError
-from skyline.vista.sources import Fetching
-from skyline.vista.sources.stream import (
-    MAX_DEPTH,
-    Bounds,
-    Event,
-    StreamParser,
-    keep_within,
-    too_deep,
-)
+from skyline.vista.sources import Fetching, stream
 
 if TYPE_CHECKING:
     from skyline.vista.entries import FetchEntry
@@ -160,9 +152,9 @@ class Parsed:
     warnings: list[str] = field(default_factory=list)
 
 
-def parse(body: object, bounds: Bounds) -> Parsed:
+def parse(body: object, bounds: stream.Bounds) -> Parsed:
     """:func:`parse_result` of a decoded body, kept to ``bounds``."""
-    points, outside = keep_within(parse_result(body), bounds)
+    points, outside = stream.keep_within(parse_result(body), bounds)
     return Parsed(points, outside, warnings_of(body))
 
 
@@ -171,7 +163,7 @@ _ITEM = 0  # the path entry of an array element (map keys are strings)
 _LABELS_SHOWN = 50  # series whose labels are kept for the too_many_series message
 
 
-def stream_parser(bounds: Bounds) -> StreamParser:
+def stream_parser(bounds: stream.Bounds) -> stream.StreamParser:
     """The event parser (sources/stream.py) of :func:`parse` for a body not decoded whole:
     samples outside ``bounds`` are counted and dropped as they are read, and only the first
     series' samples are kept (more than one series is an error anyway)."""
@@ -182,21 +174,19 @@ class _StreamReader:
     """The state of :func:`stream_parser`: where in the document we are (``path``: map keys and
     ``_ITEM`` for array elements) and what was kept."""
 
-    def __init__(self, bounds: Bounds) -> None:
-        self.bounds = bounds
+    def __init__(self, bounds: stream.Bounds) -> None:
+        self.kept = stream.Within(bounds)
         self.path: list[str | int] = []
         self.top: dict[str, object] = {}  # status, errorType, error, resultType
         self.warnings: list[str] = []
         self.series: list[dict[str, object]] = []  # labels of the first _LABELS_SHOWN series
         self.labels: dict[str, object] = {}
         self.count = 0  # series seen
-        self.points: list[tuple[object, object]] = []
-        self.outside = 0
         self.sample: list[object] | None = None  # the [ts, "value"] being read
         self.result_is_list = False
         self.scalar_values: list[object] = []  # data.result's own values (a scalar answer)
 
-    def feed(self, events: list[Event]) -> None:
+    def feed(self, events: list[stream.Event]) -> None:
         path = self.path
         for event, value in events:
             sample = self.sample
@@ -224,8 +214,7 @@ class _StreamReader:
 
     def start(self, array: bool) -> None:
         depth = len(self.path)
-        if depth >= MAX_DEPTH:
-            raise too_deep()
+        stream.check_depth(depth + 1)
         if depth == 0 and array:
             raise SourceError("shape", "expected a JSON object, got list")
         if self.sample is not None:  # a container inside a sample
@@ -254,12 +243,7 @@ class _StreamReader:
             raise SourceError("shape", f'sample {pair!r} is not [timestamp, "value"]')
         if self.count > 1:
             return
-        if self.bounds.outside(pair[0]):
-            self.outside += 1
-            return
-        self.points.append((pair[0], pair[1]))
-        if len(self.points) > self.bounds.max_points:
-            raise self.bounds.too_many(len(self.points))
+        self.kept.add(pair[0], pair[1])
 
     def scalar(self, value: object) -> None:
         path, depth = self.path, len(self.path)
@@ -300,7 +284,7 @@ class _StreamReader:
             raise SourceError("shape", "a result entry is not an object")
         if self.count > 1:
             raise too_many_series(self.count, self.series)
-        return Parsed(self.points, self.outside, self.warnings)
+        return Parsed(self.kept.points, self.kept.outside, self.warnings)
 
 
 class PrometheusSource:
@@ -325,7 +309,7 @@ class PrometheusSource:
             url = query_range_url(
                 entry.remote_host, entry.remote_target, window.start, window.end, entry.frequency
             )
-        bounds = Bounds.of_window(window.start, window.end, entry.frequency)
+        bounds = stream.Bounds.of_window(window.start, window.end, entry.frequency)
         outcome: Outcome
         try:
             if entry.name_template is not None:

@@ -87,6 +87,24 @@ class Bounds:
         )
 
 
+class Within:
+    """The points of one series as an event parser reads them: kept when inside ``bounds``,
+    else counted in ``outside``; more than ``bounds.max_points`` kept is refused."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.points: list[tuple[object, object]] = []
+        self.outside = 0
+
+    def add(self, ts: object, value: object) -> None:
+        if self.bounds.outside(ts):
+            self.outside += 1
+            return
+        self.points.append((ts, value))
+        if len(self.points) > self.bounds.max_points:
+            raise self.bounds.too_many(len(self.points))
+
+
 def as_number(raw: object) -> float | None:
     if isinstance(raw, bool):
         return None
@@ -143,15 +161,17 @@ class BodyReader:
 
 class Handler(Protocol):
     """A source's event parser: fed ijson's events a chunk at a time, then asked for the
-    result. It refuses nesting deeper than :data:`MAX_DEPTH` itself (:func:`too_deep`)."""
+    result. It refuses nesting deeper than :data:`MAX_DEPTH` itself (:func:`check_depth`)."""
 
     def feed(self, events: list[Event]) -> None: ...
 
     def finish(self) -> Any: ...
 
 
-def too_deep() -> SourceError:
-    return SourceError("invalid_json", f"JSON nested deeper than {MAX_DEPTH} levels")
+def check_depth(levels: int) -> None:
+    """Refuse a document nested ``levels`` deep when that is more than :data:`MAX_DEPTH`."""
+    if levels > MAX_DEPTH:
+        raise SourceError("invalid_json", f"JSON nested deeper than {MAX_DEPTH} levels")
 
 
 async def parse(make: StreamParser, reader: BodyReader, describe: Callable[[], str]) -> Any:
