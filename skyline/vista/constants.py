@@ -122,19 +122,13 @@ one of them (a metric 'metric_data' would make flux.last.<metric> the watermark 
 JOBS_CANCEL_KEY = "vista.jobs.cancel"
 """Set of job ids whose cancel was requested while running (any kind; see jobs/store.py)."""
 
-BACKFILL_WORK_KEY = "vista.backfill.work"
-BACKFILL_STATUS_KEY = "vista.backfill.job_status"
-BACKFILL_RUNNING_KEY = "vista.backfill.running"
-"""The history backfill jobs (`vista backfill`): pending records, every record, markers."""
-
-BQ_BACKFILL_WORK_KEY = "vista.bq_backfill.work"
-BQ_BACKFILL_STATUS_KEY = "vista.bq_backfill.job_status"
-BQ_BACKFILL_RUNNING_KEY = "vista.bq_backfill.running"
-BQ_UPDATE_WORK_KEY = "vista.bq_update.work"
-BQ_UPDATE_STATUS_KEY = "vista.bq_update.job_status"
-BQ_UPDATE_RUNNING_KEY = "vista.bq_update.running"
-"""BigQuery jobs, under Skyline's keys (its webapp adds jobs to the ``work`` hashes; Skyline has
-no ``vista.bq_update.job_status``, Vista keeps update records there)."""
+JOB_WORK_KEY = "vista.{kind}.work"
+JOB_STATUS_KEY = "vista.{kind}.job_status"
+JOB_RUNNING_KEY = "vista.{kind}.running"
+"""The keys of a job kind (jobs/registry.py: ``backfill``, ``bq_backfill``, ``bq_update``):
+pending records, every record, running markers (``<running>.<job id>``). The BigQuery kinds'
+are Skyline's keys (its webapp adds jobs to the ``work`` hashes and reads ``running``; Skyline
+has no ``vista.bq_update.job_status``, Vista keeps update records there)."""
 
 EXPANDED_KEY_PREFIX = "vista.expanded."
 """Hash per templated entry: vista.expanded.<entry metric>, name -> when an answer last had it

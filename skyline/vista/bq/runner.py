@@ -163,9 +163,9 @@ def _skyline_running(ctx: JobIO, kind: str, started: float | None) -> None:
     """Skyline's own running key (``vista.bq_backfill.running``), for its webapp: set while a
     job of the kind runs here, gone when it ends (an hour at most after a crash). Vista itself
     uses the job core's per-job markers, so this key never blocks a job."""
-    from skyline.vista import redisconn
+    from skyline.vista import constants, redisconn
 
-    key = f"vista.{kind}.running"
+    key = constants.JOB_RUNNING_KEY.format(kind=kind)
     try:
         if started is None:
             ctx.client.delete(key)

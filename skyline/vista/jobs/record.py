@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from skyline.vista import constants
 from skyline.vista.errors import PayloadError
 
 
@@ -28,6 +29,15 @@ class JobKeys:
     work: str
     status: str
     running: str
+
+    @classmethod
+    def of_kind(cls, kind: str) -> JobKeys:
+        """The keys of a kind of this package (``vista.<kind>.*``, constants.py)."""
+        return cls(
+            constants.JOB_WORK_KEY.format(kind=kind),
+            constants.JOB_STATUS_KEY.format(kind=kind),
+            constants.JOB_RUNNING_KEY.format(kind=kind),
+        )
 
     def marker(self, job_id: str) -> str:
         return f"{self.running}.{job_id}"

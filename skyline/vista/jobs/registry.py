@@ -1,6 +1,7 @@
 """The job kinds the agent runs: one :class:`JobKind` per kind in :data:`KINDS`.
 
-To add a kind, append a ``JobKind`` to ``KINDS``:
+To add a kind, add a ``JobKind`` to ``KINDS`` (a kind of this package, by its name only:
+module ``skyline.vista.<name>``, function ``run_job``, keys ``vista.<name>.*``):
 
 * ``name``: the kind's name (``vista jobs`` shows it; ``VISTA_JOB_PROCESSES`` is keyed by it);
 * ``keys``: its Redis keys (see :mod:`skyline.vista.jobs.store`);
@@ -24,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from skyline.vista import constants
 from skyline.vista.jobs.record import JobKeys
 
 if TYPE_CHECKING:
@@ -46,35 +46,13 @@ class JobKind:
         return target  # type: ignore[no-any-return]
 
 
-KINDS: tuple[JobKind, ...] = (
-    JobKind(
-        name="bq_backfill",
-        keys=JobKeys(
-            constants.BQ_BACKFILL_WORK_KEY,
-            constants.BQ_BACKFILL_STATUS_KEY,
-            constants.BQ_BACKFILL_RUNNING_KEY,
-        ),
-        entry="skyline.vista.bq_backfill:run_job",
-    ),
-    JobKind(
-        name="bq_update",
-        keys=JobKeys(
-            constants.BQ_UPDATE_WORK_KEY,
-            constants.BQ_UPDATE_STATUS_KEY,
-            constants.BQ_UPDATE_RUNNING_KEY,
-        ),
-        entry="skyline.vista.bq_update:run_job",
-    ),
-    JobKind(
-        name="backfill",
-        keys=JobKeys(
-            constants.BACKFILL_WORK_KEY,
-            constants.BACKFILL_STATUS_KEY,
-            constants.BACKFILL_RUNNING_KEY,
-        ),
-        entry="skyline.vista.backfill:run_job",
-    ),
-)
+def _vista_kind(name: str) -> JobKind:
+    """A kind of this package: its entry is ``skyline.vista.<name>:run_job``, its keys
+    ``vista.<name>.*``."""
+    return JobKind(name, JobKeys.of_kind(name), f"skyline.vista.{name}:run_job")
+
+
+KINDS: tuple[JobKind, ...] = tuple(map(_vista_kind, ("bq_backfill", "bq_update", "backfill")))
 
 
 def kind(name: str) -> JobKind:
