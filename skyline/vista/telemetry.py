@@ -23,6 +23,11 @@ from skyline.vista.validate import format_value
 
 logger = logging.getLogger(__name__)
 
+# Histogram buckets, seconds: one remote request, one fetch cycle, one batch handed to the sink.
+REQUEST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+CYCLE = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120)
+BATCH = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
 POINTS_FETCHED = Counter(
     "vista_points_fetched", "Points fetched from remote sources and queued", ["host"]
 )
@@ -30,16 +35,9 @@ FETCH_ERRORS = Counter(
     "vista_fetch_errors", "Failed fetches by remote host and kind", ["host", "kind"]
 )
 FETCH_LATENCY = Histogram(
-    "vista_fetch_request_seconds",
-    "Remote HTTP request latency by host",
-    ["host"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    "vista_fetch_request_seconds", "Remote HTTP request latency by host", ["host"], buckets=REQUEST
 )
-FETCH_CYCLES = Histogram(
-    "vista_fetch_cycle_seconds",
-    "Duration of fetch cycles",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 120),
-)
+FETCH_CYCLES = Histogram("vista_fetch_cycle_seconds", "Duration of fetch cycles", buckets=CYCLE)
 FETCH_UNFINISHED = Counter(
     "vista_fetch_unfinished", "Metrics not finished within VISTA_FETCHER_PROCESS_MAX_RUNTIME"
 )
@@ -52,10 +50,7 @@ POINTS_DEAD = Counter("vista_points_dead_lettered", "Points the sink rejected pe
 ITEMS_DEAD = Counter("vista_items_dead_lettered", "Queue items dead-lettered", ["reason"])
 SINK_ERRORS = Counter("vista_sink_errors", "Transient sink failures", ["sink", "kind"])
 SINK_LATENCY = Histogram(
-    "vista_sink_batch_seconds",
-    "Time to hand one batch to the sink",
-    ["sink"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "vista_sink_batch_seconds", "Time to hand one batch to the sink", ["sink"], buckets=BATCH
 )
 CREATES_GRANTED = Counter(
     "vista_carbon_creates_granted", "New metric names granted a carbon create token"
