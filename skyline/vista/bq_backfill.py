@@ -76,10 +76,9 @@ class Backfill(IntervalJob):
         source = "archive" if rows.from_archive else "query"
         skipped = stats.null + stats.non_numeric - stats.zero_filled
         return IntervalReport(
-            rows=stats.rows,
-            points=points,
-            errors=stats.errors,
-            bytes_billed=rows.bytes_billed or 0,
+            stats,
+            points,
+            rows.bytes_billed or 0,
             message=(
                 f"{stats.rows} rows ({source}), {self.params.verb} {points} points, "
                 f"{skipped} cells skipped, {stats.errors} bad rows, {stats.duplicates} duplicates"

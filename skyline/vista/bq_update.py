@@ -131,10 +131,9 @@ class Update(IntervalJob):
             self._record(label, added, changed, removed)
         stats = converter.stats
         return IntervalReport(
-            rows=stats.rows,
-            points=len(points),
-            errors=stats.errors,
-            bytes_billed=current.bytes_billed or 0,
+            stats,
+            len(points),
+            current.bytes_billed or 0,
             message=(
                 f"{stats.rows} rows, {len(changed)} changed, {len(added)} new, "
                 f"{removed} removed; {self.params.verb} {len(points)} points"

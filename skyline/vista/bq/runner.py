@@ -26,7 +26,7 @@ from skyline.vista.bq import metrics
 from skyline.vista.bq.client import QueryFailed, QueryUnavailable
 from skyline.vista.bq.job import Delivery, JobIO, JobParams, RowsSource, Stopped, open_sink
 from skyline.vista.bq.query import interval_label
-from skyline.vista.bq.rows import RowSchemaError, TooFewRows
+from skyline.vista.bq.rows import RowSchemaError, RowStats, TooFewRows
 from skyline.vista.create_budget import CreateBudget
 from skyline.vista.errors import SinkError, VistaError
 
@@ -50,11 +50,13 @@ class JobFailed(VistaError):
 
 @dataclass
 class IntervalReport:
-    rows: int = 0
-    points: int = 0
-    errors: int = 0
-    bytes_billed: int = 0
-    message: str = ""
+    """What one interval did: its rows' counts (converter), the points sent, the bytes billed
+    for its query (0 from an archive) and one line for the job's progress."""
+
+    stats: RowStats
+    points: int
+    bytes_billed: int
+    message: str
 
 
 @dataclass
@@ -67,9 +69,9 @@ class Totals:
     failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, report: IntervalReport) -> None:
-        self.rows += report.rows
+        self.rows += report.stats.rows
         self.points += report.points
-        self.errors += report.errors
+        self.errors += report.stats.errors
         self.bytes_billed += report.bytes_billed
 
     def as_checkpoint(self, next_index: int) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def _loop(
             totals.done += 1
             metrics.INTERVALS.labels(params.account_name, kind, "done").inc()
             metrics.observe_interval(
-                params.account_name, kind, report.rows, report.points, report.bytes_billed
+                params.account_name, kind, report.stats.rows, report.points, report.bytes_billed
             )
             message = f"{label}: {report.message}"
             logger.info("%s %s: %s (%.2f s)", kind, ctx.record.id, message, time.monotonic() - t0)
