@@ -183,7 +183,7 @@ class Finisher:
         cleaned = clean(raw, after=result.watermark, before=self.before)
         result.points = cleaned.points
         result.dropped = cleaned.dropped
-        result.dropped.outside_window += result.outside_window
+        result.dropped["outside_window"] += result.outside_window
         result.done = True
         if failed:
             result.error = failed[0][1]
@@ -277,7 +277,7 @@ class Finisher:
                 result.held_new.append(name)
                 continue
             cleaned = clean(merged[name], after=self.name_watermarks.get(name), before=self.before)
-            result.dropped.add(cleaned.dropped)
+            result.dropped.update(cleaned.dropped)
             if cleaned.points:
                 everything += cleaned.points
                 result.chains.append((name, self.items(result, cleaned.points, metric=name)))

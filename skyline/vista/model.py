@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,28 +64,24 @@ class DeadLetter:
     metric: str = ""
 
 
-@dataclass(slots=True)
-class DropCounts:
+DropReason = Literal[
+    "none",
+    "non_finite",
+    "unparsable",
+    "duplicate_ts",
+    "at_or_below_watermark",
+    "current_minute",
+    "outside_window",  # sent by the source outside the window Vista asked for
+]
+"""Why validation removed a point."""
+
+
+class DropCounts(Counter[DropReason]):
     """Points removed by validation, by reason (pure accounting, no I/O)."""
 
-    none: int = 0
-    non_finite: int = 0
-    unparsable: int = 0
-    duplicate_ts: int = 0
-    at_or_below_watermark: int = 0
-    current_minute: int = 0
-    outside_window: int = 0  # sent by the source outside the window Vista asked for
-
-    def add(self, other: DropCounts) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__ if getattr(self, name)}
-
-    @property
-    def total(self) -> int:
-        return sum(getattr(self, name) for name in self.__slots__)
+        """The reasons that removed any point, and how many."""
+        return {reason: count for reason, count in self.items() if count}
 
 
 @dataclass(frozen=True, slots=True)

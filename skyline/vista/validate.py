@@ -50,26 +50,26 @@ def clean(
     by_ts: dict[int, float] = {}
     for ts_raw, value_raw in raw:
         if value_raw is None:
-            dropped.none += 1
+            dropped["none"] += 1
             continue
         # The usual types first (a float value, an int timestamp), which the helpers would
         # return unchanged: this loop runs for every point fetched and delivered.
         value = value_raw if type(value_raw) is float else to_value(value_raw)
         ts = ts_raw if type(ts_raw) is int else _to_ts(ts_raw)
         if ts is None or value is None:
-            dropped.unparsable += 1
+            dropped["unparsable"] += 1
             continue
         if not math.isfinite(value):
-            dropped.non_finite += 1
+            dropped["non_finite"] += 1
             continue
         if after is not None and ts <= after:
-            dropped.at_or_below_watermark += 1
+            dropped["at_or_below_watermark"] += 1
             continue
         if before is not None and ts >= before:
-            dropped.current_minute += 1
+            dropped["current_minute"] += 1
             continue
         if ts in by_ts:
-            dropped.duplicate_ts += 1
+            dropped["duplicate_ts"] += 1
         by_ts[ts] = value
     return CleanSeries(tuple(sorted(by_ts.items())), dropped)
 

@@ -386,7 +386,7 @@ async def test_a_big_answer_keeps_only_the_asked_window_in_bounded_memory(
     result = report.results[0]
     assert result.error is None, result.error
     assert list(result.points) == want
-    assert result.dropped.outside_window == OLD_POINTS
+    assert result.dropped["outside_window"] == OLD_POINTS
     assert len(body) > 5_000_000
     # Decoding it whole took ~20 times its size; streamed, about the part read before the
     # parse starts (1 MiB) and the server's own copy of the body (this process serves it).

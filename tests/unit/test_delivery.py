@@ -89,14 +89,14 @@ def test_points_of_the_current_minute_are_not_sent() -> None:
     # unless the setting says otherwise
     planned, entries = plan([raw], skip_current_minute=False)
     assert [e.timestamp for e in entries] == [current - 60, current, current + 20]
-    assert planned[0].dropped.total == 0
+    assert planned[0].dropped.total() == 0
 
 
 def test_replay_items_ignore_the_watermark() -> None:
     replay = item("vista.a", series(T0, 3), replay=True, item_id="replay-1")
     planned, entries = plan([replay], {"vista.a": Watermark(T0 + 3000, 9.0)})
     assert [e.timestamp for e in entries] == [T0, T0 + 60, T0 + 120]
-    assert planned[0].dropped.total == 0
+    assert planned[0].dropped.total() == 0
     # the current minute still is not sent
     late = item("vista.a", [(T0 + 600, 1.0)], replay=True)
     assert plan([late], {"vista.a": Watermark(T0, 0.0)})[1] == []

@@ -110,7 +110,7 @@ def test_clean_drops_and_orders(
     assert result.points == tuple(points)
     assert all(type(ts) is int and type(v) is float for ts, v in result.points)
     assert result.dropped.as_dict() == dropped
-    assert result.dropped.total == sum(dropped.values())
+    assert result.dropped.total() == sum(dropped.values())
 
 
 SERIES = [(T0 + 60 * i, float(i)) for i in range(6)]  # T0 .. T0+300
@@ -159,12 +159,12 @@ def test_clean_counts_every_reason_at_once() -> None:
         at_or_below_watermark=2,
         current_minute=1,
     )
-    assert result.dropped.total == 7
+    assert result.dropped.total() == 7
 
 
 def test_drop_counts_add() -> None:
     a = DropCounts(none=1, current_minute=2)
-    a.add(DropCounts(none=3, duplicate_ts=1))
+    a.update(DropCounts(none=3, duplicate_ts=1))
     assert a.as_dict() == {"none": 4, "duplicate_ts": 1, "current_minute": 2}
 
 
