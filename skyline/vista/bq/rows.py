@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -75,27 +75,20 @@ class RowSpec:
 
 @dataclass
 class RowStats:
-    """Counts for one interval (or, added up, one job)."""
+    """What :class:`RowConverter` made of one interval's rows."""
 
-    rows: int = 0
-    points: int = 0
-    null: int = 0
-    non_numeric: int = 0
-    zero_filled: int = 0
-    bad_rows: int = 0
-    collisions: int = 0
-    duplicates: int = 0
-
-    def add(self, other: RowStats) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+    rows: int = 0  # read
+    points: int = 0  # made (zero-filled ones included)
+    null: int = 0  # cells without a value
+    non_numeric: int = 0  # cells whose value is not a number
+    zero_filled: int = 0  # of those null or non-numeric cells, sent as 0.0 (zero_fill)
+    bad_rows: int = 0  # rows without a timestamp or a usable primary value
+    collisions: int = 0  # rows whose primary value gives the same names as another one
+    duplicates: int = 0  # rows of a (primary value, timestamp) already read
 
     @property
     def errors(self) -> int:
         return self.bad_rows + self.collisions
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def check_row_count(total_rows: int | None, spec: RowSpec) -> None:
