@@ -39,6 +39,7 @@ from skyline.vista.sources.http import (
     Credentials,
     HostState,
     SharedLimit,
+    get_json,
     host_state_of,
     request_json,
     scrubbed,
@@ -201,7 +202,7 @@ class FetchCycle:
             raise state.not_now()
         if result is not None:
             result.requests += 1
-        return await request_json(
+        get = get_json(
             self.session,
             state,
             url,
@@ -211,6 +212,7 @@ class FetchCycle:
             shared=self.shared,
             stream=stream,
         )
+        return await request_json(state, get)
 
     def redactor(self, entry: FetchEntry) -> Callable[[str], str]:
         return Credentials.of(entry).redactor(self.host_state(entry).options)

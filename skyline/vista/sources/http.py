@@ -17,7 +17,7 @@ import re
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -395,31 +395,12 @@ def host_state_of(
     return state
 
 
-async def request_json(
-    session: aiohttp.ClientSession,
-    state: HostState,
-    url: str,
-    credentials: Credentials,
-    *,
-    max_bytes: int,
-    accept_error_json: bool,
-    shared: SharedLimit | None,
-    stream: StreamParser | None = None,
-) -> Any:
-    """:func:`get_json`, and what its outcome says of the host: every error is counted; a
-    host-level one (sources.HOST_LEVEL_ERRORS) backs the host off, for at least its
-    Retry-After; a success ends the backoff."""
+async def request_json(state: HostState, get: Awaitable[Any]) -> Any:
+    """Await ``get`` (a :func:`get_json` to the host of ``state``), and what its outcome says
+    of the host: every error is counted; a host-level one (sources.HOST_LEVEL_ERRORS) backs the
+    host off, for at least its Retry-After; a success ends the backoff."""
     try:
-        body = await get_json(
-            session,
-            state,
-            url,
-            credentials,
-            max_bytes=max_bytes,
-            accept_error_json=accept_error_json,
-            shared=shared,
-            stream=stream,
-        )
+        body = await get
     except SourceError as exc:
         state.record_error(exc.kind)
         if exc.kind == "host_backoff":
