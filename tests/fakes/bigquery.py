@@ -23,20 +23,22 @@ quoted ``'YYYY-MM-DD'`` literal in the SQL. :meth:`set_answer` overrides this pe
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+
+from aiohttp import web
 
 from skyline.vista.testing.servers import StartStop
+from tests.support.web import ThreadedApp
 
 __all__ = ["Answer", "Column", "FakeBigQuery", "ReceivedQuery"]
 
@@ -117,8 +119,7 @@ class FakeBigQuery(StartStop):
         self.unauthorised: list[str] = []  # Authorization headers answered 401
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._app = ThreadedApp("fake-bq", self._make_app)
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -142,27 +143,22 @@ class FakeBigQuery(StartStop):
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        assert self._app.running
+        return self._app.url
 
     @property
     def token_uri(self) -> str:
         return f"{self.url}/token"
 
+    def _make_app(self) -> web.Application:
+        return _app(self)
+
     def start(self) -> FakeBigQuery:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-bq", daemon=True)
-        self._thread.start()
+        self._app.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._app.stop()
 
     # --- behaviour -------------------------------------------------------------------------------
 
@@ -186,8 +182,7 @@ class FakeBigQuery(StartStop):
         return [r for r in self.rows if str(r[self.date_column])[:10] == day]
 
     def insert_job(self, body: dict[str, Any], project: str, auth: str) -> tuple[int, Any]:
-        if self.insert_delay:
-            time.sleep(self.insert_delay)
+        """jobs.insert (the route waits ``insert_delay`` first)."""
         ref = body.get("jobReference") or {}
         job_id = ref.get("jobId") or secrets.token_hex(8)
         query = body["configuration"]["query"]
@@ -364,62 +359,52 @@ _JOB = re.compile(r"^/bigquery/v2/projects/([^/]+)/jobs/([^/]+)$")
 _RESULTS = re.compile(r"^/bigquery/v2/projects/([^/]+)/queries/([^/]+)$")
 
 
-def _handler(fake: FakeBigQuery) -> type[BaseHTTPRequestHandler]:  # noqa: C901
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+Route = Callable[[FakeBigQuery, re.Match[str], web.Request, bytes], tuple[int, Any]]
 
-        def setup(self) -> None:
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
+    ("POST", _JOBS, lambda f, m, r, b: f.insert_job(json.loads(b), m[1], _auth(r))),
+    ("GET", _JOB, lambda f, m, r, b: f.get_job(m[1], m[2])),
+    ("GET", _RESULTS, lambda f, m, r, b: f.query_results(m[1], m[2], _last_values(r))),
+]
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return
 
-        def _send(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def _auth(request: web.Request) -> str:
+    return request.headers.get("Authorization", "")
 
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
 
-        def _route(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            body = self._body()
-            with fake._lock:
-                fake.calls.append((method, parts.path))
-            if parts.path == "/token" and method == "POST":
-                form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
-                self._send(*fake.token(form))
-                return
-            auth = self.headers.get("Authorization", "")
-            if not fake.authorised(auth):
-                self._send(401, _error(401, "authError", "Request had invalid credentials."))
-                return
-            handler: Callable[[], tuple[int, Any]] | None = None
-            if method == "POST" and (m := _JOBS.match(parts.path)):
-                project = m.group(1)
-                handler = lambda: fake.insert_job(json.loads(body), project, auth)  # noqa: E731
-            elif method == "GET" and (m := _JOB.match(parts.path)):
-                project, job = m.group(1), m.group(2)
-                handler = lambda: fake.get_job(project, job)  # noqa: E731
-            elif method == "GET" and (m := _RESULTS.match(parts.path)):
-                project, job = m.group(1), m.group(2)
-                handler = lambda: fake.query_results(project, job, query)  # noqa: E731
-            if handler is None:
-                self._send(404, _error(404, "notFound", f"no route {method} {parts.path}"))
-                return
-            self._send(*handler())
+def _last_values(request: web.Request) -> dict[str, str]:
+    return {k: request.query.getall(k)[-1] for k in request.query}
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._route("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
-            self._route("POST")
+def _app(fake: FakeBigQuery) -> web.Application:
+    """Every request: recorded, then the token endpoint, or authorised and routed."""
 
-    return Handler
+    async def handle(request: web.Request) -> web.Response:
+        path = request.rel_url.raw_path
+        body = await request.read()
+        with fake._lock:
+            fake.calls.append((request.method, path))
+        if path == "/token" and request.method == "POST":
+            form = {k: v[-1] for k, v in parse_qs(body.decode()).items()}
+            return _json(*fake.token(form))
+        if not fake.authorised(_auth(request)):
+            return _json(401, _error(401, "authError", "Request had invalid credentials."))
+        for method, pattern, route in _ROUTES:
+            if request.method == method and (match := pattern.match(path)):
+                if pattern is _JOBS and fake.insert_delay:  # a slow jobs.insert
+                    await asyncio.sleep(fake.insert_delay)
+                return _json(*route(fake, match, request, body))
+        return _json(404, _error(404, "notFound", f"no route {request.method} {path}"))
+
+    app = web.Application(client_max_size=64 * 1024**2)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        charset="UTF-8",
+    )

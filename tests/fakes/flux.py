@@ -72,7 +72,7 @@ from tests.fakes.flux_worker import (
     ForwardedPoint,
     QueuedPoint,
 )
-from tests.support.web import LocalApp
+from tests.support.web import ThreadedApp
 
 __all__ = [
     "DEFAULT_KEY",
@@ -282,9 +282,8 @@ class FluxServer(StartStop):
         self._ns_minute: dict[str, tuple[int, set[str]]] = {}
         self._test_only: dict[int, list[str]] = {}
         self._name_errors: dict[str, str | None] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._local: LocalApp | None = None
+        # auto_decompress=False: Flux gunzips the body itself (and ignores a failure to).
+        self._app = ThreadedApp("fake-flux", self._make_app, auto_decompress=False)
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -294,41 +293,21 @@ class FluxServer(StartStop):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FluxServer:
-        if self._thread is not None:
+        if self._app.running:
             raise RuntimeError("FluxServer already started")
         self.worker.start()
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run_loop, name="fake-flux", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._astart(), loop).result(timeout=10)
+        self._app.start()
+        self.port = self._app.port
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if not self._app.running:
             return
-        if self._local is not None:
-            asyncio.run_coroutine_threadsafe(self._local.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = None
-        self._thread = None
-        self._local = None
+        self._app.stop()
         self.worker.wait_idle(timeout=10)
         self.worker.stop()
 
-    def _run_loop(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _astart(self) -> None:
+    def _make_app(self) -> web.Application:
         # client_max_size: falcon does not limit the body size.
         app = web.Application(client_max_size=256 * 1024**2)
         for path in _GET_PATHS:
@@ -336,9 +315,7 @@ class FluxServer(StartStop):
         for path in _POST_PATHS:
             app.router.add_post(path, self._handle_post)
         app.router.add_route("*", "/{tail:.*}", self._handle_other)
-        # auto_decompress=False: Flux gunzips the body itself (and ignores a failure to).
-        self._local = await LocalApp(app, auto_decompress=False).start()
-        self.port = self._local.port
+        return app
 
     # ------------------------------------------------------------------ controls
 
@@ -355,20 +332,18 @@ class FluxServer(StartStop):
         are not answered are not in ``requests``. ``set_down(False)`` listens on the same
         port again.
         """
-        loop = self._loop
-        if loop is None:
-            raise RuntimeError("FluxServer is not started")
-        asyncio.run_coroutine_threadsafe(self._aset_down(down), loop).result(timeout=10)
+        self._app.call(self._aset_down(down))
 
     async def _aset_down(self, down: bool) -> None:
         if down == self._down:
             return
         self._down = down
-        assert self._local is not None
+        local = self._app.local
+        assert local is not None
         if down:
-            await self._local.unlisten()
+            await local.unlisten()
         else:
-            await self._local.listen(self.port)
+            await local.listen(self.port)
 
     def set_delay(self, seconds: float) -> None:
         """Answer every POST ``seconds`` late (a slow Flux).

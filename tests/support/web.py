@@ -3,20 +3,26 @@
     async with serving(app) as local:        # a free port on 127.0.0.1
         ... local.url ...
 
-:class:`LocalApp` is the same without the ``with``, for servers that live in a thread of their
-own (the Flux double) or that stop listening and listen again on the same port (an outage).
+:class:`LocalApp` is the same without the ``with``, for servers that stop listening and listen
+again on the same port (an outage). :class:`ThreadedApp` serves a :class:`LocalApp` from an event
+loop in a daemon thread of its own, for doubles that synchronous code starts and calls (the Flux
+and BigQuery doubles).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 LOOPBACK = "127.0.0.1"
+
+_T = TypeVar("_T")
 
 
 class LocalApp:
@@ -101,3 +107,72 @@ async def serving(
         yield local
     finally:
         await local.stop()
+
+
+class ThreadedApp:
+    """The app that ``make_app`` builds, served by a :class:`LocalApp` on an event loop that runs
+    in a daemon thread named ``name``; :meth:`start` and :meth:`stop` block until done, and
+    :meth:`call` runs a coroutine on that loop from any other thread."""
+
+    def __init__(self, name: str, make_app: Callable[[], web.Application], **options: Any) -> None:
+        self.name = name
+        self._make_app = make_app
+        self._options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.local: LocalApp | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def port(self) -> int:
+        return self.local.port if self.local is not None else 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> ThreadedApp:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name} already started")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run_loop, name=self.name, daemon=True)
+        self._thread.start()
+        self.local = self.call(self._start_app())
+        return self
+
+    async def _start_app(self) -> LocalApp:
+        return await LocalApp(self._make_app(), **self._options).start()
+
+    def call(self, coro: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError(f"{self.name} is not started")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=timeout)
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if self.local is not None:
+            self.call(self.local.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        self._loop = None
+        self._thread = None
+        self.local = None
+
+    def _run_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
