@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,6 +147,18 @@ def stuck_flux_settings(hole: BlackHole) -> dict[str, object]:
     }
 
 
+def run_with_stuck_workers(
+    vista: VistaHarness, queue: FetchQueue, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], list[Proc]]:
+    """Four items queued, the agent run in the foreground, and both workers stuck in a Flux
+    POST (see :func:`stuck_flux_settings`) with one item each; the agent and its processes."""
+    push_items(queue.client, [f"test.stuck.m{i}" for i in range(4)], minute_points(3))
+    popen, agent = vista.run_foreground(tmp_path / "run.log")
+    vista.wait_workers(agent, 2)
+    wait_for(lambda: True if queue.counts().inflight == 2 else None, 10.0, "2 items in flight")
+    return popen, vista.tree(agent)
+
+
 # --- 1. start / status / stop ----------------------------------------------------------------
 
 
@@ -175,9 +188,7 @@ def test_start_status_stop_exit_codes(vista: VistaHarness) -> None:
 # --- 2. stale pidfiles -----------------------------------------------------------------------
 
 
-def test_sigkilled_agent_leaves_a_stale_pidfile_and_its_workers_exit(
-    vista: VistaHarness,
-) -> None:
+def test_sigkilled_agent_leaves_a_stale_pidfile_and_its_workers_exit(vista: VistaHarness) -> None:
     agent = vista.start()
     workers = vista.wait_workers(agent, 2)
     tree = vista.tree(agent)
@@ -312,19 +323,12 @@ def test_sigterm_drains_idle_agent_quickly(vista: VistaHarness, tmp_path: Path) 
 
 
 def test_sigterm_kills_stuck_workers_at_the_shutdown_timeout_and_requeues(
-    vista_factory: HarnessFactory,
-    redis_tcp: RedisServer,
-    black_hole: BlackHole,
-    tmp_path: Path,
+    vista_factory: HarnessFactory, redis_tcp: RedisServer, black_hole: BlackHole, tmp_path: Path
 ) -> None:
     vista = vista_factory(redis_tcp, VISTA_SHUTDOWN_TIMEOUT=2, **stuck_flux_settings(black_hole))
     client = redis_tcp.client()
     queue = FetchQueue(client)
-    push_items(client, [f"test.stuck.m{i}" for i in range(4)], minute_points(3))
-    popen, agent = vista.run_foreground(tmp_path / "run.log")
-    vista.wait_workers(agent, 2)
-    wait_for(lambda: True if queue.counts().inflight == 2 else None, 10.0, "2 items in flight")
-    tree = vista.tree(agent)
+    popen, tree = run_with_stuck_workers(vista, queue, tmp_path)
 
     code, drained = sigterm_and_wait(popen, tree, 5.0)
     print(f"\nstuck drain (VISTA_SHUTDOWN_TIMEOUT=2): every process gone after {drained:.2f} s")
@@ -350,11 +354,7 @@ def test_second_signal_exits_at_once(
     vista = vista_factory(redis_tcp, **stuck_flux_settings(black_hole))
     client = redis_tcp.client()
     queue = FetchQueue(client)
-    push_items(client, [f"test.stuck.m{i}" for i in range(4)], minute_points(3))
-    popen, agent = vista.run_foreground(tmp_path / "run.log")
-    vista.wait_workers(agent, 2)
-    wait_for(lambda: True if queue.counts().inflight == 2 else None, 10.0, "2 items in flight")
-    tree = vista.tree(agent)
+    popen, tree = run_with_stuck_workers(vista, queue, tmp_path)
     client.close()
 
     began = time.monotonic()
@@ -569,9 +569,7 @@ def test_start_with_invalid_settings_lists_every_error_and_starts_nothing(
 
 @pytest.mark.slow
 def test_log_is_appended_shared_and_never_shows_secrets(
-    vista_factory: HarnessFactory,
-    tmp_redis: RedisFactory,
-    prometheus_server: PrometheusServer,
+    vista_factory: HarnessFactory, tmp_redis: RedisFactory, prometheus_server: PrometheusServer
 ) -> None:
     redis_password = "RedisPassword-never-in-the-log-5150"
     flux_key = "FluxKeyNeverInTheLog0123456789ZZ"

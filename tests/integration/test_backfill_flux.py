@@ -109,10 +109,7 @@ def flux_default(redis_client: redis.Redis) -> Iterator[FluxServer]:
 
 
 def test_with_flux_defaults_history_is_posted_with_fill_and_stored_below_flux_last(
-    rig: Rig,
-    prom: PrometheusServer,
-    span: tuple[int, int],
-    flux_default: FluxServer,
+    rig: Rig, prom: PrometheusServer, span: tuple[int, int], flux_default: FluxServer
 ) -> None:
     already_delivered(rig.redis, span[1] + 600)  # everything backfilled is below flux.last
     cfg = settings(rig, prom, FLUX_PORT=flux_default.port)
@@ -129,9 +126,7 @@ def test_with_flux_defaults_history_is_posted_with_fill_and_stored_below_flux_la
 
 
 def test_with_check_last_timestamp_false_history_goes_to_the_carbon_beside_flux(
-    rig: Rig,
-    prom: PrometheusServer,
-    span: tuple[int, int],
+    rig: Rig, prom: PrometheusServer, span: tuple[int, int]
 ) -> None:
     already_delivered(rig.redis, span[1] + 600)
     with (
@@ -205,10 +200,7 @@ def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_e
 
 
 def test_a_resumed_backfill_remembers_the_chunks_that_failed_before(
-    rig: Rig,
-    prom: PrometheusServer,
-    span: tuple[int, int],
-    flux_default: FluxServer,
+    rig: Rig, prom: PrometheusServer, span: tuple[int, int], flux_default: FluxServer
 ) -> None:
     already_delivered(rig.redis, span[1] + 600)
     cfg = settings(rig, prom, FLUX_PORT=flux_default.port)

@@ -23,9 +23,7 @@ def histogram_count() -> float:
 
 
 def test_lag_of_delivered_items_reaches_metrics_and_status(
-    rig: Rig,
-    carbon_server: CarbonServer,
-    metric_prefix: str,
+    rig: Rig, carbon_server: CarbonServer, metric_prefix: str
 ) -> None:
     closed = current_minute_start(time.time())
     # 9 fresh items (newest point 1-2 minutes old) and one 3 hours old, each its own metric.

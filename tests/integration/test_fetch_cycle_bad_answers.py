@@ -168,34 +168,26 @@ def prom_answer(query: str) -> Callable[[Handler], Handler]:
     return register
 
 
-@prom_answer(record.PROM_MATRIX_QUERY)
-async def _good(request: web.Request) -> web.StreamResponse:
-    return recorded("prometheus_query_range_matrix.json")
+def answer_recorded(name: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return recorded(name)
+
+    return handler
+
+
+for _query, _name in [
+    (record.PROM_MATRIX_QUERY, "prometheus_query_range_matrix.json"),
+    (record.PROM_SPECIAL_QUERY, "prometheus_query_range_non_finite.json"),
+    (record.PROM_EMPTY_QUERY, "prometheus_query_range_empty.json"),
+    (record.PROM_MULTI_QUERY, "prometheus_query_range_multi_series.json"),
+    (record.PROM_BAD_QUERY, "prometheus_query_range_bad_data.json"),
+]:
+    prom_answer(_query)(answer_recorded(_name))
 
 
 @prom_answer('vista_rec{job="b"}')
 async def _good_b(request: web.Request) -> web.StreamResponse:
     return json_response(prom_matrix(PROM_B_SERIES))
-
-
-@prom_answer(record.PROM_SPECIAL_QUERY)
-async def _special(request: web.Request) -> web.StreamResponse:
-    return recorded("prometheus_query_range_non_finite.json")
-
-
-@prom_answer(record.PROM_EMPTY_QUERY)
-async def _empty(request: web.Request) -> web.StreamResponse:
-    return recorded("prometheus_query_range_empty.json")
-
-
-@prom_answer(record.PROM_MULTI_QUERY)
-async def _multi(request: web.Request) -> web.StreamResponse:
-    return recorded("prometheus_query_range_multi_series.json")
-
-
-@prom_answer(record.PROM_BAD_QUERY)
-async def _bad_query(request: web.Request) -> web.StreamResponse:
-    return recorded("prometheus_query_range_bad_data.json")
 
 
 @prom_answer("login_page")
@@ -717,9 +709,7 @@ async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
 
 
 async def test_a_host_that_answered_429_is_left_alone_next_cycle(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
+    tmp_path: Path, remotes: Callable[[Handler], Awaitable[Remote]], session: aiohttp.ClientSession
 ) -> None:
     throttled = await remotes(status_page(429, b"slow down", "text/plain", **{"Retry-After": "60"}))
     prom = await remotes(prometheus)
@@ -745,9 +735,7 @@ async def test_a_host_that_answered_429_is_left_alone_next_cycle(
 
 
 async def test_retry_after_holds_even_when_another_request_to_the_host_then_succeeds(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
+    tmp_path: Path, remotes: Callable[[Handler], Awaitable[Remote]], session: aiohttp.ClientSession
 ) -> None:
     """Two metrics of one host are fetched together: the first answer is 429 Retry-After 60,
     the second a good answer a moment later. The host asked us to wait: it stays alone."""

@@ -131,8 +131,7 @@ class TimedCycle(FetchCycle):
 
 @pytest.mark.slow
 async def test_fast_host_finishes_and_is_queued_long_before_the_slow_one_answers(
-    rig: Rig,
-    fast: tuple[PrometheusServer, int, dict[int, float]],
+    rig: Rig, fast: tuple[PrometheusServer, int, dict[int, float]]
 ) -> None:
     prom, minute, samples = fast
     delay = 3.0
@@ -184,8 +183,7 @@ async def test_fast_host_finishes_and_is_queued_long_before_the_slow_one_answers
 
 @pytest.mark.slow
 async def test_cycle_deadline_counts_slow_metrics_unfinished_and_they_go_first_next_cycle(
-    rig: Rig,
-    fast: tuple[PrometheusServer, int, dict[int, float]],
+    rig: Rig, fast: tuple[PrometheusServer, int, dict[int, float]]
 ) -> None:
     prom, minute, samples = fast
     now = [minute + 1.0]

@@ -232,8 +232,7 @@ def make_config_for(redis_server: RedisServer, **settings: object) -> config_mod
 
 
 async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both(
-    rig: Rig,
-    prometheus_server: PrometheusServer,
+    rig: Rig, prometheus_server: PrometheusServer
 ) -> None:
     """The hand-over moment: neither host has seen the other (no member key in Redis), so each
     owns all 20 metrics and starts a cycle at the same time. With the fetch leases each metric

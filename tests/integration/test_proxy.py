@@ -99,6 +99,22 @@ async def tls_remote(cert: Certificate) -> AsyncIterator[TlsRemote]:
         yield remote
 
 
+async def fetch_over_tls(
+    tmp_path: Path, redis_server: RedisServer, **options: str
+) -> tuple[CycleReport, TlsRemote]:
+    """One cycle of one metric from a :func:`tls_remote` whose certificate the host's
+    ``ca_bundle`` trusts, with the host's other ``options``."""
+    cert = self_signed(tmp_path / "tls")
+    async with tls_remote(cert) as remote:
+        config = make_config(
+            tmp_path,
+            redis_server,
+            [prom_entry(remote.url, "tls")],
+            VISTA_REMOTE_HOSTS={remote.url: {"ca_bundle": str(cert.cert), **options}},
+        )
+        return await one_cycle(config), remote
+
+
 # --------------------------------------------------------------------------------- tests
 
 
@@ -190,23 +206,13 @@ async def test_https_through_the_proxy_uses_connect_and_verifies_the_remote(
     tmp_path: Path, redis_server: RedisServer, proxies: ProxyFactory
 ) -> None:
     proxy = proxies()
-    cert = self_signed(tmp_path / "tls")
-    async with tls_remote(cert) as remote:
-        url = remote.url
-        config = make_config(
-            tmp_path,
-            redis_server,
-            [prom_entry(url, "tls")],
-            VISTA_REMOTE_HOSTS={
-                url: {
-                    "ca_bundle": str(cert.cert),
-                    "proxy": proxy.url,
-                    "proxy_user": PROXY_USER,
-                    "proxy_password": PROXY_PASSWORD,
-                }
-            },
-        )
-        report = await one_cycle(config)
+    report, remote = await fetch_over_tls(
+        tmp_path,
+        redis_server,
+        proxy=proxy.url,
+        proxy_user=PROXY_USER,
+        proxy_password=PROXY_PASSWORD,
+    )
     assert_fetched(report)
     assert len(remote.seen) == 1
     assert f"CONNECT localhost:{remote.port}" in proxy.log()
@@ -222,16 +228,7 @@ async def test_https_proxy_from_the_environment_tunnels_too(
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    cert = self_signed(tmp_path / "tls")
-    async with tls_remote(cert) as remote:
-        url = remote.url
-        config = make_config(
-            tmp_path,
-            redis_server,
-            [prom_entry(url, "tls")],
-            VISTA_REMOTE_HOSTS={url: {"ca_bundle": str(cert.cert)}},
-        )
-        report = await one_cycle(config)
+    report, remote = await fetch_over_tls(tmp_path, redis_server)
     assert_fetched(report)
     assert f"CONNECT localhost:{remote.port}" in proxy.log()
 

@@ -86,8 +86,7 @@ NONE = dict.fromkeys(ALL, False)
 
 
 def test_removed_metrics_are_listed_then_pruned_after_the_grace_period(
-    rig: Rig,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     now = time.time()
     before = config(rig.tmp_path, rig.redis_server, ["a", "gone", "busy"])

@@ -235,9 +235,7 @@ def test_hosts_without_a_budget_get_no_pacer() -> None:
     assert pacer is not None and (pacer.rate, pacer.burst) == (2.5, 3.0)
 
 
-def test_live_and_history_share_one_bucket_for_a_remote_host_with_a_path(
-    tmp_path: Path,
-) -> None:
+def test_live_and_history_share_one_bucket_for_a_remote_host_with_a_path(tmp_path: Path) -> None:
     """The live fetcher and a history job (both through sources/http.host_state_of) key the
     bucket by the same exact remote_host, path included."""
     url = "http://gw.example:8080/proxy/prom"

@@ -72,9 +72,7 @@ def test_requeued_points_below_flux_last_are_stored_with_flux_defaults(rig: Rig)
 
 
 def test_requeued_points_go_to_the_carbon_beside_flux_when_flux_checks_fill_too(
-    rig: Rig,
-    carbon_server: CarbonServer,
-    metric_prefix: str,
+    rig: Rig, carbon_server: CarbonServer, metric_prefix: str
 ) -> None:
     metric = f"{metric_prefix}.m"
     rig.redis.sadd("vista.metrics", metric)  # delivered before: Flux checks all its points

@@ -178,8 +178,7 @@ def echo_text_of(headers: dict[str, str]) -> str:
 
 
 async def test_daemon_log_redis_and_metrics_hold_no_echoed_secret(
-    rig: Rig,
-    restore_logging: None,
+    rig: Rig, restore_logging: None
 ) -> None:
     async with remotes() as start:
         host = await start(echo)

@@ -119,9 +119,7 @@ def test_prometheus_history_is_exact(tmp_prometheus: PrometheusFactory) -> None:
     assert bad["status"] == "error" and bad["errorType"] == "bad_data"
 
 
-def test_prometheus_history_rejects_out_of_order_samples(
-    tmp_prometheus: PrometheusFactory,
-) -> None:
+def test_prometheus_history_rejects_out_of_order_samples(tmp_prometheus: PrometheusFactory) -> None:
     t0 = int(time.time()) // 60 * 60 - 3600
     server = tmp_prometheus(history=f"m 2 {t0 + 60}\nm 1 {t0}\n# EOF\n", start=False)
     with pytest.raises(ServerError, match="wrote 1 of 2 samples"):

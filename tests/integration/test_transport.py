@@ -80,9 +80,7 @@ async def test_a_retry_after_stops_the_requests_already_waiting_for_the_host(
 
 
 async def test_json_nested_200000_deep_is_one_clear_error_line(
-    rig: Rig,
-    session: aiohttp.ClientSession,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     deep = b"[" * 200_000 + b"]" * 200_000
 
@@ -229,10 +227,7 @@ async def test_ten_slow_hosts_do_not_starve_the_others(
 
 @pytest.mark.parametrize("budget", [False, True])
 def test_a_restarted_fetcher_fetches_every_metric_in_its_first_cycle(
-    rig: Rig,
-    prometheus_server: PrometheusServer,
-    caplog: pytest.LogCaptureFixture,
-    budget: bool,
+    rig: Rig, prometheus_server: PrometheusServer, caplog: pytest.LogCaptureFixture, budget: bool
 ) -> None:
     """The agent hands a new fetcher thread the old one's state. Each thread has its own event
     loop (asyncio.run here): nothing of the old loop may be used by the new one (an

@@ -458,9 +458,7 @@ def test_a_point_too_far_in_the_future_is_held_back_not_rejected(
 
 
 def test_flux_401_keeps_every_item_logs_once_and_backs_off(
-    rig: Rig,
-    flux: FluxServer,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     series = make_series("vista.auth", 20, 5, recent_start())
     push_series(rig.redis, series, per_item=5)
@@ -490,9 +488,7 @@ def test_flux_401_keeps_every_item_logs_once_and_backs_off(
 
 @pytest.mark.slow
 def test_flux_503_is_retried_with_backoff_nothing_lost_or_doubled(
-    rig: Rig,
-    flux: FluxServer,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     series = make_series("vista.busy", 30, 5, recent_start())
@@ -517,9 +513,7 @@ def test_flux_503_is_retried_with_backoff_nothing_lost_or_doubled(
 
 @pytest.mark.slow
 def test_flux_down_then_up_loses_and_doubles_nothing(
-    rig: Rig,
-    flux: FluxServer,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     series = make_series("vista.down", 40, 5, recent_start())
@@ -544,10 +538,7 @@ def test_flux_down_then_up_loses_and_doubles_nothing(
 
 @pytest.mark.parametrize("protocol", ["pickle", "plaintext"])
 def test_carbon_sink_stores_exact_points_in_whisper(
-    protocol: str,
-    rig: Rig,
-    carbon_server: CarbonServer,
-    metric_prefix: str,
+    protocol: str, rig: Rig, carbon_server: CarbonServer, metric_prefix: str
 ) -> None:
     start = current_minute_start(time.time()) - 3 * 3600
     series = make_series(metric_prefix, 4, 120, start)  # 2 h of minutes each
@@ -579,9 +570,7 @@ def test_carbon_sink_stores_exact_points_in_whisper(
 
 
 def test_poison_items_are_dead_lettered_and_block_nothing(
-    rig: Rig,
-    flux: FluxServer,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     start = recent_start()
@@ -634,9 +623,7 @@ def test_poison_items_are_dead_lettered_and_block_nothing(
 
 
 def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_attempts(
-    rig: Rig,
-    flux: FluxServer,
-    monkeypatch: pytest.MonkeyPatch,
+    rig: Rig, flux: FluxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch that raises is retried item by item: the good items are delivered at once, the
     one that fails alone is given back with its attempt counted, then dead-lettered."""
@@ -972,8 +959,7 @@ def test_items_of_a_claim_whose_answer_was_lost_are_not_held_forever(
 
 @pytest.mark.slow
 def test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded(
-    rig: Rig,
-    caplog: pytest.LogCaptureFixture,
+    rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Flux refuses connections for two minutes while two workers run and new windows keep being
     fetched. The queue never holds more than one item per metric (a pending metric's new
