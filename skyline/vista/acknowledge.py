@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from skyline.vista import constants, delivery, lag, procutil, redisconn, telemetry
 from skyline.vista.fetchqueue import FetchQueue
+from skyline.vista.model import Claim
 
 # The worker's logger: these lines are the worker's, whichever module writes them.
 logger = logging.getLogger("skyline.vista.worker")
@@ -53,6 +54,14 @@ class Acknowledger:
         self.outage = outage
         self.stopping = stopping
         self.stats = WorkerStats()
+        self.progress: dict[str, int] = {}
+        """Raw item -> last timestamp confirmed, for the held items delivered in part (set at
+        claim from constants.PROGRESS_KEY, kept as the acknowledgements write it)."""
+
+    def claimed(self, claims: Sequence[Claim]) -> list[str]:
+        """A new batch: remember how far each item got before. Returns the raw items."""
+        self.progress = {c.raw: c.progress for c in claims if c.progress is not None}
+        return [c.raw for c in claims]
 
     def __call__(self, settlement: delivery.Settlement) -> None:
         """Record what the sink handled. Retried while Redis is away: giving the items back
@@ -68,6 +77,7 @@ class Acknowledger:
                 if procutil.interruptible_sleep(delay, self.stopping):
                     return  # stopping: the items stay held and are recovered with the lease
         self.outage.ok()
+        delivery.record_progress(self.progress, settlement.acks)
         self.stats.record(settlement)
         self._report(settlement)
 

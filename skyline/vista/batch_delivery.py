@@ -50,7 +50,11 @@ class BatchDelivery:
     ) -> None:
         now = time.time()
         planned, sink_points = delivery.plan_batch(
-            items, watermarks, now, skip_current_minute=self.config.do_not_submit_current_minute
+            items,
+            watermarks,
+            now,
+            skip_current_minute=self.config.do_not_submit_current_minute,
+            progress=self.acknowledge.progress,
         )
         for plan in planned:
             for reason, count in plan.dropped.as_dict().items():

@@ -26,6 +26,12 @@ DEAD_KEY = "vista.fetcher.metrics.dead"
 ATTEMPTS_KEY = "vista.fetcher.metrics.attempts"
 """Hash item -> number of failed processing attempts (poison detection)."""
 
+PROGRESS_KEY = "vista.fetcher.metrics.progress"
+"""Hash item -> timestamp of its last point the sink confirmed, for an item that is partly
+delivered (written by the acknowledgement of each request, removed with the item). The next
+claim skips what it records: a replay item is delivered below the watermark, which cannot say
+how far it got."""
+
 WORKERS_KEY = "vista.workers"
 """Sorted set worker id -> lease expiry (epoch seconds). Expired workers' items are recovered."""
 
@@ -105,6 +111,7 @@ SHARED_KEYS = frozenset(
         PENDING_KEY,
         DEAD_KEY,
         ATTEMPTS_KEY,
+        PROGRESS_KEY,
         WORKERS_KEY,
         HOLES_KEY,
         CONFIGURED_KEY,

@@ -5,7 +5,7 @@ advance or give back once the sink has answered. No I/O and no clock (the caller
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from skyline.vista import codec
@@ -61,18 +61,26 @@ class Settlement:
 
 def plan_batch(
     items: Sequence[tuple[str, QueueItem]],
-    watermarks: dict[str, Watermark],
+    watermarks: Mapping[str, Watermark],
     now: float,
     *,
     skip_current_minute: bool,
+    progress: Mapping[str, int] | None = None,
 ) -> tuple[list[Planned], list[SinkPoint]]:
-    """Validate each item against its metric's watermark and lay all points out in one list."""
+    """Validate each item against its metric's watermark and lay all points out in one list.
+
+    A replay item ignores the watermark (its points are below it by design). ``progress``: the
+    last timestamp a sink confirmed for an item (by its raw text) that an earlier delivery left
+    partly done; its points up to there are dropped too (counted ``at_or_below_watermark``)."""
     before = current_minute_start(now) if skip_current_minute else int(now) + FUTURE_LIMIT + 1
     planned: list[Planned] = []
     sink_points: list[SinkPoint] = []
     for raw, item in items:
         mark = watermarks.get(item.metric)
         after = None if item.replay or mark is None else mark.timestamp
+        done = progress.get(raw) if progress else None
+        if done is not None:
+            after = done if after is None else max(after, done)
         cleaned = clean(item.points, after=after, before=before)
         start = len(sink_points)
         metric = item.metric
@@ -183,6 +191,17 @@ def settle(
         out.rejected_points += rejected
         out.dead_letters += len(dead)
     return out
+
+
+def record_progress(progress: MutableMapping[str, int], acks: Sequence[Ack]) -> None:
+    """Keep ``progress`` (raw item -> last timestamp confirmed) as the queue's ACK step keeps
+    constants.PROGRESS_KEY: a kept item moves forward, an item acknowledged in full leaves."""
+    for ack in acks:
+        if not ack.keep:
+            progress.pop(ack.raw, None)
+        elif ack.watermark is not None:
+            progress[ack.raw] = max(progress.get(ack.raw, ack.watermark.timestamp),
+                                    ack.watermark.timestamp)  # fmt: skip
 
 
 def merge_result(total: SinkResult, part: SinkResult, offset: int) -> None:

@@ -24,7 +24,7 @@ from skyline.vista.errors import PayloadError
 from skyline.vista.holes import Hole
 from skyline.vista.holes import decode as decode_holes
 from skyline.vista.holes import encode as encode_holes
-from skyline.vista.model import Ack, DeadLetter, Watermark, dead_letter, new_id
+from skyline.vista.model import Ack, Claim, DeadLetter, Watermark, dead_letter, new_id
 from skyline.vista.redisconn import text
 
 
@@ -64,6 +64,7 @@ def script_keys(marks: WatermarkKeys) -> list[str]:
         constants.ATTEMPTS_KEY,
         constants.WORKERS_KEY,
         marks.write,
+        constants.PROGRESS_KEY,
     ]
 
 
@@ -167,9 +168,16 @@ class FetchQueue:
         return int(self._push(keys=self.keys, args=push_args(chains)))
 
     def claim(self, worker: str, count: int, lease: float) -> list[str]:
+        return [c.raw for c in self.claim_items(worker, count, lease)]
+
+    def claim_items(self, worker: str, count: int, lease: float) -> list[Claim]:
+        """Claim up to ``count`` items, each with its progress (constants.PROGRESS_KEY)."""
         now = time.time()
-        items = self._claim(keys=self.keys, args=[worker, count, now, now + lease])
-        return [text(i) for i in items]
+        reply = self._claim(keys=self.keys, args=[worker, count, now, now + lease])
+        return [
+            Claim(text(raw), None if done is None else int(text(done)))
+            for raw, done in zip(reply[::2], reply[1::2], strict=True)
+        ]
 
     def held_by(self, worker: str, raws: Sequence[str]) -> list[str]:
         """The items of ``raws`` that the in-flight hash still records as ``worker``'s."""

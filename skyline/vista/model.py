@@ -103,6 +103,14 @@ class Ack:
     keep: bool = False  # partly delivered: advance the watermark but leave the item held
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An item a worker has just claimed, with how far an earlier delivery of it got."""
+
+    raw: str  # the item exactly as queued
+    progress: int | None = None  # timestamp of its last point a sink confirmed (None: none)
+
+
 def new_id() -> str:
     """A fresh id for an item or a dead letter."""
     return uuid.uuid4().hex

@@ -2,7 +2,9 @@
 
 KEYS (always in this order): 1 queue set, 2 in-flight hash, 3 pending hash, 4 dead-letter hash,
 5 attempts hash, 6 workers zset, 7 the watermark hash acks write (flux.last.metric_data, or
-vista.last.metric_data with the Flux sink, see constants.VISTA_WATERMARK_HASH). Per-metric keys
+vista.last.metric_data with the Flux sink, see constants.VISTA_WATERMARK_HASH), 8 the progress
+hash (item -> last timestamp the sink confirmed, for a partly delivered item). An item's
+attempts and progress are removed wherever the item leaves the queue for good. Per-metric keys
 (chains, flux.last.<metric>, vista.last.resolution.<metric>) are derived from prefixes passed
 in ARGV, so the queue needs a single Redis (or Sentinel) server, not a Cluster.
 """
@@ -11,7 +13,13 @@ from __future__ import annotations
 
 COMMON = r"""
 local Q, INF, PEND, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ATT, WORKERS, WMH = KEYS[5], KEYS[6], KEYS[7]
+local ATT, WORKERS, WMH, PROG = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+
+-- The item is gone for good (acknowledged or dead-lettered): forget its counters.
+local function forget(item)
+  redis.call('HDEL', ATT, item)
+  redis.call('HDEL', PROG, item)
+end
 
 -- Whether a key made from a metric name holds (or may hold) the given type: never one of the
 -- queue's shared keys, never a key of another type. A metric's name must not let it replace
@@ -64,24 +72,31 @@ return queued
 )
 
 # ARGV: worker, count, now, lease_until. Moves up to count items from the queue into the
-# in-flight hash under this worker and renews the worker's lease. Returns the items.
+# in-flight hash under this worker and renews the worker's lease. Returns item, progress
+# (the last timestamp the sink confirmed for the item, or nil), item, progress, ...
 CLAIM = r"""
-local Q, INF, WORKERS = KEYS[1], KEYS[2], KEYS[6]
+local Q, INF, WORKERS, PROG = KEYS[1], KEYS[2], KEYS[6], KEYS[8]
 local worker, count, now, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 redis.call('ZADD', WORKERS, lease, worker)
 local items = redis.call('SPOP', Q, count)
 local tag = cjson.encode({worker = worker, claimed_at = tonumber(now)})
-for _, item in ipairs(items) do redis.call('HSET', INF, item, tag) end
-return items
+local out = {}
+for _, item in ipairs(items) do
+  redis.call('HSET', INF, item, tag)
+  out[#out + 1] = item
+  out[#out + 1] = redis.call('HGET', PROG, item)
+end
+return out
 """
 
 # ARGV: worker, chain_prefix, wm_key_prefix ('' = do not write flux.last.<metric>), wm_key_ttl,
 # res_prefix, res_ttl, vista_metrics_key,
 # then groups of 9: item, metric, wm_ts ('' = none), wm_hash_value, wm_key_value,
 # resolution ('' = none), delivered ('1'/'0'), keep ('1'/'0'), n_dead, then n_dead pairs
-# (dead_id, dead_json). Acknowledges processed items; with keep, only the watermark and dead
-# letters are written and the item stays held (it is then released). The watermark only ever
-# moves forward. Returns the number of items removed.
+# (dead_id, dead_json). Acknowledges processed items; with keep, only the watermark, the item's
+# progress (wm_ts: its last point the sink confirmed) and dead letters are written and the item
+# stays held (it is then released). The watermark and the progress only ever move forward.
+# Returns the number of items removed.
 ACK = (
     COMMON
     + r"""
@@ -115,9 +130,12 @@ while i <= #ARGV do
   for d = 1, n_dead do
     redis.call('HSET', DEAD, ARGV[i + 7 + 2 * d], ARGV[i + 8 + 2 * d])
   end
-  if not keep then
+  if keep and wm_ts ~= '' then
+    local done = tonumber(redis.call('HGET', PROG, item))
+    if (not done) or tonumber(wm_ts) > done then redis.call('HSET', PROG, item, wm_ts) end
+  elseif not keep then
     redis.call('HDEL', INF, item)
-    redis.call('HDEL', ATT, item)
+    forget(item)
     redis.call('SREM', Q, item)
     advance_chain(chain_prefix, metric, item)
     acked = acked + 1
@@ -147,7 +165,7 @@ for i = 6, #ARGV, 4 do
     if count_attempt then attempts = redis.call('HINCRBY', ATT, item, 1) end
     if count_attempt and attempts >= max_attempts then
       redis.call('HSET', DEAD, dead_id, dead_json)
-      redis.call('HDEL', ATT, item)
+      forget(item)
       advance_chain(chain_prefix, metric, item)
       dead = dead + 1
     else
@@ -170,7 +188,7 @@ local n = 0
 for i = 3, #ARGV, 4 do
   local item, metric, dead_id, dead_json = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   redis.call('HDEL', INF, item)
-  redis.call('HDEL', ATT, item)
+  forget(item)
   redis.call('SREM', Q, item)
   redis.call('HSET', DEAD, dead_id, dead_json)
   advance_chain(chain_prefix, metric, item)
@@ -212,7 +230,8 @@ return recovered
 """
 
 # ARGV: chain_prefix. Clears pending marks whose head item is neither queued nor in flight
-# (e.g. an operator deleted the queue set), releasing the chain's next item if there is one.
+# (e.g. an operator deleted the queue set), releasing the chain's next item if there is one;
+# forgets the progress of items neither queued nor in flight.
 RECONCILE = (
     COMMON
     + r"""
@@ -224,6 +243,12 @@ for i = 1, #entries, 2 do
   if redis.call('SISMEMBER', Q, item) == 0 and redis.call('HEXISTS', INF, item) == 0 then
     advance_chain(chain_prefix, metric, item)
     fixed = fixed + 1
+  end
+end
+local kept = redis.call('HKEYS', PROG)
+for _, item in ipairs(kept) do
+  if redis.call('SISMEMBER', Q, item) == 0 and redis.call('HEXISTS', INF, item) == 0 then
+    redis.call('HDEL', PROG, item)
   end
 end
 return fixed

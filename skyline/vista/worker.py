@@ -6,7 +6,9 @@ What can be sent twice: an item is claimed by one worker at a time; points at or
 metric's watermark are never sent; each request the sink answers is acknowledged at once
 (batch_delivery.py), and a stop ends a batch between two requests. A worker that dies has its
 items recovered by the agent (at once) or by any other worker (when its lease expires); only
-the one request it was waiting for can then be sent again. Carbon keeps one value per (metric,
+the one request it was waiting for can then be sent again. A replay item, delivered below the
+watermark, is resumed from its own progress, written by the same acknowledgements
+(constants.PROGRESS_KEY). Carbon keeps one value per (metric,
 timestamp); Flux, with its default settings, forwards a resent point sent with ``fill`` again
 (docs/skyline-compatibility.md §3.3, README "Once at the sink").
 """
@@ -147,7 +149,10 @@ class WorkerLoop:
         if not self.sink_health.ready():
             self._nap(min(self.sink_health.remaining(), 1.0))
             return 0
-        raws = self.queue.claim(self.wid, self.config.worker_batch_items, self.config.worker_lease)
+        claims = self.queue.claim_items(
+            self.wid, self.config.worker_batch_items, self.config.worker_lease
+        )
+        raws = self.acknowledge.claimed(claims)
         self.redis_outage.ok()
         if not raws:
             self._nap(POLL_IDLE)

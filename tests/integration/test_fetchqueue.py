@@ -300,6 +300,54 @@ def test_partial_ack_keeps_the_item_held_until_released(redis_client: redis.Redi
     assert queued(redis_client) == {raw} and pending(redis_client) == {"vista.part": raw}
 
 
+def progress(client: redis.Redis) -> dict[str, int]:
+    return {text(k): int(v) for k, v in client.hgetall(constants.PROGRESS_KEY).items()}
+
+
+def test_a_partial_ack_records_the_items_progress_for_the_next_claim(
+    redis_client: redis.Redis,
+) -> None:
+    """The progress is written in the ACK step, only forward, outlives a release and a
+    recovery, comes back with the next claim, and leaves with the item."""
+    queue = FetchQueue(redis_client)
+    raw = make_item("vista.prog", points(T0, 6))
+    queue.push([("vista.prog", [raw])])
+    assert [(c.raw, c.progress) for c in queue.claim_items(W1, 5, lease=60)] == [(raw, None)]
+
+    def keep(ts: int) -> Ack:
+        return Ack(raw, "vista.prog", Watermark(ts, 1.0), 60, delivered=True, keep=True)
+
+    queue.ack(W1, [keep(T0 + 120)])
+    queue.ack(W1, [keep(T0 + 60)])  # an older answer never moves it back
+    assert progress(redis_client) == {raw: T0 + 120}
+    queue.release(W1, [raw])
+    assert [(c.raw, c.progress) for c in queue.claim_items(W2, 5, lease=60)] == [(raw, T0 + 120)]
+    queue.ack(W2, [keep(T0 + 180)])
+    assert queue.recover(only_worker=W2) == 1  # the worker died: the progress stays
+    assert [c.progress for c in queue.claim_items(W1, 5, lease=60)] == [T0 + 180]
+    assert queue.ack(W1, [ack_of(raw)]) == 1
+    assert progress(redis_client) == {}
+
+
+def test_an_items_progress_leaves_when_it_is_dead_lettered_or_lost(
+    redis_client: redis.Redis,
+) -> None:
+    queue = FetchQueue(redis_client)
+    a, b, c = (make_item(f"vista.prog.{n}", points(T0, 4)) for n in "abc")
+    queue.push([(f"vista.prog.{n}", [raw]) for n, raw in zip("abc", (a, b, c), strict=True)])
+    assert len(queue.claim(W1, 5, lease=60)) == 3
+    queue.ack(W1, [Ack(raw, codec.decode_item(raw).metric, Watermark(T0 + 60, 0.0), keep=True)
+                   for raw in (a, b, c)])  # fmt: skip
+    assert set(progress(redis_client)) == {a, b, c}
+    assert queue.release(W1, [a], count_attempt=True, max_attempts=1, reason="boom") == (0, 1)
+    queue.dead_letter(W1, [(b, dead_letter(b, "undecodable", W1, "vista.prog.b", now=T0))])
+    assert set(progress(redis_client)) == {c}
+    queue.release(W1, [c])
+    redis_client.delete(constants.QUEUE_KEY)  # an operator deleted the queue
+    queue.reconcile()
+    assert progress(redis_client) == {}
+
+
 def test_watermarks_fall_back_to_the_old_key_and_read_python_literals(
     redis_client: redis.Redis,
 ) -> None:

@@ -241,6 +241,35 @@ def test_replay_item_ack_carries_its_own_last_point() -> None:
     assert ack.delivered is True
 
 
+# --- an item's own progress (a replay item is delivered below the watermark) -----------------
+
+
+def test_a_partly_delivered_replay_item_resumes_after_its_progress() -> None:
+    replay = item("vista.a", series(T0, 5), replay=True, item_id="r")
+    mark = {"vista.a": Watermark(T0 + 3000, 9.0)}
+    planned, entries = plan_batch(
+        [replay, B], mark, NOW, skip_current_minute=True, progress={replay[0]: T0 + 120}
+    )
+    assert [(e.timestamp, e.value) for e in entries[:2]] == [(T0 + 180, 3.0), (T0 + 240, 4.0)]
+    assert planned[0].dropped.at_or_below_watermark == 3
+    assert len(entries) == 4  # B has no progress: untouched
+    # A live item: the newer of its metric's watermark and its own progress.
+    (live,), points = plan_batch([C], {"vista.c": Watermark(T0 + 60, 21.0)}, NOW,
+                                 skip_current_minute=True, progress={C[0]: T0 + 120})  # fmt: skip
+    assert [e.timestamp for e in points] == [T0 + 180]
+
+
+def test_progress_follows_the_acks_as_the_queue_does() -> None:
+    progress = {"x": T0, "gone": T0}
+    delivery.record_progress(progress, [
+        Ack("x", "vista.a", Watermark(T0 + 60, 1.0), keep=True),
+        Ack("new", "vista.a", Watermark(T0 + 120, 1.0), keep=True),
+        Ack("new", "vista.a", None, keep=True),  # nothing new: unchanged
+        Ack("gone", "vista.a", Watermark(T0 + 60, 1.0)),  # acknowledged in full
+    ])  # fmt: skip
+    assert progress == {"x": T0 + 60, "new": T0 + 120}
+
+
 # --- merging segment results, decoding a claimed batch ---------------------------------------
 
 
