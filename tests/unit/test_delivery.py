@@ -251,7 +251,7 @@ def test_a_partly_delivered_replay_item_resumes_after_its_progress() -> None:
         [replay, B], mark, NOW, skip_current_minute=True, progress={replay[0]: T0 + 120}
     )
     assert [(e.timestamp, e.value) for e in entries[:2]] == [(T0 + 180, 3.0), (T0 + 240, 4.0)]
-    assert planned[0].dropped.at_or_below_watermark == 3
+    assert planned[0].dropped["at_or_below_watermark"] == 3
     assert len(entries) == 4  # B has no progress: untouched
     # A live item: the newer of its metric's watermark and its own progress.
     (live,), points = plan_batch([C], {"vista.c": Watermark(T0 + 60, 21.0)}, NOW,
