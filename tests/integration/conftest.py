@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, RedisServer
+from tests.fakes.bigquery import FakeBigQuery
 from tests.support.bigquery import BigQueryRig
 from tests.support.rig import GraphiteRig, Rig
 
@@ -41,3 +42,10 @@ def daily_carbon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarbonSer
 @pytest.fixture
 def bq(rig: Rig, daily_carbon: CarbonServer, metric_prefix: str) -> BigQueryRig:
     return BigQueryRig(rig.tmp_path, rig.redis_server, rig.redis, daily_carbon, metric_prefix)
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeBigQuery]:
+    """The BigQuery double, answering in pages of the module's ``FAKE_PAGE_SIZE`` rows."""
+    with FakeBigQuery(page_size=request.module.FAKE_PAGE_SIZE) as server:
+        yield server

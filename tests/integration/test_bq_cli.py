@@ -13,24 +13,19 @@ import pytest
 
 from tests.fakes.bigquery import FakeBigQuery
 from tests.support.bigquery import (
-    COLUMNS,
     DAY,
     BigQueryRig,
     account,
     bq_settings,
-    business_rows,
-    day_start,
+    business_table,
+    changed_table,
     expected_points,
     read_whisper_tree,
     wait_whisper,
 )
 from tests.support.daemon import VistaHarness
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeBigQuery]:
-    with FakeBigQuery(page_size=25) as server:
-        yield server
+FAKE_PAGE_SIZE = 25  # rows a page of the BigQuery double (the ``fake`` fixture)
 
 
 def settings(
@@ -62,10 +57,8 @@ def harness(tmp_path: Path) -> Iterator[list[VistaHarness]]:
 def test_backfill_and_update_through_the_cli(
     bq: BigQueryRig, fake: FakeBigQuery, harness: list[VistaHarness]
 ) -> None:
-    first = day_start(5)
+    first, rows = business_table(fake, 5, 5, 30)
     last = first + 4 * DAY
-    rows = business_rows(first, 5, 30)
-    fake.set_table(COLUMNS, rows, "day")
     h = VistaHarness(
         bq.tmp_path / "vista",
         settings(bq, fake),
@@ -95,7 +88,7 @@ def test_backfill_and_update_through_the_cli(
     changed = [list(r) for r in rows]
     changed[31][2] = 123456  # day 2, c001 signups
     changed[95][3] = 0.5  # day 4, c005 revenue
-    fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+    changed_table(fake, changed)
     update = h.cli("bq", "update", "shop", "--from", day(first), "--until", day(last), "--wait")
     print(update.stdout)
     assert update.returncode == 0, str(update)

@@ -21,7 +21,6 @@ from tests.support.bigquery import (
     COLUMNS,
     DAY,
     BigQueryRig,
-    Supervised,
     account,
     business_rows,
     day_start,
@@ -29,6 +28,7 @@ from tests.support.bigquery import (
     read_whisper_tree,
     wait_whisper,
 )
+from tests.support.supervised import Supervised
 
 DAYS, VALUES = 60, 200
 

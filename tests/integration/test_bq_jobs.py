@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,17 +25,15 @@ from tests.support.bigquery import (
     LocalJob,
     account,
     business_rows,
+    business_table,
+    changed_table,
     day_start,
     expected_points,
     read_whisper_tree,
     wait_whisper,
 )
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeBigQuery]:
-    with FakeBigQuery(page_size=50) as server:
-        yield server
+FAKE_PAGE_SIZE = 50  # rows a page of the BigQuery double (the ``fake`` fixture)
 
 
 def params(name: str, first: int, last: int, **extra: Any) -> dict[str, Any]:
@@ -49,9 +46,7 @@ def params(name: str, first: int, last: int, **extra: Any) -> dict[str, Any]:
 
 
 def test_backfill_into_carbon_exactly(bq: BigQueryRig, fake: FakeBigQuery) -> None:
-    first = day_start(10)
-    rows = business_rows(first, 3, 40)  # 40 rows a day: 1 page of 50
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 10, 3, 40)  # 40 rows a day: 1 page of 50
     cfg = bq.bq_config(fake)
     job = LocalJob(cfg, bq.redis, params("shop", first, first + 2 * DAY))
     run_backfill(job)
@@ -75,8 +70,7 @@ def test_backfill_into_carbon_exactly(bq: BigQueryRig, fake: FakeBigQuery) -> No
 
 
 def test_dry_run_writes_nothing(bq: BigQueryRig, fake: FakeBigQuery) -> None:
-    first = day_start(20)
-    fake.set_table(COLUMNS, business_rows(first, 2, 10), "day")
+    first, _ = business_table(fake, 20, 2, 10)
     cfg = bq.bq_config(fake)
     job = LocalJob(cfg, bq.redis, params("shop", first, first + DAY, dry_run=True))
     run_backfill(job)
@@ -90,9 +84,7 @@ def test_dry_run_writes_nothing(bq: BigQueryRig, fake: FakeBigQuery) -> None:
 
 
 def test_stop_and_resume_from_checkpoint(bq: BigQueryRig, fake: FakeBigQuery) -> None:
-    first = day_start(30)
-    rows = business_rows(first, 5, 4)
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 30, 5, 4)
     cfg = bq.bq_config(fake)
     job_params = params("shop", first, first + 4 * DAY)
     running: list[object] = []
@@ -143,9 +135,7 @@ def test_failed_and_short_intervals_are_reported_and_the_rest_sent(
 def test_update_sends_exactly_the_changed_and_new_values(
     bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
-    first = day_start(7)
-    rows = business_rows(first, 7, 10)
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 7, 7, 10)
     cfg = bq.bq_config(fake)
     run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + 6 * DAY)))
     wait_whisper(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY, 210)
@@ -159,7 +149,7 @@ def test_update_sends_exactly_the_changed_and_new_values(
         (extra_day, "zz1", 5, None, None),
         (extra_day, "zz2", None, 6.5, None),
     ]
-    fake.set_table(COLUMNS, [tuple(r) for r in changed] + new_rows, "day")
+    changed_table(fake, [*changed, *new_rows])
     fake.received.clear()
     before = read_whisper_tree(bq.carbon, bq.prefix, first - DAY, first + 7 * DAY)
     job = LocalJob(
@@ -210,9 +200,7 @@ def test_update_sends_exactly_the_changed_and_new_values(
 def test_first_writes_wait_for_carbons_create_budget(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     from skyline.vista.create_budget import BUDGET_KEY
 
-    first = day_start(50)
-    rows = business_rows(first, 2, 20)  # 60 new names, then the same 60 again
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 50, 2, 20)  # 60 new names, then the same 60 again
     bq.redis.delete(BUDGET_KEY)
     cfg = bq.bq_config(
         fake,
@@ -249,9 +237,7 @@ def flux_config(bq: BigQueryRig, fake: FakeBigQuery, flux: FluxServer, check_las
 def test_flux_sink_backfill_and_rewrites_post_with_fill_and_the_accounts_key(
     bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
-    first = day_start(60)
-    rows = business_rows(first, 2, 3)
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 60, 2, 3)
     with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY)) as flux:
         cfg = flux_config(bq, fake, flux, True)
         run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + DAY, flux_test=True)))
@@ -260,7 +246,7 @@ def test_flux_sink_backfill_and_rewrites_post_with_fill_and_the_accounts_key(
         assert len(flux.accepted) == 18 and all(p.fill for p in flux.accepted)
         changed = [list(r) for r in rows]
         changed[4][2] = 4242
-        fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+        changed_table(fake, changed)
         run_update(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         last = flux.accepted[-1]
         assert len(flux.accepted) == 19 and last.fill and last.value == 4242.0
@@ -273,15 +259,13 @@ def test_flux_sink_backfill_and_rewrites_post_with_fill_and_the_accounts_key(
 def test_flux_sink_without_flux_last_checks_off_rewrites_go_to_the_carbon_beside_flux(
     bq: BigQueryRig, fake: FakeBigQuery
 ) -> None:
-    first = day_start(70)
-    rows = business_rows(first, 2, 3)
-    fake.set_table(COLUMNS, rows, "day")
+    first, rows = business_table(fake, 70, 2, 3)
     with FluxServer(keys=(DEFAULT_KEY, ACCOUNT_KEY), check_last_timestamp=False) as flux:
         cfg = flux_config(bq, fake, flux, False)
         run_backfill(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         changed = [list(r) for r in rows]
         changed[4][2] = 4242
-        fake.set_table(COLUMNS, [tuple(r) for r in changed], "day")
+        changed_table(fake, changed)
         run_update(LocalJob(cfg, bq.redis, params("shop", first, first + DAY)))
         assert flux.requests == []
     expected = expected_points(bq.prefix, [tuple(r) for r in changed])
@@ -297,8 +281,7 @@ def test_flux_sink_without_flux_last_checks_off_rewrites_go_to_the_carbon_beside
 def test_counters_and_self_metrics(bq: BigQueryRig, fake: FakeBigQuery) -> None:
     from prometheus_client import REGISTRY
 
-    first = day_start(80)
-    fake.set_table(COLUMNS, business_rows(first, 2, 4), "day")
+    first, _ = business_table(fake, 80, 2, 4)
     name = bq.prefix.replace(".", "_")
     cfg = bq.bq_config(
         fake,

@@ -17,14 +17,11 @@ import redis
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs import commands, display
 from skyline.vista.jobs.record import JobRecord, Progress, Status, encode, new_job
-from skyline.vista.jobs.registry import JobKind
 from skyline.vista.jobs.store import KEEP_FINISHED, JobStore
-from skyline.vista.jobs.supervisor import JobSupervisor
-from skyline.vista.logs import LogSpec
-from skyline.vista.pool import ProcessPool
 from skyline.vista.testing.servers import RedisServer, poll_until
 from tests.support.job_kinds import COUNT, PIDS_KEY, UNITS_KEY
 from tests.support.settings import make_config
+from tests.support.supervised import Supervised
 
 
 @pytest.fixture
@@ -37,44 +34,9 @@ def cfg(tmp_path: Path, redis_server: RedisServer) -> VistaConfig:
     return make_config(tmp_path, redis_server, [])
 
 
-class Supervised:
-    """A pool and a job supervisor driven the way the agent drives them."""
-
-    def __init__(
-        self,
-        cfg: VistaConfig,
-        client: redis.Redis,
-        tmp_path: Path,
-        kinds: tuple[JobKind, ...] = (COUNT,),
-    ) -> None:
-        self.pool = ProcessPool()
-        spec = LogSpec(str(tmp_path / "vista.log"), verbose=True, secrets=())
-        self.supervisor = JobSupervisor(cfg, client, self.pool, spec, kinds=kinds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.pool.poll()
-            self.supervisor.tick()
-            time.sleep(0.05)
-
-    def __enter__(self) -> Supervised:
-        self._thread.start()
-        return self
-
-    def pause(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def __exit__(self, *exc: object) -> None:
-        self.pause()
-        self.pool.stop_all(10)
-
-
 @pytest.fixture
 def supervised(cfg: VistaConfig, redis_client: redis.Redis, tmp_path: Path) -> Iterator[Supervised]:
-    with Supervised(cfg, redis_client, tmp_path) as s:
+    with Supervised(cfg, redis_client, tmp_path, (COUNT,)) as s:
         yield s
 
 
@@ -88,16 +50,6 @@ def wait_status(store: JobStore, job_id: str, status: Status, timeout: float = 3
         return record if record is not None and record.status is status else None
 
     return poll_until(probe, timeout, what=f"job {job_id} {status.value}")
-
-
-def job_pid(pool: ProcessPool, job_id: str) -> int:
-    def probe() -> int | None:
-        for name, process in pool.running():
-            if name.endswith(job_id) and process.pid:
-                return process.pid
-        return None
-
-    return poll_until(probe, 20, what="the job process")
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -215,7 +167,7 @@ def test_a_sigkilled_job_process_is_resumed_from_its_checkpoint(
     redis_client: redis.Redis, store: JobStore, supervised: Supervised
 ) -> None:
     job = store.submit(new_job("count", {"units": 40, "pause": 0.05}))
-    pid = job_pid(supervised.pool, job.id)
+    pid = supervised.job_pid(job.id)
     poll_until(lambda: True if len(units_run(redis_client)) >= 10 else None, 30, what="10 units")
     os.kill(pid, signal.SIGKILL)
     record = wait_status(store, job.id, Status.DONE)
@@ -258,9 +210,9 @@ def test_cancel_a_pending_then_a_running_job(
     assert (got := store.get(waiting.id)) is not None and got.status is Status.CANCELLED
     assert redis_client.hlen(COUNT.keys.work) == 0
 
-    with Supervised(supervised.supervisor.config, redis_client, tmp_path) as again:
+    with Supervised(supervised.supervisor.config, redis_client, tmp_path, (COUNT,)) as again:
         job = store.submit(new_job("count", {"units": 200, "pause": 0.02}))
-        job_pid(again.pool, job.id)
+        again.job_pid(job.id)
         poll_until(lambda: True if units_run(redis_client) else None, 20, what="a unit")
         assert commands.cancel(redis_client, job.id, out, kinds=(COUNT,)) == 0
         record = wait_status(store, job.id, Status.CANCELLED)
@@ -277,9 +229,9 @@ def test_cancel_a_pending_then_a_running_job(
 def test_sigterm_stops_between_units_keeps_progress_and_the_job_resumes(
     cfg: VistaConfig, redis_client: redis.Redis, store: JobStore, tmp_path: Path
 ) -> None:
-    with Supervised(cfg, redis_client, tmp_path) as first:
+    with Supervised(cfg, redis_client, tmp_path, (COUNT,)) as first:
         job = store.submit(new_job("count", {"units": 100, "pause": 0.03}))
-        job_pid(first.pool, job.id)
+        first.job_pid(job.id)
         poll_until(lambda: True if len(units_run(redis_client)) >= 5 else None, 20, what="5")
         first.pause()
         exits = first.pool.stop_all(10)  # SIGTERM, as the agent's drain does
@@ -289,7 +241,7 @@ def test_sigterm_stops_between_units_keeps_progress_and_the_job_resumes(
     assert 5 <= paused.progress.done < 100
     assert paused.checkpoint == {"next": paused.progress.done}
     assert len(units_run(redis_client)) == paused.progress.done
-    with Supervised(cfg, redis_client, tmp_path):
+    with Supervised(cfg, redis_client, tmp_path, (COUNT,)):
         record = wait_status(store, job.id, Status.DONE)
     runs = units_run(redis_client)
     assert runs == {u: 1 for u in range(100)}  # resumed where it stopped: nothing run twice
@@ -321,7 +273,7 @@ def test_the_parent_death_signal_then_sigterm_is_one_stop_not_a_forced_exit(
     """Linux sends the parent-death signal once per agent thread that exits; it must not count
     as the first of the two SIGTERMs that make a job process leave at once."""
     job = store.submit(new_job("count", {"units": 200, "pause": 0.05}))
-    pid = job_pid(supervised.pool, job.id)
+    pid = supervised.job_pid(job.id)
     poll_until(lambda: True if len(units_run(redis_client)) >= 3 else None, 20, what="3 units")
     os.kill(pid, signal.SIGUSR1)
     os.kill(pid, signal.SIGTERM)

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,22 @@ def business_rows(first_day: int, days: int, countries: int) -> list[tuple[objec
         for c in range(countries):
             rows.append((day, f"c{c:03d}", d * 1000 + c, d + c / 4, c * 7 + d))
     return rows
+
+
+def business_table(
+    fake: FakeBigQuery, days_ago: int, days: int, countries: int
+) -> tuple[int, list[tuple[object, ...]]]:
+    """The fake's table: :func:`business_rows` of ``days`` days from ``days_ago`` days back;
+    returns the first day's start and the rows."""
+    first = day_start(days_ago)
+    rows = business_rows(first, days, countries)
+    fake.set_table(COLUMNS, rows, "day")
+    return first, rows
+
+
+def changed_table(fake: FakeBigQuery, rows: Iterable[Iterable[object]]) -> None:
+    """The fake's table replaced by ``rows`` (lists that a test changed, or tuples)."""
+    fake.set_table(COLUMNS, [tuple(r) for r in rows], "day")
 
 
 def expected_points(prefix: str, rows: list[tuple[object, ...]]) -> dict[str, dict[int, float]]:
@@ -223,44 +239,3 @@ def wait_whisper(
         time.sleep(0.5)
     count = sum(len(v) for v in seen.values())
     raise TimeoutError(f"{count} of {points} points under {prefix} in whisper")
-
-
-class Supervised:
-    """A process pool and the job supervisor, driven the way the agent drives them."""
-
-    def __init__(self, cfg: VistaConfig, client: redis.Redis, tmp_path: Path) -> None:
-        import threading
-
-        from skyline.vista.jobs.supervisor import JobSupervisor
-        from skyline.vista.logs import LogSpec
-        from skyline.vista.pool import ProcessPool
-
-        self.pool = ProcessPool()
-        spec = LogSpec(str(tmp_path / "vista.log"), verbose=True, secrets=())
-        self.supervisor = JobSupervisor(cfg, client, self.pool, spec)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.pool.poll()
-            self.supervisor.tick()
-            time.sleep(0.05)
-
-    def job_pid(self, job_id: str, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, process in self.pool.running():
-                if name.endswith(job_id) and process.pid:
-                    return process.pid
-            time.sleep(0.02)
-        raise TimeoutError(f"no process for job {job_id}")
-
-    def __enter__(self) -> Supervised:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.pool.stop_all(10)
