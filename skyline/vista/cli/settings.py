@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from skyline.vista import config as config_module
 from skyline.vista import constants, secret
-from skyline.vista.config import VistaConfig
+from skyline.vista.config import VistaConfig, table
 from skyline.vista.errors import ConfigError
 
 Command = Callable[[argparse.Namespace], int]
@@ -113,7 +113,7 @@ def _pidfile(args: argparse.Namespace) -> Pidfile | int:
         except ConfigError:
             eprint(f"vista: cannot read {path}: {'; '.join(exc.problems)}")
             return constants.EXIT_SETTINGS_UNREADABLE
-        pid_path = raw.get("PID_PATH", "/var/run/skyline")
+        pid_path = raw.get("PID_PATH", table.PID_PATH.default)
         if not isinstance(pid_path, str):
             eprint("vista: PID_PATH is not a string")
             return constants.EXIT_SETTINGS_UNREADABLE
