@@ -98,24 +98,6 @@ def _quote_line(text: str | None) -> str:
     return show(text)
 
 
-PLAIN_FIELDS = (
-    "enabled verbose_logging fetcher_max_runtime worker_processes do_not_submit_current_minute "
-    "graphite_batch_size fetch_concurrency max_response_bytes max_backfill prune_removed_after "
-    "queue_item_max_points fetch_max_points worker_batch_items worker_lease max_attempts "
-    "shutdown_timeout log_path pid_path carbon_max_creates_per_minute member_ttl "
-    "backfill_concurrency backfill_max_range flux_check_last_timestamp flux_carbon_host "
-    "flux_carbon_pickle_port"
-)
-"""The VistaConfig fields that are one setting each, read as it is: see :func:`_plain`."""
-
-
-def _plain(r: Reader, fields: str, prefix: str = "") -> dict[str, Any]:
-    """The record fields named in ``fields`` (space-separated) that are one setting each, read
-    as their table entry says: the entry of ``field`` is ``table.<prefix><FIELD>``
-    (``fetch_max_points`` is table.FETCH_MAX_POINTS, FluxConfig's ``port`` table.FLUX_PORT)."""
-    return {name: r.read(getattr(table, prefix + name.upper())) for name in fields.split()}
-
-
 def _flux(r: Reader, required: bool) -> FluxConfig:
     key_value = r.values.get("FLUX_SELF_API_KEY")
     key = None
@@ -131,15 +113,30 @@ def _flux(r: Reader, required: bool) -> FluxConfig:
         r.problems.bad("FLUX_SELF_API_KEY", "<hidden>", "a string of 32 letters and digits")
     elif required:
         r.problems.error("FLUX_SELF_API_KEY", "not set; VISTA_SINK = 'flux' needs Flux's key")
-    plain = "port protocol verify_ssl ca_bundle max_age batch_size timeout"
-    return FluxConfig(host=r.read(table.FLUX_IP), key=key, **_plain(r, plain, "FLUX_"))
+    return FluxConfig(
+        host=r.read(table.FLUX_IP),
+        port=r.read(table.FLUX_PORT),
+        key=key,
+        protocol=r.read(table.FLUX_PROTOCOL),
+        verify_ssl=r.read(table.FLUX_VERIFY_SSL),
+        ca_bundle=r.read(table.FLUX_CA_BUNDLE),
+        max_age=r.read(table.FLUX_MAX_AGE),
+        batch_size=r.read(table.FLUX_BATCH_SIZE),
+        timeout=r.read(table.FLUX_TIMEOUT),
+    )
 
 
 def _carbon(r: Reader, required: bool) -> CarbonConfig:
     host = r.read(table.CARBON_HOST)
     if required and not host:
         r.problems.error("CARBON_HOST", "not set; VISTA_SINK = 'graphite' needs carbon's address")
-    return CarbonConfig(host=host, **_plain(r, "port pickle_port protocol timeout", "CARBON_"))
+    return CarbonConfig(
+        host=host,
+        port=r.read(table.CARBON_PORT),
+        pickle_port=r.read(table.CARBON_PICKLE_PORT),
+        protocol=r.read(table.CARBON_PROTOCOL),
+        timeout=r.read(table.CARBON_TIMEOUT),
+    )
 
 
 def _metrics_address(r: Reader) -> tuple[str, int] | None:
@@ -230,10 +227,26 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
     shards, hostname = _shards(r)
     config = VistaConfig(
         path=path,
+        enabled=r.read(table.ENABLED),
+        verbose_logging=r.read(table.VERBOSE_LOGGING),
         fetch_metrics=entries,
+        fetcher_max_runtime=r.read(table.FETCHER_MAX_RUNTIME),
         fetcher_processes=fetcher_processes,
+        worker_processes=r.read(table.WORKER_PROCESSES),
+        do_not_submit_current_minute=r.read(table.DO_NOT_SUBMIT_CURRENT_MINUTE),
+        graphite_batch_size=r.read(table.GRAPHITE_BATCH_SIZE),
+        fetch_concurrency=r.read(table.FETCH_CONCURRENCY),
         default_host_options=default_host,
         remote_hosts=remote_hosts(r, default_host),
+        max_response_bytes=r.read(table.MAX_RESPONSE_BYTES),
+        max_backfill=r.read(table.MAX_BACKFILL),
+        prune_removed_after=r.read(table.PRUNE_REMOVED_AFTER),
+        queue_item_max_points=r.read(table.QUEUE_ITEM_MAX_POINTS),
+        fetch_max_points=r.read(table.FETCH_MAX_POINTS),
+        worker_batch_items=r.read(table.WORKER_BATCH_ITEMS),
+        worker_lease=r.read(table.WORKER_LEASE),
+        max_attempts=r.read(table.MAX_ATTEMPTS),
+        shutdown_timeout=r.read(table.SHUTDOWN_TIMEOUT),
         metrics_address=_metrics_address(r),
         sink=sink,
         redis=redis_config(r),
@@ -244,13 +257,21 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
             port=r.read(table.SELF_CARBON_PORT) or carbon.port,
             server_metrics_name=r.read(table.SERVER_METRICS_NAME),
         ),
+        log_path=r.read(table.LOG_PATH),
+        pid_path=r.read(table.PID_PATH),
         bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
         bigquery=_bigquery(r),
+        carbon_max_creates_per_minute=r.read(table.CARBON_MAX_CREATES_PER_MINUTE),
         shards=shards,
         hostname=hostname,
         job_processes=_job_processes(r),
+        member_ttl=r.read(table.MEMBER_TTL),
+        backfill_concurrency=r.read(table.BACKFILL_CONCURRENCY),
+        backfill_max_range=r.read(table.BACKFILL_MAX_RANGE),
+        flux_check_last_timestamp=r.read(table.FLUX_CHECK_LAST_TIMESTAMP),
+        flux_carbon_host=r.read(table.FLUX_CARBON_HOST),
+        flux_carbon_pickle_port=r.read(table.FLUX_CARBON_PICKLE_PORT),
         warnings=(),
-        **_plain(r, PLAIN_FIELDS),
     )
     if (
         sink == "flux"
