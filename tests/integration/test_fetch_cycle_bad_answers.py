@@ -94,10 +94,34 @@ async def remotes() -> AsyncIterator[Callable[[Handler], Awaitable[Remote]]]:
         yield make
 
 
+@dataclass
+class Net:
+    """What a test here fetches with: loopback remotes it starts (``await net.remote(handler)``),
+    one client session, and settings in its temp dir."""
+
+    tmp_path: Path
+    remote: Callable[[Handler], Awaitable[Remote]]
+    session: aiohttp.ClientSession
+
+    def config(self, entries: Iterable[Mapping[str, object]], **settings: object) -> VistaConfig:
+        return make_config(self.tmp_path, entries, **settings)
+
+    async def dry_run(
+        self, config: VistaConfig, hosts: dict[str, HostState] | None = None
+    ) -> CycleReport:
+        """One cycle at :func:`recorded_time` that queues nothing."""
+        cycle = FetchCycle(
+            config, self.session, {} if hosts is None else hosts, queue=None, clock=recorded_time
+        )
+        return await cycle.run(config.fetch_metrics, {}, set())
+
+
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+async def net(
+    tmp_path: Path, remotes: Callable[[Handler], Awaitable[Remote]]
+) -> AsyncIterator[Net]:
+    async with aiohttp.ClientSession() as session:
+        yield Net(tmp_path, remotes, session)
 
 
 @pytest.fixture
@@ -326,16 +350,6 @@ def make_config(
     )
 
 
-async def dry_cycle(
-    config: VistaConfig, session: aiohttp.ClientSession, hosts: dict[str, HostState] | None = None
-) -> CycleReport:
-    """One cycle at :func:`recorded_time` that queues nothing."""
-    cycle = FetchCycle(
-        config, session, {} if hosts is None else hosts, queue=None, clock=recorded_time
-    )
-    return await cycle.run(config.fetch_metrics, {}, set())
-
-
 def recorded_time() -> float:
     """A clock in the minutes after the recorded Prometheus answers' last point."""
     return P_T0 + 600.0
@@ -422,51 +436,40 @@ def assert_no_crash(report: CycleReport, caplog: pytest.LogCaptureFixture) -> No
 
 
 async def test_one_cycle_with_every_kind_of_bad_answer(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
-    queue: AsyncFetchQueue,
-    redis_client: redis.Redis,
-    caplog: pytest.LogCaptureFixture,
+    net: Net, queue: AsyncFetchQueue, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    prom = await remotes(prometheus)
-    graph = await remotes(graphite)
-    throttled = await remotes(
+    prom = await net.remote(prometheus)
+    graph = await net.remote(graphite)
+    throttled = await net.remote(
         status_page(
             429, b'{"error":"too many requests"}', "application/json", **{"Retry-After": "120"}
         )
     )
-    down = await remotes(status_page(503, b"Service Unavailable", "text/plain"))
-    gateway = await remotes(status_page(502, NGINX_502, "text/html"))
+    down = await net.remote(status_page(503, b"Service Unavailable", "text/plain"))
+    gateway = await net.remote(status_page(502, NGINX_502, "text/html"))
     slow_box: list[Remote] = []
-    stalled = await remotes(slow(slow_box))
+    stalled = await net.remote(slow(slow_box))
     slow_box.append(stalled)
     cut = await CutServer().start()
     refused = f"http://127.0.0.1:{free_port()}"
 
+    prom_queries = [
+        ("good", record.PROM_MATRIX_QUERY), ("good_b", 'vista_rec{job="b"}'),
+        ("special", record.PROM_SPECIAL_QUERY), ("empty", record.PROM_EMPTY_QUERY),
+        ("multi", record.PROM_MULTI_QUERY), ("bad_query", record.PROM_BAD_QUERY),
+        ("html", "login_page"), ("truncated", "truncated"), ("invalid", "invalid"),
+        ("shape", "shape"), ("too_large", "too_large"),
+        ("too_large_chunked", "too_large_chunked"), ("too_large_gzip", "too_large_gzip"),
+    ]  # fmt: skip
+    graphite_answers = [
+        ("plain", record.GRAPHITE_PLAIN), ("sum", record.GRAPHITE_SUM), ("odd", "odd.values"),
+        ("glob", record.GRAPHITE_GLOB), ("unknown", record.GRAPHITE_UNKNOWN),
+        ("html", "html.page"), ("shape", "bad.shape"), ("missing", record.GRAPHITE_MISSING),
+    ]  # fmt: skip
     entries = [
-        prom_entry(prom.url, "prom.good", record.PROM_MATRIX_QUERY),
-        prom_entry(prom.url, "prom.good_b", 'vista_rec{job="b"}'),
-        prom_entry(prom.url, "prom.special", record.PROM_SPECIAL_QUERY),
-        prom_entry(prom.url, "prom.empty", record.PROM_EMPTY_QUERY),
-        prom_entry(prom.url, "prom.multi", record.PROM_MULTI_QUERY),
-        prom_entry(prom.url, "prom.bad_query", record.PROM_BAD_QUERY),
-        prom_entry(prom.url, "prom.html", "login_page"),
-        prom_entry(prom.url, "prom.truncated", "truncated"),
-        prom_entry(prom.url, "prom.invalid", "invalid"),
-        prom_entry(prom.url, "prom.shape", "shape"),
-        prom_entry(prom.url, "prom.too_large", "too_large"),
-        prom_entry(prom.url, "prom.too_large_chunked", "too_large_chunked"),
-        prom_entry(prom.url, "prom.too_large_gzip", "too_large_gzip"),
-        graphite_entry(graph.url, "graphite.plain", record.GRAPHITE_PLAIN),
-        graphite_entry(graph.url, "graphite.sum", record.GRAPHITE_SUM),
-        graphite_entry(graph.url, "graphite.odd", "odd.values"),
-        graphite_entry(graph.url, "graphite.glob", record.GRAPHITE_GLOB),
-        graphite_entry(graph.url, "graphite.unknown", record.GRAPHITE_UNKNOWN),
-        graphite_entry(graph.url, "graphite.html", "html.page"),
-        graphite_entry(graph.url, "graphite.shape", "bad.shape"),
-        graphite_entry(graph.url, "graphite.missing", record.GRAPHITE_MISSING),
+        *(prom_entry(prom.url, f"prom.{name}", query) for name, query in prom_queries),
+        *(graphite_entry(graph.url, f"graphite.{name}", t) for name, t in graphite_answers),
         prom_entry(throttled.url, "throttled", "up"),
         graphite_entry(down.url, "down.a", "a.b"),
         graphite_entry(down.url, "down.b", "c.d"),
@@ -475,14 +478,12 @@ async def test_one_cycle_with_every_kind_of_bad_answer(
         prom_entry(cut.url, "cut", "up"),
         graphite_entry(refused, "refused", "a.b"),
     ]
-    config = make_config(
-        tmp_path, entries, VISTA_REMOTE_HOSTS={stalled.url: {"timeout": SLOW_TIMEOUT}}
-    )
+    config = net.config(entries, VISTA_REMOTE_HOSTS={stalled.url: {"timeout": SLOW_TIMEOUT}})
     hosts: dict[str, HostState] = {}
     failed: list[str] = []
     cycle = FetchCycle(
         config,
-        session,
+        net.session,
         hosts,
         queue=queue,
         on_error=lambda r: failed.append(r.metric),
@@ -628,23 +629,17 @@ async def test_one_cycle_with_every_kind_of_bad_answer(
     ],
 )
 async def test_graphite_batch_broken_by_one_target_is_fetched_singly(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
-    caplog: pytest.LogCaptureFixture,
-    breaker: str,
-    kind: str,
-    message: str,
+    net: Net, caplog: pytest.LogCaptureFixture, breaker: str, kind: str, message: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    graph = await remotes(graphite)
-    other = await remotes(graphite)
+    graph = await net.remote(graphite)
+    other = await net.remote(graphite)
     targets = [record.GRAPHITE_PLAIN, breaker, record.GRAPHITE_SUM]
     entries = [graphite_entry(graph.url, f"g{n}", t) for n, t in enumerate(targets)]
     entries.append(graphite_entry(other.url, "elsewhere", record.GRAPHITE_PLAIN))
-    config = make_config(tmp_path, entries)
+    config = net.config(entries)
 
-    report = await dry_cycle(config, session)
+    report = await net.dry_run(config)
 
     assert_no_crash(report, caplog)
     results = by_metric(report)
@@ -667,15 +662,12 @@ async def test_graphite_batch_broken_by_one_target_is_fetched_singly(
 
 
 async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
-    caplog: pytest.LogCaptureFixture,
+    net: Net, caplog: pytest.LogCaptureFixture
 ) -> None:
     """'shy.metric' is left out of batch answers but answers alone; the missing metric
     answers nothing either way (no points, and no error: graphite-web says the same for a
     metric without data); a glob in the batch is too many series without a second request."""
-    graph = await remotes(graphite)
+    graph = await net.remote(graphite)
     targets = [
         record.GRAPHITE_PLAIN,
         "shy.metric",
@@ -685,9 +677,9 @@ async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
         record.GRAPHITE_SUM,
     ]
     entries = [graphite_entry(graph.url, f"g{n}", t) for n, t in enumerate(targets)]
-    config = make_config(tmp_path, entries)
+    config = net.config(entries)
 
-    report = await dry_cycle(config, session)
+    report = await net.dry_run(config)
 
     assert_no_crash(report, caplog)
     r = [by_metric(report)[f"g{n}"] for n in range(len(targets))]
@@ -708,24 +700,24 @@ async def test_graphite_target_missing_from_a_batch_answer_is_asked_alone(
     assert len(graph.seen) == 3
 
 
-async def test_a_host_that_answered_429_is_left_alone_next_cycle(
-    tmp_path: Path, remotes: Callable[[Handler], Awaitable[Remote]], session: aiohttp.ClientSession
-) -> None:
-    throttled = await remotes(status_page(429, b"slow down", "text/plain", **{"Retry-After": "60"}))
-    prom = await remotes(prometheus)
+async def test_a_host_that_answered_429_is_left_alone_next_cycle(net: Net) -> None:
+    throttled = await net.remote(
+        status_page(429, b"slow down", "text/plain", **{"Retry-After": "60"})
+    )
+    prom = await net.remote(prometheus)
     entries = [
         prom_entry(throttled.url, "t1", "up"),
         prom_entry(throttled.url, "t2", "up"),
         prom_entry(prom.url, "good", record.PROM_MATRIX_QUERY),
     ]
-    config = make_config(tmp_path, entries)
+    config = net.config(entries)
     hosts: dict[str, HostState] = {}
 
-    first = by_metric(await dry_cycle(config, session, hosts))
+    first = by_metric(await net.dry_run(config, hosts))
     assert [kind_of(first[m]) for m in ("t1", "t2", "good")] == ["http_429", "http_429", None]
     assert not hosts[throttled.url].available() and hosts[prom.url].available()
 
-    second = by_metric(await dry_cycle(config, session, hosts))
+    second = by_metric(await net.dry_run(config, hosts))
     assert [(second[m].skipped, second[m].requests) for m in ("t1", "t2")] == [
         ("host_backoff", 0),
         ("host_backoff", 0),
@@ -735,7 +727,7 @@ async def test_a_host_that_answered_429_is_left_alone_next_cycle(
 
 
 async def test_retry_after_holds_even_when_another_request_to_the_host_then_succeeds(
-    tmp_path: Path, remotes: Callable[[Handler], Awaitable[Remote]], session: aiohttp.ClientSession
+    net: Net,
 ) -> None:
     """Two metrics of one host are fetched together: the first answer is 429 Retry-After 60,
     the second a good answer a moment later. The host asked us to wait: it stays alone."""
@@ -749,14 +741,14 @@ async def test_retry_after_holds_even_when_another_request_to_the_host_then_succ
         await asyncio.sleep(0.1)  # the 429 reaches the client first
         return recorded("prometheus_query_range_matrix.json")
 
-    host = await remotes(handler)
+    host = await net.remote(handler)
     entries = [
         prom_entry(host.url, "throttled", "throttled"),
         prom_entry(host.url, "good", record.PROM_MATRIX_QUERY),
     ]
-    config = make_config(tmp_path, entries)
+    config = net.config(entries)
     hosts: dict[str, HostState] = {}
-    results = by_metric(await dry_cycle(config, session, hosts))
+    results = by_metric(await net.dry_run(config, hosts))
     assert results["good"].points == GOOD_PROM
     assert results["throttled"].error is not None
     assert results["throttled"].error.kind == "http_429"
@@ -779,12 +771,7 @@ def basic(user: str, password: str) -> str:
 
 
 async def test_credentials_are_sent_and_never_logged_or_queued(
-    tmp_path: Path,
-    remotes: Callable[[Handler], Awaitable[Remote]],
-    session: aiohttp.ClientSession,
-    queue: AsyncFetchQueue,
-    redis_client: redis.Redis,
-    caplog: pytest.LogCaptureFixture,
+    net: Net, queue: AsyncFetchQueue, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     want_prom = {
@@ -807,8 +794,8 @@ async def test_credentials_are_sent_and_never_logged_or_queued(
             )
         return await graphite(request)
 
-    prom = await remotes(prom_handler)
-    graph = await remotes(graphite_handler)
+    prom = await net.remote(prom_handler)
+    graph = await net.remote(graphite_handler)
     user = {"user": "vista-user", "password": SECRETS["password"]}
     entries = [
         prom_entry(prom.url, "p.basic", "q_basic", **user),
@@ -822,8 +809,7 @@ async def test_credentials_are_sent_and_never_logged_or_queued(
         graphite_entry(graph.url, "g.bad1", record.GRAPHITE_PLAIN, api_key=SECRETS["bad_key"]),
         graphite_entry(graph.url, "g.bad2", record.GRAPHITE_SUM, api_key=SECRETS["bad_key"]),
     ]
-    config = make_config(
-        tmp_path,
+    config = net.config(
         entries,
         VISTA_API_KEY_HEADER="X-Vista-Key",
         VISTA_REMOTE_HOSTS={graph.url: {"api_key_header": "X-Grafana-Key"}},
@@ -831,7 +817,7 @@ async def test_credentials_are_sent_and_never_logged_or_queued(
     logger = logging.getLogger("test.fetcher")
     cycle = FetchCycle(
         config,
-        session,
+        net.session,
         {},
         queue=queue,
         on_error=lambda r: logger.warning("%s %s: %s", r.entry.host, r.metric, r.error),

@@ -100,6 +100,13 @@ def push_series(client: redis.Redis, series: Series, per_item: int) -> None:
         assert queue.push(chains[start : start + 500]) == len(chains[start : start + 500])
 
 
+def queue_recent(client: redis.Redis, prefix: str, metrics: int) -> Series:
+    """``metrics`` metrics of five points in one item each, young enough for Flux, queued."""
+    series = make_series(prefix, metrics, 5, recent_start())
+    push_series(client, series, per_item=5)
+    return series
+
+
 def triples(series: Series) -> list[Triple]:
     return sorted((m, ts, v) for m, pts in series.items() for ts, v in pts)
 
@@ -460,8 +467,7 @@ def test_a_point_too_far_in_the_future_is_held_back_not_rejected(
 def test_flux_401_keeps_every_item_logs_once_and_backs_off(
     rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    series = make_series("vista.auth", 20, 5, recent_start())
-    push_series(rig.redis, series, per_item=5)
+    series = queue_recent(rig.redis, "vista.auth", 20)
     cfg = rig.config(FLUX_PORT=flux.port)
     caplog.set_level(logging.INFO)
     with LoopThreads([flux_loop(cfg, rig.redis_server, key=WRONG_KEY)]):
@@ -491,8 +497,7 @@ def test_flux_503_is_retried_with_backoff_nothing_lost_or_doubled(
     rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    series = make_series("vista.busy", 30, 5, recent_start())
-    push_series(rig.redis, series, per_item=5)
+    series = queue_recent(rig.redis, "vista.busy", 30)
     flux.fail_next(503, count=3, body="Service Unavailable")
     cfg = rig.config(FLUX_PORT=flux.port)
     began = time.monotonic()
@@ -516,8 +521,7 @@ def test_flux_down_then_up_loses_and_doubles_nothing(
     rig: Rig, flux: FluxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    series = make_series("vista.down", 40, 5, recent_start())
-    push_series(rig.redis, series, per_item=5)
+    series = queue_recent(rig.redis, "vista.down", 40)
     flux.set_down(True)
     cfg = rig.config(FLUX_PORT=flux.port)
     loop = flux_loop(cfg, rig.redis_server)
@@ -661,8 +665,7 @@ def test_an_item_that_triggers_a_bug_is_isolated_then_dead_lettered_after_max_at
 
 @pytest.mark.slow
 def test_three_worker_processes_deliver_each_point_exactly_once(rig: Rig, flux: FluxServer) -> None:
-    series = make_series("vista.multi", 2000, 5, recent_start())
-    push_series(rig.redis, series, per_item=5)
+    series = queue_recent(rig.redis, "vista.multi", 2000)
     cfg = rig.config(FLUX_PORT=flux.port, VISTA_WORKER_BATCH_ITEMS=20)
     pool = WorkerPool(cfg, LogSpec(str(rig.tmp_path / "vista.log")), 3)
     pool.start()
@@ -941,8 +944,7 @@ def test_items_of_a_claim_whose_answer_was_lost_are_not_held_forever(
     """Redis ran a worker's claim but the answer never came back (Redis restarted during the
     call, or redis-py re-sent it after a broken connection). The items are recorded as held
     by a live worker whose lease keeps being renewed; the worker itself must give them back."""
-    series = make_series("vista.lost", 8, 5, recent_start())
-    push_series(rig.redis, series, per_item=5)
+    series = queue_recent(rig.redis, "vista.lost", 8)
     cfg = rig.config(FLUX_PORT=flux.port)
     loop = flux_loop(cfg, rig.redis_server)
     lost = FetchQueue(rig.redis).claim(loop.wid, 5, lease=60)  # the answer nobody read
