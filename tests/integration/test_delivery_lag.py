@@ -13,7 +13,8 @@ from skyline.vista.sinks.carbon import CarbonSink
 from skyline.vista.testing.servers import CarbonServer
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import WorkerLoop
-from tests.integration.test_worker import carbon_config, drained, push_series
+from tests.integration.test_worker import carbon_config, push_series
+from tests.support.items import run_until_drained
 from tests.support.rig import Rig
 
 
@@ -37,10 +38,7 @@ def test_lag_of_delivered_items_reaches_metrics_and_status(
     loop = WorkerLoop(
         cfg, f"test:{os.getpid()}:0", rig.redis_server.client(), CarbonSink(cfg.carbon)
     )
-    deadline = time.monotonic() + 20
-    while not drained(rig.redis) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, rig.redis, 20)
     acked = time.time()
     assert histogram_count() - before == 10
     counts = lag.read_counts(rig.redis, acked)

@@ -26,7 +26,7 @@ from skyline.vista.testing.servers import RedisServer
 from skyline.vista.worker import WorkerLoop
 from tests.conftest import PrometheusFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.integration.test_worker import drained
+from tests.support.items import drained, run_until_drained
 from tests.support.rig import GraphiteRig, Rig
 
 
@@ -42,10 +42,7 @@ def value(instance: str, ts: int) -> float:
 
 def deliver(cfg: VistaConfig, server: RedisServer, client: redis.Redis) -> None:
     loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", server.client(), FluxSink(cfg.flux))
-    deadline = time.monotonic() + 20
-    while not drained(client) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, client, 20)
     assert drained(client)
 
 

@@ -41,7 +41,7 @@ from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, WorkerLoop, worker_id
 from tests.conftest import RedisFactory
 from tests.fakes.flux import DEFAULT_KEY, FluxServer
-from tests.support.items import make_item
+from tests.support.items import drained, make_item, run_until_drained
 from tests.support.rig import Rig
 from tests.support.settings import make_config
 
@@ -113,11 +113,6 @@ def triples(series: Series) -> list[Triple]:
 
 def accepted(flux: FluxServer) -> list[Triple]:
     return sorted((p.metric, p.timestamp, p.value) for p in flux.accepted)
-
-
-def drained(client: redis.Redis) -> bool:
-    counts = FetchQueue(client).counts()
-    return counts.queued == counts.inflight == counts.pending_metrics == 0
 
 
 def wait_drained(
@@ -284,10 +279,7 @@ def test_flux_delivers_every_point_once_in_posts_of_at_most_450(rig: Rig, flux: 
     push_series(rig.redis, series, per_item=10)  # chains of 3 items per metric
     cfg = rig.config(FLUX_PORT=flux.port)
     loop = flux_loop(cfg, rig.redis_server)
-    deadline = time.monotonic() + 30
-    while not drained(rig.redis) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, rig.redis, 30)
 
     assert accepted(flux) == triples(series)  # every point, exact values, none twice
     assert not any(p.fill for p in flux.accepted)
@@ -318,10 +310,7 @@ def test_single_point_items_keep_the_resolution_key_alive_from_the_frequency(
     queue.push([("vista.one", [make_item("vista.one", [(start, 1.5)], frequency=300)])])
     cfg = rig.config(FLUX_PORT=flux.port)
     loop = flux_loop(cfg, rig.redis_server)
-    deadline = time.monotonic() + 30
-    while not drained(rig.redis) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, rig.redis, 30)
     assert accepted(flux) == [("vista.one", start, 1.5)]
     key = constants.RESOLUTION_KEY_PREFIX + "vista.one"
     assert rig.redis.get(key) == b"300"
@@ -555,10 +544,7 @@ def test_carbon_sink_stores_exact_points_in_whisper(
     cfg = carbon_config(rig.tmp_path, rig.redis_server.url, carbon_server, protocol)
     sink = CarbonSink(cfg.carbon)
     loop = WorkerLoop(cfg, f"test:{os.getpid()}:0", rig.redis_server.client(), sink)
-    deadline = time.monotonic() + 20
-    while not drained(rig.redis) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, rig.redis, 20)
     assert drained(rig.redis)
     for metric, pts in series.items():
         stored = carbon_server.wait_for_points(metric, len(pts), timeout=15)
@@ -606,10 +592,7 @@ def test_poison_items_are_dead_lettered_and_block_nothing(
     assert FetchQueue(rig.redis).push([("vista.poison.v2", [future_version, after])]) == 1
 
     loop = flux_loop(rig.config(FLUX_PORT=flux.port), rig.redis_server)
-    deadline = time.monotonic() + 10
-    while not drained(rig.redis) and time.monotonic() < deadline:
-        loop.run_once()
-    loop.shutdown()
+    run_until_drained(loop, rig.redis, 10)
 
     assert accepted(flux) == sorted(triples(series) + [("vista.poison.v2", start + 60, 2.5)])
     letters = {d.item: d for d in FetchQueue(rig.redis).dead_letters()}

@@ -1,4 +1,4 @@
-"""Points and queue items for the queue and worker tests."""
+"""Points and queue items for the queue and worker tests, and draining the queue."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import time
 import uuid
 from collections.abc import Iterable
 
+import redis
+
 from skyline.vista import codec
+from skyline.vista.fetchqueue import FetchQueue
 from skyline.vista.model import Point, QueueItem
+from skyline.vista.worker import WorkerLoop
 
 
 def points(start: int, count: int, *, step: int = 60, first_value: float = 0.5) -> list[Point]:
@@ -40,3 +44,17 @@ def make_item(
             replay=replay,
         )
     )
+
+
+def drained(client: redis.Redis) -> bool:
+    """Nothing queued, in flight or pending any more."""
+    counts = FetchQueue(client).counts()
+    return counts.queued == counts.inflight == counts.pending_metrics == 0
+
+
+def run_until_drained(loop: WorkerLoop, client: redis.Redis, timeout: float) -> None:
+    """Run ``loop`` until the queue is drained or ``timeout`` s have passed, then shut it down."""
+    deadline = time.monotonic() + timeout
+    while not drained(client) and time.monotonic() < deadline:
+        loop.run_once()
+    loop.shutdown()
