@@ -4,6 +4,7 @@ rooms, from the real import graph (grimp, which import-linter reads too).
     .venv/bin/python tools/import_rooms.py          # the mermaid diagram of docs/architecture.md
     .venv/bin/python tools/import_rooms.py --all    # with the arrows that others imply too
     .venv/bin/python tools/import_rooms.py --edges  # each arrow with the imports behind it
+    .venv/bin/python tools/import_rooms.py --layers # the layers contract's list (pyproject.toml)
 
 A module that no room claims is named on stderr and the exit code is 1, so a new module is
 given its room; an arrow that goes both ways between two rooms is named the same way.
@@ -83,6 +84,31 @@ def room_of(module: str) -> str | None:
     return best[1] if best else None
 
 
+def layers(modules: list[str]) -> list[str]:
+    """The rooms as the layers of import-linter's layers contract (pyproject.toml), top first:
+    a room's modules joined by ' : ' (they may import each other). A package that rooms share
+    (bq, jobs) is named by its modules; ``modules`` are the package's module names."""
+    found = []
+    for room, names in ROOMS.items():
+        if room == "testing":
+            continue  # nothing imports it, and it imports nothing of ours: its own contract
+        members: list[str] = []
+        for name in names:
+            shared = any(
+                other.startswith(name + ".") for r, n in ROOMS.items() if r != room for other in n
+            )
+            if not shared:
+                members.append(name)
+                continue
+            members += [
+                m.removeprefix(PACKAGE + ".")
+                for m in modules
+                if m.startswith(f"{PACKAGE}.{name}.") and room_of(m) == room
+            ]
+        found.append(" : ".join(members))
+    return found
+
+
 def arrows(graph: grimp.ImportGraph) -> tuple[dict[tuple[str, str], set[str]], list[str]]:
     """(from room, to room) -> the module imports behind the arrow; and the unclaimed modules."""
     found: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -141,7 +167,10 @@ def main(argv: list[str]) -> int:
         "skyline", include_external_packages=False, exclude_type_checking_imports=True
     )
     found, unclaimed = arrows(graph)
-    if "--edges" in argv:
+    if "--layers" in argv:
+        for layer in layers(sorted(graph.modules)):
+            print(f'    "{layer}",')
+    elif "--edges" in argv:
         for (source, target), imports in sorted(found.items(), key=lambda i: _order(i[0])):
             print(f"{source} -> {target}")
             for line in sorted(imports):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -45,3 +46,27 @@ def test_the_skeleton_leaves_out_the_arrows_that_others_imply() -> None:
         ("agent", "core"): {"b"},
         ("agent", "queue"): {"d"},
     }
+
+
+def package_modules() -> list[str]:
+    """skyline.vista's module names, from its files."""
+    root = TOOL.parents[1] / "skyline" / "vista"
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join(("skyline", "vista", *parts)))
+    return names
+
+
+def test_the_layers_contract_is_the_rooms_of_the_tool() -> None:
+    """pyproject.toml's layers contract (checked by lint-imports) and the rooms the tool draws
+    in docs/architecture.md are one list: `tools/import_rooms.py --layers` prints it."""
+    config = tomllib.loads((TOOL.parents[1] / "pyproject.toml").read_text())
+    [contract] = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    expected = rooms.layers(package_modules())
+    assert contract["layers"] == expected, (
+        "pyproject.toml's layers differ from tools/import_rooms.py's ROOMS: put each module in "
+        "its room there, then paste the list that `tools/import_rooms.py --layers` prints"
+    )
