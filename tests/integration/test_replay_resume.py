@@ -14,7 +14,9 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,6 +28,7 @@ from skyline.vista.model import QueueItem, dead_letter
 from skyline.vista.testing.servers import RedisServer, poll_until
 from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, worker_id
+from tests.conftest import RedisFactory
 from tests.fakes.flux import FluxServer
 from tests.support.settings import make_config
 
@@ -63,42 +66,59 @@ def drained(client: redis.Redis) -> bool | None:
     return True if c.queued == c.inflight == c.pending_metrics == 0 else None
 
 
+def interrupted_then_finished(
+    tmp_path: Path,
+    server: RedisServer,
+    flux: FluxServer,
+    interrupt: Callable[[Worker], None],
+    **settings: Any,
+) -> list[tuple[int, float]]:
+    """A worker delivers the replay item until Flux holds its second request (the first one
+    answered and acknowledged), then ``interrupt(worker)``; a new worker finishes the item.
+    Returns the points Flux forwarded, in order."""
+    cfg = make_config(tmp_path, server, FLUX_PORT=flux.port, VISTA_FLUX_BATCH_SIZE=BATCH,
+                      **settings)  # fmt: skip
+    spec = LogSpec(str(tmp_path / "vista.log"))
+    first = Worker(os.getpid(), cfg, 0, spec)
+    first.start()
+    poll_until(lambda: True if flux.accepted_count >= 2 * BATCH else None, 30, what="request 2")
+    interrupt(first)
+    then = Worker(os.getpid(), cfg, 1, spec)
+    then.start()
+    with server.client() as client:
+        try:
+            poll_until(lambda: drained(client), 60, what="the queue to drain")
+        finally:
+            then.terminate()
+            then.join(10)
+        assert then.exitcode == 0
+        assert not client.exists(constants.PROGRESS_KEY)  # nothing left behind
+    flux.wait_processed()
+    return flux.forwarded_by_metric()[METRIC]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_an_interrupted_replay_item_is_not_sent_again_whole(
     tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, how: signal.Signals
 ) -> None:
-    """The worker is interrupted while Flux holds its second request, the first one answered
-    and acknowledged; a new worker finishes the item. SIGKILL: only the request in flight may
-    be sent again (Flux took it; nobody acknowledged it). SIGTERM: the worker finishes that
-    request and hands the rest back, so nothing at all is sent twice."""
+    """SIGKILL: only the request in flight may be sent again (Flux took it; nobody acknowledged
+    it). SIGTERM: the worker finishes that request and hands the rest back, so nothing at all
+    is sent twice."""
+
+    def interrupt(worker: Worker) -> None:
+        assert worker.pid is not None
+        os.kill(worker.pid, how)
+        worker.join(10)
+        if how == signal.SIGKILL:  # the agent puts a dead worker's items back at once
+            wid = worker_id(make_config(tmp_path).hostname, 0, worker.pid)
+            FetchQueue(redis_client).recover(only_worker=wid)
+
     points = series()
     requeue_as_replay(redis_client, points)
     with FluxServer(redis=redis_client, delay=ANSWER) as flux:
-        cfg = make_config(tmp_path, redis_server, FLUX_PORT=flux.port, VISTA_FLUX_BATCH_SIZE=BATCH)
-        spec = LogSpec(str(tmp_path / "vista.log"))
-        first = Worker(os.getpid(), cfg, 0, spec)
-        first.start()
-        assert first.pid is not None
-        # Flux has taken request 2 once the worker has acknowledged request 1 and sent it.
-        poll_until(lambda: True if flux.accepted_count >= 2 * BATCH else None, 30,
-                   what="request 2")  # fmt: skip
-        os.kill(first.pid, how)
-        first.join(10)
-        if how == signal.SIGKILL:
-            # The agent puts a dead worker's items back at once.
-            FetchQueue(redis_client).recover(only_worker=worker_id(cfg.hostname, 0, first.pid))
-        then = Worker(os.getpid(), cfg, 1, spec)
-        then.start()
-        try:
-            poll_until(lambda: drained(redis_client), 60, what="the queue to drain")
-        finally:
-            then.terminate()
-            then.join(10)
-        flux.wait_processed()
-        forwarded = flux.forwarded_by_metric()[METRIC]
+        forwarded = interrupted_then_finished(tmp_path, redis_server, flux, interrupt)
         again = flux.forwarded_again_from()
-    assert then.exitcode == 0
     # Every point reached Flux's forward, with its exact value...
     assert sorted(set(forwarded)) == points
     # ...and the first request (answered, acknowledged) never again.
@@ -108,4 +128,34 @@ def test_an_interrupted_replay_item_is_not_sent_again_whole(
     else:
         assert again == {}, again
         assert len(forwarded) == POINTS
-    assert not redis_client.exists(constants.PROGRESS_KEY)  # nothing left behind
+
+
+@pytest.mark.slow
+def test_a_replay_item_stopped_during_a_redis_outage_resends_one_request_at_most(
+    tmp_path: Path, tmp_redis: RedisFactory
+) -> None:
+    """Redis goes down while Flux holds the second request, and the worker is stopped: it
+    cannot acknowledge that request nor hand the item back, so the item stays held until the
+    worker's lease ends. Then another worker sends it again from its recorded progress: the
+    request that was never acknowledged, not the first one."""
+    server = tmp_redis(appendonly=True)
+    points = series()
+    with server.client() as client:
+        requeue_as_replay(client, points)
+
+    def interrupt(worker: Worker) -> None:
+        assert worker.pid is not None
+        server.stop()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(15)
+        assert worker.exitcode == 0
+        server.start()
+
+    with FluxServer(delay=2 * ANSWER) as flux:  # Flux's own Redis is not the one that stops
+        forwarded = interrupted_then_finished(
+            tmp_path, server, flux, interrupt, VISTA_WORKER_LEASE=5
+        )
+        again = flux.forwarded_again_from()
+    assert sorted(set(forwarded)) == points
+    assert again == {2: BATCH}, again
+    assert len(forwarded) == POINTS + BATCH
