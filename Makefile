@@ -6,6 +6,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# `make test` runs on this many pytest-xdist workers, each with its own servers: most of the
+# suite's time is real-time waiting (outages, kill storms), not CPU. One test at a time is
+# handed out (--maxschedchunk 1) so the long ones spread over the workers (tests/conftest.py).
+TEST_WORKERS ?= 4
 APT_PACKAGES := redis-server redis-sentinel prometheus prometheus-node-exporter graphite-carbon graphite-web \
 	python3-whisper python3-venv tinyproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -47,7 +51,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 test: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
 
 # tests/unit (no socket) and tests/loopback (pure-Python servers on 127.0.0.1), fakeredis for
 # the queue's Lua scripts; tests/integration (real servers) is `make test`'s.

@@ -197,9 +197,53 @@ def metric_prefix(request: pytest.FixtureRequest) -> str:
     return prefix
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _started:
-        return
+# --- running in parallel (pytest-xdist, `make test`) ------------------------------------------
+
+# The tests that wait longest in real time (seconds of one run on a quiet 2-core machine), by
+# file::name (every parametrization). Under pytest-xdist they are sent first, so they run side
+# by side on different workers instead of one of them starting last; see _parallel_order.
+_LONG_RUNNING: dict[str, float] = {
+    "test_flux_kill_storm.py::test_a_killed_worker_resends_at_most_its_one_request_in_flight": 140,
+    "test_worker.py::test_flux_down_for_two_minutes_loses_nothing_and_the_queue_stays_bounded": 125,
+    "test_backfill.py::test_thirty_days_of_100_series_backfilled_by_the_agent_through_a_sigkill"
+    "_live_on_time": 118,
+    "test_membership.py::test_three_hosts_share_the_fetch_list_and_survive_a_sigkill": 91,
+    "test_redis_refuses.py::test_daemon_survives_redis_oom_and_misconf_and_delivers_everything"
+    "_after": 52,
+    "test_create_budget.py::test_500_new_metrics_all_land_in_a_carbon_with_a_low_create_budget": 50,
+    "test_sentinel.py::test_vista_follows_a_failover_and_carbon_gets_every_point": 45,
+    "test_agent.py::test_daemon_survives_a_redis_outage": 28,
+    "test_transport.py::test_a_hung_host_delays_only_its_own_metrics": 25,
+}
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    key = item.nodeid.split("[", 1)[0].rsplit("/", 1)[-1]
+    return _LONG_RUNNING.get(key, 0.0)
+
+
+def _parallel_order(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The long-running tests first, longest and shortest of them alternating (each xdist
+    worker is handed two tests at a time with ``--maxschedchunk 1``: never the two longest to
+    one worker), then the ``slow`` ones, then the rest in their usual order."""
+    long_ones = sorted((i for i in items if _expected_seconds(i)), key=_expected_seconds)[::-1]
+    folded: list[pytest.Item] = []
+    while long_ones:
+        folded.append(long_ones.pop(0))
+        if long_ones:
+            folded.append(long_ones.pop())
+    chosen = set(folded)
+    slow = [i for i in items if i not in chosen and i.get_closest_marker("slow")]
+    chosen.update(slow)
+    return folded + slow + [i for i in items if i not in chosen]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker orders alike
+        items[:] = _parallel_order(items)
+
+
+def _server_times() -> list[str]:
     parts = []
     for server in _started:
         part = f"{type(server).__name__} {server.ready_seconds or 0:.2f}s"
@@ -207,4 +251,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             if server.startup_seconds - server.ready_seconds > 0.05:
                 part += f" (start() {server.startup_seconds:.2f}s)"
         parts.append(part)
-    terminalreporter.write_line("real servers ready in: " + ", ".join(parts))
+    return parts
+
+
+_worker_servers: list[str] = []
+"""The server start-up times the xdist workers reported (in the controller)."""
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the times to the controller
+        workeroutput["vista_servers"] = _server_times()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    _worker_servers.extend(getattr(node, "workeroutput", {}).get("vista_servers", []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    parts = _server_times() + _worker_servers
+    if parts:
+        terminalreporter.write_line(f"real servers ready in ({len(parts)}): " + ", ".join(parts))

@@ -715,12 +715,14 @@ class Feeder(threading.Thread):
         per_item: int,
         generations: int,
         every: float,
+        min_points: int = 0,
     ) -> None:
         super().__init__(name="feeder", daemon=True)
         self.queue = FetchQueue(client)
         self.metrics = list(metrics)
         self.start_ts, self.step, self.items, self.per_item = start, step, items, per_item
-        self.generations, self.every = generations, every
+        self.generations, self.every, self.min_points = generations, every, min_points
+        self.queued_points = 0
         self.queued: Series = {m: [] for m in metrics}
         self.skipped = 0
         self.error: BaseException | None = None
@@ -734,17 +736,31 @@ class Feeder(threading.Thread):
         ]
 
     def run(self) -> None:
+        # Each metric has its own next generation, so a skipped chain is pushed at a later
+        # tick (timestamps stay within ``generations`` chains). Ticks go on past
+        # ``generations`` until ``min_points`` are queued (a loaded machine delivers slower,
+        # so more pushes are skipped), at most ``4 x generations`` ticks.
         try:
-            for generation in range(self.generations):
+            next_generation = dict.fromkeys(self.metrics, 0)
+            tick = 0
+            while tick < self.generations or (
+                self.queued_points < self.min_points and tick < 4 * self.generations
+            ):
                 began = time.monotonic()
                 for index, metric in enumerate(self.metrics):
+                    generation = next_generation[metric]
+                    if generation >= self.generations:
+                        continue
                     pts = self.chain(index, metric, generation)
                     parts = [pts[k : k + self.per_item] for k in range(0, len(pts), self.per_item)]
                     raws = [make_item(metric, part, seq=n) for n, part in enumerate(parts)]
                     if self.queue.push([(metric, raws)]):
                         self.queued[metric].extend(pts)
+                        self.queued_points += len(pts)
+                        next_generation[metric] = generation + 1
                     else:
                         self.skipped += 1
+                tick += 1
                 time.sleep(max(0.0, self.every - (time.monotonic() - began)))
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
@@ -828,6 +844,7 @@ def test_sigkill_of_workers_mid_batch_stores_every_point_once_at_flux(rig: Rig) 
             per_item=5,
             generations=30,
             every=0.25,
+            min_points=3000,
         )
         queue = FetchQueue(rig.redis, FLUX_WATERMARKS)
         pool = WorkerPool(cfg, LogSpec(str(rig.tmp_path / "vista.log")), 3)
@@ -884,6 +901,7 @@ def test_sigkill_of_workers_mid_batch_stores_exactly_the_points_in_whisper(
         per_item=100,
         generations=6,  # 6 x 2,000 s of 10 s points: inside whisper's 6 h finest archive
         every=0.7,
+        min_points=100_000,
     )
     cfg = carbon_config(tmp_path, server.url, carbon_server, "pickle", VISTA_WORKER_BATCH_ITEMS=5)
     queue = FetchQueue(client)
