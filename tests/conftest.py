@@ -10,6 +10,10 @@ basic auth), ``sentinel_set`` (a primary, a replica and three sentinels, for fai
 ``metric_prefix`` for unique Graphite metric names on the shared carbon.
 
 A missing binary fails the test loudly ("run `make install`"); nothing is skipped.
+
+`make test` runs the suite on pytest-xdist workers: each worker is a session of its own, with
+its own session servers (free ports, its own temporary directories), and is handed one test at
+a time, the longest real-time tests first (``_parallel_order`` below).
 """
 
 from __future__ import annotations

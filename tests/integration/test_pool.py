@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 
 from skyline.vista.pool import ChildExit, ProcessPool
 from skyline.vista.testing.servers import poll_until
@@ -18,8 +19,9 @@ def sleeper(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def stubborn() -> None:
+def stubborn(ready: EventType) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
     time.sleep(60)
 
 
@@ -54,8 +56,9 @@ def test_a_one_shot_child_is_forgotten_after_its_exit() -> None:
 def test_stop_kills_a_child_that_ignores_sigterm_and_a_stopped_child_is_not_respawned() -> None:
     exits: list[ChildExit] = []
     pool = ProcessPool()
-    process = pool.start("s", lambda: child(stubborn), respawn=True, on_exit=exits.append)
-    time.sleep(1.0)  # let it install its handler
+    ready = _SPAWN.Event()
+    process = pool.start("s", lambda: child(stubborn, ready), respawn=True, on_exit=exits.append)
+    assert ready.wait(30)  # its SIGTERM handler is installed (a spawn is slow under load)
     stopped = pool.stop("s", 1.0)
     assert stopped is not None and stopped.killed and stopped.exitcode == -signal.SIGKILL
     assert stopped.restart_in is None and not process.is_alive()

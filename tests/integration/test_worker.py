@@ -739,12 +739,13 @@ class Feeder(threading.Thread):
         # Each metric has its own next generation, so a skipped chain is pushed at a later
         # tick (timestamps stay within ``generations`` chains). Ticks go on past
         # ``generations`` until ``min_points`` are queued (a loaded machine delivers slower,
-        # so more pushes are skipped), at most ``4 x generations`` ticks.
+        # so more pushes are skipped), for at most 12 times the planned feeding time.
         try:
             next_generation = dict.fromkeys(self.metrics, 0)
             tick = 0
+            give_up = time.monotonic() + 12 * self.generations * self.every
             while tick < self.generations or (
-                self.queued_points < self.min_points and tick < 4 * self.generations
+                self.queued_points < self.min_points and time.monotonic() < give_up
             ):
                 began = time.monotonic()
                 for index, metric in enumerate(self.metrics):
