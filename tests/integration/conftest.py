@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from skyline.vista.testing.servers import CarbonServer, GraphiteWebServer, RedisServer
+from skyline.vista.testing.servers import LOOPBACK, CarbonServer, GraphiteWebServer, RedisServer
 from tests.fakes.bigquery import FakeBigQuery
 from tests.support.bigquery import BigQueryRig
+from tests.support.carbon_proxy import PickleRecorder
 from tests.support.rig import GraphiteRig, Rig
 
 
@@ -49,3 +50,11 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeBigQuery]:
     """The BigQuery double, answering in pages of the module's ``FAKE_PAGE_SIZE`` rows."""
     with FakeBigQuery(page_size=request.module.FAKE_PAGE_SIZE) as server:
         yield server
+
+
+@pytest.fixture
+def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
+    """A :class:`PickleRecorder` in front of the session carbon's pickle port."""
+    proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
+    yield proxy
+    proxy.close()

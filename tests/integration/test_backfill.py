@@ -104,12 +104,11 @@ def prom_source(tmp_path_factory: pytest.TempPathFactory, span: Span) -> Iterato
     lines = ["# TYPE bf_m gauge"]
     for n in range(METRICS):
         lines += [f'bf_m{{n="{n}"}} {value(1, n, ts)!r} {ts}' for ts in span.stamps]
-    server = PrometheusServer(
-        tmp_path_factory.mktemp("prom-bf"), history="\n".join(lines), scrape_self=True
-    )
-    server.start()
-    yield server
-    server.stop()
+    history = "\n".join(lines)
+    with PrometheusServer(
+        tmp_path_factory.mktemp("prom-bf"), history=history, scrape_self=True
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,6 @@ METRICS = ("alpha", "beta", "gamma")
 HISTORY_HOURS = 4
 POPULATE = 3 * 3600
 STEP = 60
-
-
-@pytest.fixture
-def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
-    proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
-    yield proxy
-    proxy.close()
 
 
 # --------------------------------------------------------------------------- the source

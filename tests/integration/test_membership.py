@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -46,13 +45,6 @@ TTL = 3
 TICK = 10  # the fetcher's cycle: the smallest frequency (10 s)
 VICTIM = "vista-b"
 NEW_POINTS = re.compile(r"cycle: \d+ due, [1-9]\d* with new points")
-
-
-@pytest.fixture
-def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
-    proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
-    yield proxy
-    proxy.close()
 
 
 MEMBERS_LINE = re.compile(r"live Vista hosts: ([^;]+); this host \((\S+)\) fetches (\d+)")

@@ -60,6 +60,11 @@ async def one_cycle(config: VistaConfig) -> CycleReport:
         )
 
 
+def through(proxy: TinyProxy, password: str = PROXY_PASSWORD) -> dict[str, str]:
+    """A host's options to go through ``proxy`` as PROXY_USER with ``password``."""
+    return {"proxy": proxy.url, "proxy_user": PROXY_USER, "proxy_password": password}
+
+
 def via_proxy(remote: Remote) -> list[bool]:
     """For each request the remote saw: did it come through tinyproxy (its Via header)?"""
     return ["tinyproxy" in r.headers.get("Via", "") for r in remote.seen]
@@ -129,13 +134,7 @@ async def test_a_host_with_its_own_proxy_goes_through_it_with_its_credentials(
             tmp_path,
             redis_server,
             [prom_entry(proxied.url, "proxied"), prom_entry(direct.url, "direct")],
-            VISTA_REMOTE_HOSTS={
-                proxied.url: {
-                    "proxy": proxy.url,
-                    "proxy_user": PROXY_USER,
-                    "proxy_password": PROXY_PASSWORD,
-                }
-            },
+            VISTA_REMOTE_HOSTS={proxied.url: through(proxy)},
         )
         report = await one_cycle(config)
     assert_fetched(report)
@@ -159,13 +158,7 @@ async def test_wrong_proxy_credentials_are_an_error_without_the_password(
             tmp_path,
             redis_server,
             [prom_entry(remote.url, "m")],
-            VISTA_REMOTE_HOSTS={
-                remote.url: {
-                    "proxy": proxy.url,
-                    "proxy_user": PROXY_USER,
-                    "proxy_password": "wrong-SECRET-pw",
-                }
-            },
+            VISTA_REMOTE_HOSTS={remote.url: through(proxy, "wrong-SECRET-pw")},
         )
         report = await one_cycle(config)
     error = report.results[0].error
@@ -206,13 +199,7 @@ async def test_https_through_the_proxy_uses_connect_and_verifies_the_remote(
     tmp_path: Path, redis_server: RedisServer, proxies: ProxyFactory
 ) -> None:
     proxy = proxies()
-    report, remote = await fetch_over_tls(
-        tmp_path,
-        redis_server,
-        proxy=proxy.url,
-        proxy_user=PROXY_USER,
-        proxy_password=PROXY_PASSWORD,
-    )
+    report, remote = await fetch_over_tls(tmp_path, redis_server, **through(proxy))
     assert_fetched(report)
     assert len(remote.seen) == 1
     assert f"CONNECT localhost:{remote.port}" in proxy.log()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ from tests.support.ha import caught_up, check_delivered, vector_entries
 
 STEP = 10
 COUNT = 8
-
-
-@pytest.fixture
-def recorder(carbon_server: CarbonServer) -> Iterator[PickleRecorder]:
-    proxy = PickleRecorder((LOOPBACK, carbon_server.pickle_port))
-    yield proxy
-    proxy.close()
 
 
 def sentinel_settings(servers: SentinelSet) -> dict[str, object]:
