@@ -22,7 +22,7 @@ import math
 import operator
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -31,11 +31,12 @@ import aiohttp
 import msgspec
 import redis.asyncio
 
-from skyline.vista import redisconn
+from skyline.vista import expand, redisconn
 from skyline.vista.backfill_plan import (
     GRAPHITE_POINTS,
     BackfillMetric,
     Chunk,
+    TemplateScope,
     backfill_metrics,
     plan,
     range_too_long,
@@ -157,34 +158,31 @@ class BackfillParams:
         )
 
 
-TEMPLATES_NOT_BACKFILLED = (
-    "an entry with a name template ({label}/{node[N]}) is not backfilled yet: its answer holds "
-    "many series, which only the live fetcher expands into metrics"
-)
-
-
-def templated_entries(entries: Sequence[FetchEntry]) -> list[str]:
-    return [e.metric for e in entries if e.name_template is not None]
-
-
 def resolve(
     config: VistaConfig,
     request: BackfillRequest,
     watermarks: dict[str, int],
     now: float,
+    expanded: Mapping[str, Sequence[str]] | None = None,
 ) -> BackfillParams | str:
-    """The job's parameters, or why there is nothing to do."""
-    entries, unknown = select_entries(
-        config.fetch_metrics, metrics=request.metrics, match=request.match, all_=request.all_
+    """The job's parameters, or why there is nothing to do. ``expanded``: each templated
+    entry's names made so far (``vista.expanded.<entry>``), whose watermarks are in
+    ``watermarks`` too."""
+    selection = select_entries(
+        config.fetch_metrics,
+        metrics=request.metrics,
+        match=request.match,
+        all_=request.all_,
+        expanded=expanded,
     )
-    if unknown:
-        return f"not in VISTA_FETCH_METRICS: {', '.join(unknown)}"
+    if selection.unknown:
+        return (
+            f"not in VISTA_FETCH_METRICS (nor a name a template has made): "
+            f"{', '.join(selection.unknown)}"
+        )
+    entries = selection.entries
     if not entries:
         return "no metric matches"
-    templated = templated_entries(entries)
-    entries = [e for e in entries if e.metric not in templated]
-    if not entries:
-        return f"{', '.join(templated)}: {TEMPLATES_NOT_BACKFILLED}"
     until = request.until
     if config.do_not_submit_current_minute:
         until = min(until, current_minute_start(now) - 1)  # never the open minute
@@ -194,7 +192,14 @@ def resolve(
     too_long = range_too_long(request.start, until, config.backfill_max_range)
     if too_long:
         return too_long
-    metrics = backfill_metrics(entries, until, resolution=request.resolution, watermarks=watermarks)
+    metrics = backfill_metrics(
+        entries,
+        until,
+        resolution=request.resolution,
+        watermarks=watermarks,
+        expanded=expanded,
+        patterns=selection.patterns,
+    )
     asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
     # A render answer of a full batch stays within VISTA_MAX_RESPONSE_BYTES (about 40 bytes
     # a point in graphite-web's JSON).
@@ -397,6 +402,9 @@ class Backfill:
         message = f"no longer in the fetch list: {', '.join(missing)}" if missing else ""
         raw: dict[str, list[Any]] = {}
         try:
+            if known and self.entries[known[0].metric].name_template is not None:
+                (m,) = known
+                return await self._fetch_templated(session, chunk, m, errors, message)
             if known and known[0].source == "prometheus":
                 (m,) = known
                 entry = self.entries[m.metric]
@@ -426,6 +434,60 @@ class Backfill:
             entries += [SinkPoint(m.metric, ts, value) for ts, value in series.points]
         return ChunkResult(chunk, entries, errors, message)
 
+    async def _fetch_templated(
+        self,
+        session: aiohttp.ClientSession,
+        chunk: Chunk,
+        m: BackfillMetric,
+        errors: int,
+        message: str,
+    ) -> ChunkResult:
+        """A templated entry's window: every series of the answer, named by the template with
+        the live fetcher's rules (skyline/vista/expand.py); each name up to its own last
+        timestamp. A series the template cannot name, or two on one name, count as errors."""
+        entry = self.entries[m.metric]
+        template, scope = entry.name_template, m.template
+        assert template is not None
+        if scope is None:  # the entry became templated after the job was added
+            scope = TemplateScope(default_cap=m.until)
+        if entry.remote_host_type == "prometheus":
+            url = prometheus.query_range_url(
+                entry.remote_host, entry.remote_target, chunk.start, chunk.end, m.step
+            )
+            body = await self._get(session, entry, url)
+            expansion = expand.expand_labelled(template, prometheus.parse_series(body))
+        else:
+            url = self._render_url(entry, chunk, [entry.remote_target])
+            body = await self._get(session, entry, url)
+            named = [(s.name, s.points) for s in graphite.parse_render(body)]
+            expansion = expand.expand_named(template, named)
+        points: list[SinkPoint] = []
+        for name in sorted(expansion.series):
+            if not scope.wants(name):
+                continue
+            last = min(chunk.end, scope.last(name))
+            series = clean(expansion.series[name], after=chunk.start - 1, before=last + 1)
+            points += [SinkPoint(name, ts, value) for ts, value in series.points]
+        problems = expansion.problems_for(scope.wants) if scope.patterns else expansion.problems
+        if problems:
+            errors += len(problems)
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            said = f"{m.metric}: " + "; ".join(problems[:3]) + more
+            message = f"{message}; {said}" if message else said
+        return ChunkResult(chunk, points, errors, message)
+
+    def _render_url(self, first: FetchEntry, chunk: Chunk, targets: Sequence[str]) -> str:
+        params = tuple((k, v) for k, v in first.uri_params if k not in ("from", "until"))
+        # graphite-web returns the points after `from` up to `until` included.
+        return graphite.render_url(
+            first.remote_host,
+            first.uri_path,
+            params,
+            targets,
+            from_=str(chunk.start - 1),
+            until=str(chunk.end),
+        )
+
     async def _graphite(
         self, session: aiohttp.ClientSession, chunk: Chunk, members: Sequence[BackfillMetric]
     ) -> dict[str, list[tuple[object, object]]]:
@@ -437,17 +499,7 @@ class Backfill:
             else self.entries[m.metric].remote_target
             for n, m in enumerate(members)
         ]
-        params = tuple((k, v) for k, v in first.uri_params if k not in ("from", "until"))
-        # graphite-web returns the points after `from` up to `until` included.
-        url = graphite.render_url(
-            first.remote_host,
-            first.uri_path,
-            params,
-            targets,
-            from_=str(chunk.start - 1),
-            until=str(chunk.end),
-        )
-        body = await self._get(session, first, url)
+        body = await self._get(session, first, self._render_url(first, chunk, targets))
         mapped = graphite.map_batch(graphite.parse_render(body), len(members), aliased=aliased)
         found: dict[str, list[tuple[object, object]]] = {}
         for n, m in enumerate(members):

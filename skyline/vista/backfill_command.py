@@ -9,17 +9,15 @@ from typing import TextIO
 
 import redis
 
-from skyline.vista import constants, redisconn
+from skyline.vista import constants, expand, redisconn
 from skyline.vista.backfill import (
     KIND,
-    TEMPLATES_NOT_BACKFILLED,
     BackfillParams,
     BackfillRequest,
     chunks_of,
     resolve,
-    templated_entries,
 )
-from skyline.vista.backfill_plan import select_entries
+from skyline.vista.backfill_plan import BackfillMetric
 from skyline.vista.config import VistaConfig
 from skyline.vista.fetchqueue import read_watermarks_sync, watermark_keys
 from skyline.vista.history import history_carbon, history_path
@@ -44,13 +42,41 @@ def describe_plan(config: VistaConfig, params: BackfillParams, out: TextIO) -> N
         file=out,
     )
     print(f"history goes {history_path(config).description}", file=out)
-    clamped = [m for m in params.metrics if m.until < params.until]
+    for m in params.metrics:
+        if m.template is not None:
+            print(
+                describe_template(config, m, len([c for c in chunks if m in c.metrics])), file=out
+            )
+    clamped = [m for m in params.metrics if m.until < params.until and m.template is None]
     if clamped:
         print(
             f"{len(clamped)} metric(s) stop at their watermark (newer points are the live "
             "fetcher's)",
             file=out,
         )
+
+
+def describe_template(config: VistaConfig, m: BackfillMetric, windows: int) -> str:
+    """What a templated entry's part of the job asks for, and which names it delivers."""
+    assert m.template is not None
+    entry = next((e for e in config.fetch_metrics if e.metric == m.metric), None)
+    query = entry.remote_target if entry is not None else "?"
+    asks = (
+        f"{windows} Prometheus query_range request(s) of {query!r} at step {m.step}s"
+        if m.source == "prometheus"
+        else f"{windows} Graphite render request(s) of {query!r}"
+    )
+    names = m.template.known()
+    shown = ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+    which = (
+        f"only the series named {' or '.join(m.template.patterns)}"
+        if m.template.patterns
+        else "every series of the answer"
+    )
+    return (
+        f"{m.metric}: {asks}, {which}, each by the template; names known so far: "
+        f"{shown or 'none'} (each stops at its watermark)"
+    )
 
 
 def backfill_command(
@@ -89,21 +115,15 @@ def _submit(
     out: TextIO,
 ) -> int:
     now = time.time()
-    names = [e.metric for e in config.fetch_metrics]
+    templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
+    expanded = {m: sorted(names) for m, names in expand.known_sync(client, templated).items()}
+    names = [e.metric for e in config.fetch_metrics] + [n for ns in expanded.values() for n in ns]
     marks = read_watermarks_sync(client, names, watermark_keys(config.sink))
-    params = resolve(config, request, {m: w.timestamp for m, w in marks.items()}, now)
+    watermarks = {m: w.timestamp for m, w in marks.items()}
+    params = resolve(config, request, watermarks, now, expanded)
     if isinstance(params, str):
         print(f"vista backfill: {params}", file=sys.stderr)
         return constants.EXIT_FAILURE
-    selected, _unknown = select_entries(
-        config.fetch_metrics, metrics=request.metrics, match=request.match, all_=request.all_
-    )
-    skipped = templated_entries(selected)
-    if skipped:
-        print(
-            f"vista backfill: skipped {', '.join(skipped)}: {TEMPLATES_NOT_BACKFILLED}",
-            file=sys.stderr,
-        )
     describe_plan(config, params, out)
     if dry_run:
         print("dry run: no job added", file=out)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from skyline.vista.constants import PROMETHEUS_MAX_POINTS
@@ -34,24 +34,62 @@ resolution of the finest archive that covers its start; a week keeps each answer
 
 
 @dataclass(frozen=True)
+class TemplateScope:
+    """The part of a backfill that belongs to an entry with a name template (one query, many
+    metrics: skyline/vista/expand.py). Each window's answer is expanded into names; a name is
+    delivered when it matches ``patterns`` (none: every name), up to its own last timestamp:
+    its watermark when the job was added (``caps``), and for a name not delivered yet
+    ``default_cap`` (the oldest of those watermarks, or --until when there is none)."""
+
+    caps: Mapping[str, int] = field(default_factory=dict)
+    default_cap: int = 0
+    patterns: tuple[str, ...] = ()
+
+    def wants(self, name: str) -> bool:
+        return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def last(self, name: str) -> int:
+        return self.caps.get(name, self.default_cap)
+
+    def known(self) -> list[str]:
+        """The names known when the job was added that the backfill delivers."""
+        return sorted(n for n in self.caps if self.wants(n))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"caps": dict(self.caps), "default": self.default_cap, "patterns": self.patterns}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TemplateScope:
+        caps = {str(k): int(v) for k, v in dict(raw.get("caps", {})).items()}
+        patterns = tuple(str(p) for p in raw.get("patterns", ()))
+        return cls(caps, int(raw.get("default", 0)), patterns)
+
+
+@dataclass(frozen=True)
 class BackfillMetric:
     """One metric of a backfill: its name, source type, host (for batching), step, and the
     last timestamp it wants (the older of --until and its watermark when the job was added:
-    what is newer is the live fetcher's)."""
+    what is newer is the live fetcher's). A templated entry has a ``template`` scope; its
+    ``until`` is then the newest any of its names wants."""
 
     metric: str
     source: str  # 'prometheus' | 'graphite'
     remote_host: str
     step: int
     until: int
+    template: TemplateScope | None = None
 
     def as_json(self) -> list[Any]:
-        return [self.metric, self.source, self.remote_host, self.step, self.until]
+        found: list[Any] = [self.metric, self.source, self.remote_host, self.step, self.until]
+        if self.template is not None:
+            found.append(self.template.as_json())
+        return found
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> BackfillMetric:
-        metric, source, remote_host, step, until = raw
-        return cls(str(metric), str(source), str(remote_host), int(step), int(until))
+        metric, source, remote_host, step, until = raw[:5]
+        template = TemplateScope.from_json(raw[5]) if len(raw) > 5 else None
+        return cls(str(metric), str(source), str(remote_host), int(step), int(until), template)
 
 
 @dataclass(frozen=True)
@@ -70,8 +108,21 @@ class Chunk:
         for m in self.metrics:
             last = min(self.end, m.until)
             if last >= self.start:
-                total += (last - self.start) // m.step + 1
+                # A templated entry: as many series as the names known when the job was added.
+                series = max(1, len(m.template.known())) if m.template is not None else 1
+                total += ((last - self.start) // m.step + 1) * series
         return total
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a backfill covers: the entries, the names asked for that are nowhere, and for a
+    templated entry chosen by some of its names (not as a whole) the names or globs that
+    choose which of its series are delivered."""
+
+    entries: list[FetchEntry]
+    unknown: list[str]
+    patterns: dict[str, tuple[str, ...]]
 
 
 def select_entries(
@@ -80,23 +131,48 @@ def select_entries(
     metrics: Sequence[str] = (),
     match: str | None = None,
     all_: bool = False,
-) -> tuple[list[FetchEntry], list[str]]:
-    """The entries a backfill covers, and the names asked for that are not in the fetch list."""
+    expanded: Mapping[str, Iterable[str]] | None = None,
+) -> Selection:
+    """The entries a backfill covers. ``METRIC`` or ``--match`` naming an entry (for a
+    templated one, its template, e.g. ``nodes.{instance}.load1``) takes the whole entry, every
+    series of its answer. A templated entry is also chosen by the names it has made so far
+    (``expanded``: entry -> names, those ``vista status`` lists): then only the series whose
+    name is one asked for, or matches the glob (a series new in history too), are delivered."""
+    made = {m: list(names) for m, names in (expanded or {}).items()}
     if all_:
-        return list(entries), []
+        return Selection(list(entries), [], {})
     by_name = {e.metric: e for e in entries}
-    chosen: dict[str, FetchEntry] = {}
+    whole: dict[str, FetchEntry] = {}
+    parts: dict[str, list[str]] = {}
     unknown = []
+
+    def part(entry: FetchEntry, pattern: str) -> None:
+        found = parts.setdefault(entry.metric, [])
+        if pattern not in found:
+            found.append(pattern)
+
     for name in metrics:
+        owners = [
+            e for e in entries if e.name_template is not None and name in made.get(e.metric, ())
+        ]
         if name in by_name:
-            chosen[name] = by_name[name]
+            whole[name] = by_name[name]
+        elif owners:
+            for entry in owners:
+                part(entry, name)
         else:
             unknown.append(name)
     if match:
         for entry in entries:
             if fnmatch.fnmatchcase(entry.metric, match):
-                chosen.setdefault(entry.metric, entry)
-    return list(chosen.values()), unknown
+                whole.setdefault(entry.metric, entry)
+            elif entry.name_template is not None and any(
+                fnmatch.fnmatchcase(n, match) for n in made.get(entry.metric, ())
+            ):
+                part(entry, match)
+    chosen = [e for e in entries if e.metric in whole or e.metric in parts]
+    patterns = {m: tuple(p) for m, p in parts.items() if m not in whole}
+    return Selection(chosen, unknown, patterns)
 
 
 def backfill_metrics(
@@ -105,19 +181,46 @@ def backfill_metrics(
     *,
     resolution: int | None = None,
     watermarks: Mapping[str, int] | None = None,
+    expanded: Mapping[str, Iterable[str]] | None = None,
+    patterns: Mapping[str, tuple[str, ...]] | None = None,
 ) -> list[BackfillMetric]:
     """Each entry as a backfill metric: its step (``resolution`` or the entry's frequency) and
-    its last timestamp (``until``, or its watermark when older)."""
+    its last timestamp (``until``, or its watermark when older). A templated entry's names
+    (``expanded``) each stop at their own watermark (see :class:`TemplateScope`)."""
     marks = watermarks or {}
     found = []
     for e in entries:
         last = until if e.metric not in marks else min(until, marks[e.metric])
+        template = None
+        if e.name_template is not None:
+            template = template_scope(
+                (expanded or {}).get(e.metric, ()), until, marks, (patterns or {}).get(e.metric, ())
+            )
+            wanted = [template.last(n) for n in template.known()]
+            last = max([*wanted, template.default_cap])
         found.append(
             BackfillMetric(
-                e.metric, e.remote_host_type, e.remote_host, resolution or e.frequency, last
+                e.metric,
+                e.remote_host_type,
+                e.remote_host,
+                resolution or e.frequency,
+                last,
+                template,
             )
         )
     return found
+
+
+def template_scope(
+    names: Iterable[str], until: int, watermarks: Mapping[str, int], patterns: tuple[str, ...]
+) -> TemplateScope:
+    """Each known name stops at its watermark (newer points are the live fetcher's); a name
+    not delivered yet, or new in history, at the oldest of them (or ``until``)."""
+    names = list(names)
+    marked = [min(until, watermarks[n]) for n in names if n in watermarks]
+    default = min([*marked, until])
+    caps = {n: min(until, watermarks[n]) if n in watermarks else default for n in names}
+    return TemplateScope(caps, default, patterns)
 
 
 def windows(start: int, until: int, step: int, points: int) -> list[tuple[int, int]]:
@@ -142,7 +245,11 @@ def plan(metrics: Sequence[BackfillMetric], start: int, graphite_batch: int) -> 
                 keyed.append((first, order[m.metric], last, (m,)))
     groups: dict[tuple[str, int], list[BackfillMetric]] = {}
     for m in metrics:
-        if m.source == "graphite":
+        if m.source == "graphite" and m.template is not None:
+            # A templated entry goes alone: its series keep their names (no alias()).
+            for first, last in windows(start, m.until, m.step, GRAPHITE_POINTS):
+                keyed.append((first, order[m.metric], last, (m,)))
+        elif m.source == "graphite":
             groups.setdefault((m.remote_host, m.step), []).append(m)
     size = max(1, graphite_batch)
     for (_, step), members in groups.items():

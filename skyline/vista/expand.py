@@ -25,7 +25,7 @@ can list them.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -136,6 +136,16 @@ class Expansion:
 
     series: dict[str, Pairs] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    about: dict[str, str] = field(default_factory=dict)
+    """The problems that concern one name (two series on it, a bad name): name -> problem.
+    The others (a series the template cannot name) concern the whole entry."""
+
+    def problems_for(self, wanted: Callable[[str], bool]) -> list[str]:
+        """The problems of a caller that only wants some names (a backfill of some names)."""
+        named = set(self.about.values())
+        return [p for p in self.problems if p not in named] + [
+            p for name, p in self.about.items() if wanted(name)
+        ]
 
 
 def _collect(named: list[tuple[str, str, Pairs]], problems: list[str]) -> Expansion:
@@ -147,14 +157,16 @@ def _collect(named: list[tuple[str, str, Pairs]], problems: list[str]) -> Expans
     for name, found in by_name.items():
         if len(found) > 1:
             shown = "; ".join(what for what, _ in found[:3])
-            out.problems.append(
+            out.about[name] = (
                 f"{len(found)} series map to the name {name!r} ({shown}); put a label or node "
                 "that tells them apart in the template"
             )
+            out.problems.append(out.about[name])
             continue
         problem = metric_name_problem(name)
         if problem:
-            out.problems.append(f"the name {name!r} {problem}")
+            out.about[name] = f"the name {name!r} {problem}"
+            out.problems.append(out.about[name])
             continue
         out.series[name] = found[0][1]
     return out

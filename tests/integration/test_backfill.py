@@ -4,7 +4,6 @@ carbon-cache, compared point by point; the job process SIGKILLed mid-way and res
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -24,50 +23,19 @@ from skyline.vista.jobs.record import Status
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
 from skyline.vista.testing.servers import (
-    SYSTEM_PYTHON,
     CarbonServer,
     GraphiteWebServer,
     PrometheusServer,
     poll_until,
 )
+from tests.support import whisper
 from tests.support.daemon import VISTA_CMD, VistaHarness
 from tests.support.rig import Rig
+from tests.support.whisper import RETENTION
 
 STEP = 60
 DAYS = 30
 METRICS = 50
-RETENTION = "60s:35d"
-
-_WHISPER_WRITE = r"""
-import json, os, struct, sys, whisper
-root, spec = sys.argv[1], json.load(sys.stdin)
-for path, points in spec.items():
-    full = root + "/" + path
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    whisper.create(full, [(60, 35 * 1440)], xFilesFactor=0, aggregationMethod="average")
-    # What update_many writes for consecutive steps (the first point is the archive's base),
-    # in one write instead of its per-point work (40 s for the 50 files on a loaded machine).
-    offset = whisper.info(full)["archives"][0]["offset"]
-    data = struct.pack("!" + "Ld" * len(points), *[x for point in points for x in point])
-    with open(full, "r+b") as handle:
-        handle.seek(offset)
-        handle.write(data)
-"""
-
-_WHISPER_READ = r"""
-import json, sys, time, whisper
-root, start, end, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.load(sys.stdin)
-out = {}
-for name in names:
-    path = root + "/" + name.replace(".", "/") + ".wsp"
-    try:
-        (first, last, step), values = whisper.fetch(path, start - 1, end)
-    except (whisper.WhisperException, OSError):
-        out[name] = []
-        continue
-    out[name] = [[first + i * step, v] for i, v in enumerate(values) if v is not None]
-print(json.dumps(out))
-"""
 
 
 @dataclass(frozen=True)
@@ -115,24 +83,13 @@ def prom_source(tmp_path_factory: pytest.TempPathFactory, span: Span) -> Iterato
 def graphite_source(
     tmp_path_factory: pytest.TempPathFactory, span: Span
 ) -> Iterator[GraphiteWebServer]:
-    carbon = CarbonServer(tmp_path_factory.mktemp("carbon-src"), retentions=RETENTION)
-    carbon._prepare()  # whisper files first: carbon only serves them
     spec = {
         f"src/m{n:02d}.wsp": [(ts, value(2, n, ts)) for ts in span.stamps] for n in range(METRICS)
     }
-    subprocess.run(
-        [SYSTEM_PYTHON, "-c", _WHISPER_WRITE, str(carbon.whisper_dir)],
-        input=json.dumps(spec),
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    carbon.start()
-    web = GraphiteWebServer(tmp_path_factory.mktemp("graphite-src"), carbon)
-    web.start()
-    yield web
-    web.stop()
-    carbon.stop()
+    with whisper.graphite_source(
+        tmp_path_factory.mktemp("carbon-src"), tmp_path_factory.mktemp("graphite-src"), spec
+    ) as web:
+        yield web
 
 
 @pytest.fixture
@@ -190,23 +147,7 @@ def fetch_list(prom: PrometheusServer, web: GraphiteWebServer) -> tuple[object, 
 
 
 def stored(carbon: CarbonServer, names: list[str], span: Span) -> dict[str, list[list[Any]]]:
-    proc = subprocess.run(
-        [
-            SYSTEM_PYTHON,
-            "-c",
-            _WHISPER_READ,
-            str(carbon.whisper_dir),
-            str(span.start),
-            str(span.end),
-        ],
-        input=json.dumps(names),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    found: dict[str, list[list[Any]]] = json.loads(proc.stdout)
-    return found
+    return whisper.stored(carbon, names, span.start, span.end)
 
 
 def expected(span: Span) -> dict[str, list[list[Any]]]:

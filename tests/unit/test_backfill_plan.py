@@ -133,7 +133,7 @@ def settings(tmp_path: Path, **extra: object) -> VistaConfig:
 
 def test_resolve_selects_names_globs_or_all_and_stops_at_watermarks(tmp_path: Path) -> None:
     cfg = settings(tmp_path)
-    assert select_entries(cfg.fetch_metrics, metrics=["a.m1", "zz"])[1] == ["zz"]
+    assert select_entries(cfg.fetch_metrics, metrics=["a.m1", "zz"]).unknown == ["zz"]
     until = int(NOW) - 3600
     params = resolve(
         cfg,
@@ -149,7 +149,7 @@ def test_resolve_selects_names_globs_or_all_and_stops_at_watermarks(tmp_path: Pa
     assert not isinstance(everything, str)
     assert everything.until == int(NOW) // 60 * 60 - 1  # never the open minute
     assert resolve(cfg, BackfillRequest(metrics=("nope",), start=0, until=1), {}, NOW) == (
-        "not in VISTA_FETCH_METRICS: nope"
+        "not in VISTA_FETCH_METRICS (nor a name a template has made): nope"
     )
     assert resolve(cfg, BackfillRequest(all_=True, start=10, until=5), {}, NOW) == (
         "--from (1970-01-01 00:00:10 UTC) is after --until (1970-01-01 00:00:05 UTC)"
@@ -227,28 +227,6 @@ def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() 
     assert fast_points("m", matrix_values(answer([])), 0, 10) == []
 
 
-def test_a_name_template_entry_is_left_out_not_run_to_fail(tmp_path: Path) -> None:
-    # Before: the job asked the template's query, got many series and failed every chunk
-    # ("the query returned 20 series; it must return one ... or give the entry a name
-    # template"), and `--wait` still ended 'done' with 0 points.
-    template = {
-        "remote_host": "http://p:9090",
-        "remote_host_type": "prometheus",
-        "remote_target": "node_load1",
-        "graphite_target": "{instance}.load1",
-        "namespace_prefix": "nodes",
-    }
-    plain = ("http://p:9090", "prometheus", 60, "up", "m0", "default", "a", *[None] * 4, ())
-    cfg = settings(tmp_path, VISTA_FETCH_METRICS=(plain, template))
-    until = int(NOW) - 3600
-    everything = resolve(cfg, BackfillRequest(all_=True, start=until - 600, until=until), {}, NOW)
-    assert not isinstance(everything, str)
-    assert [m.metric for m in everything.metrics] == ["a.m0"]
-    only = resolve(cfg, BackfillRequest(match="nodes.*", start=until - 600, until=until), {}, NOW)
-    assert isinstance(only, str)
-    assert only.startswith("nodes.{instance}.load1: an entry with a name template"), only
-
-
 def test_the_graphite_batch_is_fixed_in_the_job_and_fits_the_body_cap(tmp_path: Path) -> None:
     request = BackfillRequest(all_=True, start=int(NOW) - 86400, until=int(NOW))
     small = resolve(settings(tmp_path, VISTA_GRAPHITE_BATCH_SIZE=5), request, {}, NOW)
@@ -277,3 +255,77 @@ def test_a_range_beyond_vista_backfill_max_range_is_refused_naming_the_setting(
     assert not isinstance(resolve(unbounded, huge, {}, NOW), str)
     raised = settings(tmp_path, VISTA_BACKFILL_MAX_RANGE=200_000 * 86400)
     assert not isinstance(resolve(raised, huge, {}, NOW), str)
+
+
+def templated_settings(tmp_path: Path) -> VistaConfig:
+    entries = (
+        {
+            "remote_host": "http://p:9090",
+            "remote_host_type": "prometheus",
+            "remote_target": "node_load1",
+            "graphite_target": "{instance}.load1",
+            "namespace_prefix": "nodes",
+        },
+        {
+            "remote_host": "http://g",
+            "remote_host_type": "graphite",
+            "remote_target": "servers.*.cpu",
+            "graphite_target": "{node[1]}.cpu",
+            "namespace_prefix": "gw",
+        },
+    )
+    values = {
+        "VISTA_ENABLED": True,
+        "VISTA_FETCH_METRICS": entries,
+        "REDIS_URL": "redis://127.0.0.1:1",
+        "FLUX_SELF_API_KEY": "f" * 32,
+        "LOG_PATH": str(tmp_path),
+        "PID_PATH": str(tmp_path),
+    }
+    return config.validate(values, str(tmp_path / "settings.py"))
+
+
+def test_templated_entries_are_chosen_by_template_or_by_the_names_they_made(
+    tmp_path: Path,
+) -> None:
+    cfg = templated_settings(tmp_path)
+    made = {"nodes.{instance}.load1": ["nodes.a.load1", "nodes.b.load1"], "gw.{node[1]}.cpu": []}
+    until = int(NOW) - 3600
+    marks = {"nodes.a.load1": until - 600, "nodes.b.load1": until - 1200}
+
+    def asked(**kw: object) -> BackfillParams:
+        request = BackfillRequest(start=until - 86400, until=until, **kw)  # type: ignore[arg-type]
+        params = resolve(cfg, request, marks, NOW, made)
+        assert not isinstance(params, str), params
+        return params
+
+    # The template (exactly, or by a glob matching it) and --all: every series of the answer.
+    for params in (asked(metrics=("nodes.{instance}.load1",)), asked(match="nodes.*")):
+        (m,) = params.metrics
+        assert m.template is not None and m.template.patterns == ()
+        assert m.template.caps == marks and m.template.default_cap == until - 1200
+        assert m.until == until - 600  # the newest any name wants
+    assert [m.metric for m in asked(all_=True).metrics] == [e.metric for e in cfg.fetch_metrics]
+    # A name the template made, or a glob matching only made names: those series only.
+    (m,) = asked(metrics=("nodes.b.load1",)).metrics
+    assert m.template is not None and m.template.patterns == ("nodes.b.load1",)
+    assert m.template.known() == ["nodes.b.load1"] and m.until == until - 1200
+    (m,) = asked(match="nodes.?.load1").metrics
+    assert m.template is not None and m.template.wants("nodes.c.load1")  # new in history too
+    assert not m.template.wants("nodes.cc.load1")
+    # A Graphite template with no name made yet: everything up to --until.
+    (g,) = asked(match="gw.*").metrics
+    assert g.template is not None and g.until == until and g.template.default_cap == until
+    assert resolve(
+        cfg, BackfillRequest(metrics=("nodes.z.load1",), start=0, until=1), {}, NOW, made
+    ) == ("not in VISTA_FETCH_METRICS (nor a name a template has made): nodes.z.load1")
+    # The scope survives the job record, and a templated Graphite entry goes alone.
+    params = asked(all_=True)
+    assert BackfillParams.from_json(params.as_json()) == params
+    chunks = plan([*params.metrics, gw("g.plain", until)], until - 8 * 86400, graphite_batch=20)
+    assert all(len(c.metrics) == 1 for c in chunks)
+    assert {c.metrics[0].metric for c in chunks} == {
+        "nodes.{instance}.load1",
+        "gw.{node[1]}.cpu",
+        "g.plain",
+    }

@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "targets", nargs="*", metavar="METRIC", help="metrics to backfill (or: cancel JOB)"
     )
     backfill.add_argument("--all", action="store_true", help="every metric of the fetch list")
-    backfill.add_argument("--match", metavar="GLOB", help="the metrics whose name matches GLOB")
+    backfill.add_argument(
+        "--match",
+        metavar="GLOB",
+        help="the metrics (templates, or names a template made) matching GLOB",
+    )
     backfill.add_argument(
         "--from", dest="start", metavar="T", help="start: -30d, -12h, an epoch or ISO 8601 (UTC)"
     )

@@ -1,0 +1,253 @@
+"""History backfill of entries with a name template (one query, many metrics: expand.py)
+against a real Prometheus (history loaded with promtool) and a real graphite-web reading whisper
+files, into the Flux double and a real carbon-cache: the exact names, timestamps and values
+stored, each name stopping at its own watermark, a series new in history included, no gap, no
+duplicate, a job stopped after its first chunk resumed without sending anything twice, and two
+series on one name an error, not a merge."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from skyline.vista import constants, expand
+from skyline.vista.backfill import BackfillRequest
+from skyline.vista.backfill_command import backfill_command
+from skyline.vista.config import VistaConfig
+from skyline.vista.jobs.context import JobContext
+from skyline.vista.jobs.process import run_job
+from skyline.vista.jobs.record import Status
+from skyline.vista.jobs.registry import kind
+from skyline.vista.jobs.store import JobStore
+from skyline.vista.testing.servers import (
+    CarbonServer,
+    poll_until,
+)
+from tests.conftest import PrometheusFactory
+from tests.fakes.flux import DEFAULT_KEY, FluxServer
+from tests.integration.test_backfill import Span
+from tests.support import whisper
+from tests.support.rig import Rig
+
+STEP = 60
+DAYS = 8  # two Prometheus windows (11,000 points each) and two Graphite weeks
+INSTANCES = ("a", "b", "c")
+
+
+def value(instance: str, ts: int) -> float:
+    """Exact in binary and in text."""
+    return {"a": 1000.25, "b": 2000.5, "c": 3000.75}[instance] + (ts // STEP) % 10_000
+
+
+@pytest.fixture
+def span() -> Span:
+    now = int(time.time()) // STEP * STEP
+    return Span(now - DAYS * 86400, now - 10 * STEP)
+
+
+def prom_entry(url: str, query: str, name: str) -> dict[str, object]:
+    """A templated Prometheus entry: ``name`` is ``prefix.template``."""
+    prefix, template = name.split(".", 1)
+    return {
+        "remote_host": url,
+        "remote_host_type": "prometheus",
+        "remote_target": query,
+        "graphite_target": template,
+        "namespace_prefix": prefix,
+    }
+
+
+def watermark(client: redis.Redis, name: str, ts: int, key: str) -> None:
+    client.hset(key, name, str({"timestamp": ts, "value": 1.0}))
+
+
+def submit(cfg: VistaConfig, request: BackfillRequest) -> tuple[str, str]:
+    """`vista backfill` without --wait: (its output, the job id)."""
+    out = io.StringIO()
+    assert backfill_command(cfg, request, dry_run=False, wait=False, out=out) == 0
+    text = out.getvalue()
+    job_id = text.split("job ", 1)[1].split()[0]
+    return text, job_id
+
+
+def run_claimed(cfg: VistaConfig, client: redis.Redis, stop_after: int | None = None) -> Status:
+    """Claim the pending backfill job and run it here; ``stop_after``: stop it (as SIGTERM
+    does) once that many chunks are checkpointed."""
+    job_kind = kind("backfill")
+    store = JobStore(client, job_kind.name, job_kind.keys)
+    claimed = store.claim()
+    assert claimed is not None
+
+    def on_context(ctx: JobContext) -> None:
+        if stop_after is None:
+            return
+        checkpoint = ctx.checkpoint
+
+        def then_stop(data: dict[str, Any], **progress: Any) -> None:
+            checkpoint(data, **progress)
+            if int(data["next"]) >= stop_after:
+                ctx.request_stop("signal")
+
+        ctx.checkpoint = then_stop  # type: ignore[method-assign]
+
+    status = run_job(job_kind, claimed[0].id, claimed[1], cfg, client, on_context)
+    assert status is not None
+    return status
+
+
+@pytest.mark.slow
+def test_prometheus_template_backfilled_by_name_through_a_stop_and_resume(
+    rig: Rig, tmp_prometheus: PrometheusFactory, span: Span
+) -> None:
+    """Three series; a and b made by the live fetcher (watermarks: a an hour ago, b half an
+    hour ago), c only in history. `--match` on the template: every series, each up to its own
+    watermark (c, new, up to the oldest). Stopped after chunk 1 and resumed: Flux took each
+    point exactly once, with fill."""
+    lines = ["# TYPE vista_bt gauge"]
+    for i in INSTANCES:
+        lines += [
+            f'vista_bt{{instance="{i}:9100",job="node"}} {value(i, ts)!r} {ts}'
+            for ts in span.stamps
+        ]
+    prom = tmp_prometheus(history="\n".join(lines))
+    entry = prom_entry(prom.url, "vista_bt", "bt.{instance}.{job}")
+    names = {i: f"bt.{i}_9100.node" for i in INSTANCES}
+    caps = {"a": span.end - 3600, "b": span.end - 1800, "c": span.end - 3600}
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = rig.config([entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY)
+        template = cfg.fetch_metrics[0].metric
+        rig.redis.hset(expand.key(template), mapping={names["a"]: 1.0, names["b"]: 1.0})
+        watermark(rig.redis, names["a"], caps["a"], constants.VISTA_WATERMARK_HASH)
+        watermark(rig.redis, names["b"], caps["b"], constants.VISTA_WATERMARK_HASH)
+        request = BackfillRequest(match="bt.{instance}*", start=span.start, until=span.end)
+        dry = io.StringIO()
+        assert backfill_command(cfg, request, dry_run=True, wait=False, out=dry) == 0
+        said = dry.getvalue().splitlines()
+        assert said[0].startswith("1 metric(s) (prometheus), from "), said
+        assert "2 chunk(s)" in said[0]  # 11,000 + 481 steps (up to b's watermark)
+        assert said[2] == (
+            "bt.{instance}.{job}: 2 Prometheus query_range request(s) of 'vista_bt' at step 60s, "
+            f"every series of the answer, each by the template; names known so far: {names['a']}, "
+            f"{names['b']} (each stops at its watermark)"
+        ), said
+        assert said[-1] == "dry run: no job added"
+        _, job_id = submit(cfg, request)
+        assert run_claimed(cfg, rig.redis, stop_after=1) is Status.PENDING
+        store = JobStore(rig.redis, "backfill", kind("backfill").keys)
+        record = store.get(job_id)
+        assert record is not None and record.progress.done == 1 and record.checkpoint["next"] == 1
+        assert run_claimed(cfg, rig.redis) is Status.DONE
+        flux.wait_processed()
+        got: dict[str, list[tuple[int, float]]] = {}
+        for p in flux.accepted:
+            assert p.fill
+            got.setdefault(p.metric, []).append((p.timestamp, p.value))
+    want = {
+        names[i]: [(ts, value(i, ts)) for ts in span.stamps if ts <= caps[i]] for i in INSTANCES
+    }
+    assert sorted(got) == sorted(want)
+    for name, points in want.items():
+        assert got[name] == points, (name, len(got[name]), len(points))  # no gap, no duplicate
+    record = store.get(job_id)
+    assert record is not None and record.status is Status.DONE
+    assert record.progress.points == sum(len(p) for p in want.values())
+    assert record.progress.errors == 0 and record.progress.done == record.progress.total == 2
+    assert not rig.redis.hexists(constants.VISTA_WATERMARK_HASH, names["c"])  # none written
+
+
+@pytest.mark.slow
+def test_prometheus_template_by_a_made_name_and_a_collision_is_an_error(
+    rig: Rig, tmp_prometheus: PrometheusFactory, span: Span
+) -> None:
+    """A METRIC that a template made backfills that series alone; two series on one name are
+    delivered under neither name, counted as errors, and the job ends failed naming both."""
+    start = span.end - 3 * 3600
+    stamps = range(start, span.end + 1, STEP)
+    lines = ["# TYPE vista_bc gauge"]
+    for n, instance in enumerate(("x:1", "x.1", "y:1", "z:1")):
+        lines += [f'vista_bc{{instance="{instance}"}} {n}.5 {ts}' for ts in stamps]
+    prom = tmp_prometheus(history="\n".join(lines))
+    entry = prom_entry(prom.url, "vista_bc", "bc.{instance}")
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = rig.config([entry], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY)
+        rig.redis.hset(expand.key("bc.{instance}"), mapping={"bc.y_1": 1.0, "bc.z_1": 1.0})
+        _, job_id = submit(cfg, BackfillRequest(metrics=("bc.y_1",), start=start, until=span.end))
+        assert run_claimed(cfg, rig.redis) is Status.DONE
+        _, every = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
+        assert run_claimed(cfg, rig.redis) is Status.FAILED
+        flux.wait_processed()
+        got: dict[str, list[tuple[int, float]]] = {}
+        for p in flux.accepted:
+            got.setdefault(p.metric, []).append((p.timestamp, p.value))
+    one = [(ts, 2.5) for ts in stamps]
+    assert got == {"bc.y_1": one + one, "bc.z_1": [(ts, 3.5) for ts in stamps]}
+    store = JobStore(rig.redis, "backfill", kind("backfill").keys)
+    record = store.get(every)
+    assert record is not None and record.status is Status.FAILED
+    assert "2 series map to the name 'bc.x_1'" in record.error, record.error
+    assert record.progress.points == 2 * len(stamps) and record.progress.errors == 1
+
+
+@pytest.fixture
+def graphite_source(tmp_path_factory: pytest.TempPathFactory, span: Span) -> Iterator[str]:
+    spec = {f"srv/{i}/cpu.wsp": [(ts, value(i, ts)) for ts in span.stamps] for i in INSTANCES}
+    with whisper.graphite_source(
+        tmp_path_factory.mktemp("carbon-tsrc"), tmp_path_factory.mktemp("graphite-tsrc"), spec
+    ) as web:
+        yield web.url
+
+
+@pytest.mark.slow
+def test_graphite_wildcard_template_backfilled_into_carbon(
+    rig: Rig, graphite_source: str, span: Span, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`srv.*.cpu` named `{node[1]}.cpu`: a week per render request, the three series stored
+    in a real carbon-cache exactly as the source has them; b stops at its watermark."""
+    sink = CarbonServer(tmp_path_factory.mktemp("carbon-tsink"), retentions=whisper.RETENTION)
+    sink.start()
+    try:
+        entry = {
+            "remote_host": graphite_source,
+            "remote_host_type": "graphite",
+            "remote_target": "srv.*.cpu",
+            "graphite_target": "{node[1]}.cpu",
+            "namespace_prefix": "gt",
+            "uri": "/render/?from=-10minutes&format=json&target=",
+        }
+        cfg = rig.config(
+            [entry],
+            VISTA_SINK="graphite",
+            CARBON_HOST="127.0.0.1",
+            CARBON_PICKLE_PORT=sink.pickle_port,
+            CARBON_PORT=sink.line_port,
+            VISTA_CARBON_MAX_CREATES_PER_MINUTE=1e12,
+        )
+        names = {i: f"gt.{i}.cpu" for i in INSTANCES}
+        rig.redis.hset(expand.key("gt.{node[1]}.cpu"), names["b"], 1.0)
+        watermark(rig.redis, names["b"], span.end - 7200, constants.WATERMARK_HASH)
+        caps = {"a": span.end - 7200, "b": span.end - 7200, "c": span.end - 7200}
+        out, job_id = submit(cfg, BackfillRequest(all_=True, start=span.start, until=span.end))
+        assert "2 Graphite render request(s) of 'srv.*.cpu'" in out, out
+        assert run_claimed(cfg, rig.redis) is Status.DONE
+        want = {
+            names[i]: [[ts, value(i, ts)] for ts in span.stamps if ts <= caps[i]] for i in INSTANCES
+        }
+        got = poll_until(
+            lambda: (lambda found: found if found == want else None)(
+                whisper.stored(sink, sorted(want), span.start, span.end)
+            ),
+            60,
+            what="the backfilled points in carbon",
+        )
+        assert got == want
+        store = JobStore(rig.redis, "backfill", kind("backfill").keys)
+        record = store.get(job_id)
+        assert record is not None
+        assert record.progress.points == sum(len(p) for p in want.values())
+    finally:
+        sink.stop()
