@@ -281,6 +281,7 @@ class Finisher:
             if cleaned.points:
                 everything += cleaned.points
                 result.chains.append((name, self.items(result, cleaned.points, metric=name)))
+        result.dropped["outside_window"] += result.outside_window
         result.points = tuple(everything)
         result.items = [item for _, items in result.chains for item in items]
         result.done = True

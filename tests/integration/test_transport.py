@@ -326,28 +326,65 @@ async def test_a_hung_host_delays_only_its_own_metrics(rig: Rig) -> None:
 OLD_POINTS = 300_000  # minute points ending a day before the asked window: ~7 MB of JSON
 
 
-def big_matrix(now: int, *, old: int = OLD_POINTS) -> tuple[bytes, list[tuple[int, float]]]:
-    """A Prometheus matrix of ``old`` points years back, then the last 5 complete minutes."""
+def big_answer(
+    source: str, now: int, *, old: int = OLD_POINTS, names: tuple[str, ...] = ("big",)
+) -> tuple[bytes, dict[str, list[tuple[int, float]]]]:
+    """A Prometheus matrix (series labelled ``i``) or graphite-web render answer (targets
+    ``<name>.big``) of ``old`` points years back per series, then the last 5 complete
+    minutes; and each series' recent points."""
     last = now // 60 * 60 - 60
     recent = list(range(last - 240, last + 1, 60))
     ancient = range(last - 86_400 - 60 * old, last - 86_400, 60)
-    values = ",".join(f'[{ts},"{ts % 1000}.5"]' for ts in [*ancient, *recent])
-    body = (
-        '{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":['
-        + values
-        + "]}]}}"
-    )
-    return body.encode(), [(ts, ts % 1000 + 0.5) for ts in recent]
+    parts = []
+    for n, name in enumerate(names):
+        stamps = [*ancient, *recent]
+        if source == "prometheus":
+            values = ",".join(f'[{ts},"{ts % 1000 + n}.5"]' for ts in stamps)
+            parts.append(f'{{"metric":{{"i":"{name}"}},"values":[{values}]}}')
+        else:
+            points = ",".join(f"[{ts % 1000 + n}.5,{ts}]" for ts in stamps)
+            parts.append(f'{{"target":"{name}.big","tags":{{}},"datapoints":[{points}]}}')
+    body = ",".join(parts)
+    if source == "prometheus":
+        body = '{"status":"success","data":{"resultType":"matrix","result":[' + body + "]}}"
+    else:
+        body = "[" + body + "]"
+    want = {name: [(ts, ts % 1000 + n + 0.5) for ts in recent] for n, name in enumerate(names)}
+    return body.encode(), want
 
 
-def big_render(now: int, *, old: int = OLD_POINTS) -> tuple[bytes, list[tuple[int, float]]]:
-    """graphite-web's render answer of the same shape of history."""
-    last = now // 60 * 60 - 60
-    recent = list(range(last - 240, last + 1, 60))
-    ancient = range(last - 86_400 - 60 * old, last - 86_400, 60)
-    points = ",".join(f"[{ts % 1000}.5,{ts}]" for ts in [*ancient, *recent])
-    body = '[{"target":"big","tags":{"name":"big"},"datapoints":[' + points + "]}]"
-    return body.encode(), [(ts, ts % 1000 + 0.5) for ts in recent]
+async def fetch_big(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    session: aiohttp.ClientSession,
+    now: int,
+    body: bytes,
+    entry: dict[str, object],
+    watermark: int,
+) -> tuple[MetricResult, int]:
+    """One fetch cycle of ``entry`` from a host that answers ``body``: its result and the
+    peak of memory traced meanwhile."""
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async with remotes() as start:
+        host = await start(big)
+        entry = {**entry, "remote_host": host.url}
+        config = make_config(tmp_path, redis_server, [entry])
+        # A watermark gives Graphite a window of its own (from= the watermark).
+        marks = {config.fetch_metrics[0].metric: watermark}
+        tracemalloc.start()
+        try:
+            report = await FetchCycle(config, session, {}, queue=None, clock=lambda: now).run(
+                config.fetch_metrics,
+                marks if entry["remote_host_type"] == "graphite" else {},
+                set(),
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    return report.results[0], peak
 
 
 @pytest.mark.parametrize("source", ["prometheus", "graphite"])
@@ -357,34 +394,46 @@ async def test_a_big_answer_keeps_only_the_asked_window_in_bounded_memory(
     """A 7 MB answer about years of history to a question about the last minutes: only the
     asked window's points are kept, the rest counted, and the parse never holds it whole."""
     now = int(time.time())
-    body, want = big_matrix(now) if source == "prometheus" else big_render(now)
-
-    async def big(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
-
-    async with remotes() as start:
-        host = await start(big)
-        if source == "prometheus":
-            entry = prom_entry(host.url, "big")
-        else:  # a watermark gives Graphite a window of its own (from= the watermark)
-            entry = graphite_entry(host.url, "big", "big")
-        config = make_config(tmp_path, redis_server, [entry])
-        watermarks = {} if source == "prometheus" else {"remote.big": want[0][0] - 60}
-        tracemalloc.start()
-        try:
-            report = await FetchCycle(config, session, {}, queue=None, clock=lambda: now).run(
-                config.fetch_metrics, watermarks, set()
-            )
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    result = report.results[0]
+    body, wants = big_answer(source, now)
+    want = wants["big"]
+    if source == "prometheus":
+        entry = prom_entry("", "big")
+    else:
+        entry = graphite_entry("", "big", "big.big")
+    result, peak = await fetch_big(
+        tmp_path, redis_server, session, now, body, entry, want[0][0] - 60
+    )
     assert result.error is None, result.error
     assert list(result.points) == want
     assert result.dropped["outside_window"] == OLD_POINTS
     assert len(body) > 5_000_000
     # Decoding it whole took ~20 times its size; streamed, about the part read before the
     # parse starts (1 MiB) and the server's own copy of the body (this process serves it).
+    assert peak < 3 * len(body), (peak, len(body))
+
+
+@pytest.mark.parametrize("source", ["prometheus", "graphite"])
+async def test_a_big_answer_to_a_name_template_is_streamed_too(
+    tmp_path: Path, redis_server: RedisServer, session: aiohttp.ClientSession, source: str
+) -> None:
+    """Three series of 200,000 old points each (an answer of 11 to 14 MB) to a templated entry:
+    each name keeps only the asked window, the rest is counted, and the parse never holds the
+    body whole (before: decoded whole, about 20 times its size, every old point kept)."""
+    now = int(time.time())
+    names = ("a", "b", "c")
+    body, want = big_answer(source, now, old=200_000, names=names)
+    if source == "prometheus":
+        entry = prom_entry("", "{i}", query="big")
+    else:
+        entry = graphite_entry("", "{node[0]}", "*.big")
+    first = want["a"][0][0]
+    result, peak = await fetch_big(tmp_path, redis_server, session, now, body, entry, first - 60)
+    assert result.error is None, result.error
+    # Every name's points, names in order (fetch_results.py makes them so).
+    assert list(result.points) == [p for n in names for p in want[n]]
+    assert sorted(name for name, _ in result.chains) == [f"remote.{n}" for n in names]
+    assert result.dropped["outside_window"] == 3 * 200_000
+    assert len(body) > 10_000_000
     assert peak < 3 * len(body), (peak, len(body))
 
 

@@ -175,3 +175,28 @@ async def test_the_body_cap_holds_while_streaming() -> None:
         "too_large",
         f"body exceeds the {len(body) - 1}-byte cap",
     )
+
+
+@pytest.mark.parametrize("body", [*PROMETHEUS_SHAPES, *(data.body(n) for n in PROMETHEUS)])
+async def test_every_series_streams_as_it_decodes_for_name_templates(body: bytes) -> None:
+    """A templated entry keeps every series with its labels, streamed or decoded whole."""
+    bounds = Bounds()
+    got = await outcome(prometheus.stream_parser(bounds, every=True), body)
+    want = decoded(lambda b: prometheus.parse_every(b, bounds), body)
+    if b'{"ts": 1}' in body:  # as above: the object is not shown when streamed
+        assert got == ("shape", 'sample {...} is not [timestamp, "value"]')
+    else:
+        assert got == want
+
+
+async def test_every_series_keeps_its_own_window_and_counts_the_rest() -> None:
+    values = [[ts, str(ts)] for ts in range(0, 100_000, 60)]
+    bounds = Bounds(50_000, 50_600, max_points=1000)
+    body = matrix(
+        {"metric": {"i": "a"}, "values": values}, {"values": values, "metric": {"i": "b"}}
+    )
+    parsed = await streamed(prometheus.stream_parser(bounds, every=True), body)
+    inside = [(ts, str(ts)) for ts in range(50_040, 50_600 + 1, 60)]
+    assert parsed.series == [({"i": "a"}, inside), ({"i": "b"}, inside)]  # labels after values too
+    assert parsed.outside_window == 2 * (len(values) - 10)
+    assert prometheus.parse_every(json.loads(body), bounds) == parsed

@@ -354,8 +354,15 @@ class GraphiteSource:
         assert entry.name_template is not None
         outcome: Outcome
         try:
-            body = await cycle.get(result, entry, key.url([entry.remote_target]))
-            series = [(s.name, s.points) for s in parse_render(body)]
+            window = key.window
+            bounds = stream.Bounds.of_window(window.start, window.end, entry.frequency)
+            url = key.url([entry.remote_target])
+            body = await cycle.get(result, entry, url, stream_parser(bounds))
+            rendered = (
+                body if isinstance(body, Rendered) else Rendered(parse_render_within(body, bounds))
+            )
+            result.outside_window += sum(s.outside_window for s in rendered.series)
+            series = [(s.name, s.points) for s in rendered.series]
             outcome = expand.expand_named(entry.name_template, series)
         except SourceError as exc:
             outcome = exc

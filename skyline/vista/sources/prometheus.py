@@ -163,18 +163,42 @@ _ITEM = 0  # the path entry of an array element (map keys are strings)
 _LABELS_SHOWN = 50  # series whose labels are kept for the too_many_series message
 
 
-def stream_parser(bounds: stream.Bounds) -> stream.StreamParser:
+def stream_parser(bounds: stream.Bounds, *, every: bool = False) -> stream.StreamParser:
     """The event parser (sources/stream.py) of :func:`parse` for a body not decoded whole:
     samples outside ``bounds`` are counted and dropped as they are read, and only the first
-    series' samples are kept (more than one series is an error anyway)."""
-    return lambda: _StreamReader(bounds)
+    series' samples are kept (more than one series is an error anyway). ``every``: every
+    series is kept with its labels (a name template), as :func:`parse_every` does."""
+    return lambda: _StreamReader(bounds, every=every)
+
+
+@dataclass
+class ParsedSeries:
+    """Every series of one answer (labels, points inside the asked window), how many points
+    were outside, its warnings: what a templated entry's answer gives."""
+
+    series: list[tuple[dict[str, str], list[tuple[object, object]]]]
+    outside_window: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_every(body: object, bounds: stream.Bounds) -> ParsedSeries:
+    """:func:`parse_series` of a decoded body, each series kept to ``bounds``."""
+    found, outside = [], 0
+    for labels, pairs in parse_series(body):
+        points, dropped = stream.keep_within(pairs, bounds)
+        found.append((labels, points))
+        outside += dropped
+    return ParsedSeries(found, outside, warnings_of(body))
 
 
 class _StreamReader:
     """The state of :func:`stream_parser`: where in the document we are (``path``: map keys and
     ``_ITEM`` for array elements) and what was kept."""
 
-    def __init__(self, bounds: stream.Bounds) -> None:
+    def __init__(self, bounds: stream.Bounds, *, every: bool = False) -> None:
+        self.bounds = bounds
+        self.every = every
+        self.all: list[tuple[dict[str, object], stream.Within]] = []  # every: each series
         self.kept = stream.Within(bounds)
         self.path: list[str | int] = []
         self.top: dict[str, object] = {}  # status, errorType, error, resultType
@@ -230,6 +254,9 @@ class _StreamReader:
                 raise SourceError("shape", "a result entry is not an object")
             self.count += 1
             self.labels = {}
+            if self.every:
+                self.kept = stream.Within(self.bounds)
+                self.all.append((self.labels, self.kept))
             if self.count <= _LABELS_SHOWN:
                 self.series.append({"metric": self.labels})
         self.path.append(_ITEM if array else "")
@@ -241,7 +268,7 @@ class _StreamReader:
         pair, self.sample = self.sample, None
         if len(pair) != 2:
             raise SourceError("shape", f'sample {pair!r} is not [timestamp, "value"]')
-        if self.count > 1:
+        if self.count > 1 and not self.every:
             return
         self.kept.add(pair[0], pair[1])
 
@@ -264,7 +291,7 @@ class _StreamReader:
         elif self._at_sample():
             raise SourceError("shape", f'sample {value!r} is not [timestamp, "value"]')
 
-    def finish(self) -> Parsed:
+    def finish(self) -> Parsed | ParsedSeries:
         top = self.top
         status = top.get("status")
         if status == "error":
@@ -275,6 +302,8 @@ class _StreamReader:
             raise SourceError("shape", f"'status' is {status!r}, expected 'success'")
         kind = top.get("resultType")
         if kind == "scalar":
+            if self.every:
+                return ParsedSeries([({}, [_pair(self.scalar_values)])], 0, self.warnings)
             return Parsed([_pair(self.scalar_values)], 0, self.warnings)
         if kind not in ("matrix", "vector") or not self.result_is_list:
             raise SourceError(
@@ -282,6 +311,11 @@ class _StreamReader:
             )
         if self.scalar_values:
             raise SourceError("shape", "a result entry is not an object")
+        if self.every:
+            found = [
+                ({str(k): str(v) for k, v in labels.items()}, w.points) for labels, w in self.all
+            ]
+            return ParsedSeries(found, sum(w.outside for _, w in self.all), self.warnings)
         if self.count > 1:
             raise too_many_series(self.count, self.series)
         return Parsed(self.kept.points, self.kept.outside, self.warnings)
@@ -313,10 +347,12 @@ class PrometheusSource:
         outcome: Outcome
         try:
             if entry.name_template is not None:
-                # Every series of the answer, named by the template (decoded whole).
-                body = await cycle.get(result, entry, url)
-                outcome = expand.expand_labelled(entry.name_template, parse_series(body))
-                parsed = Parsed([], 0, warnings_of(body))
+                # Every series of the answer, named by the template.
+                body = await cycle.get(result, entry, url, stream_parser(bounds, every=True))
+                every = body if isinstance(body, ParsedSeries) else parse_every(body, bounds)
+                result.outside_window += every.outside_window
+                outcome = expand.expand_labelled(entry.name_template, every.series)
+                parsed = Parsed([], 0, every.warnings)
             else:
                 body = await cycle.get(result, entry, url, stream_parser(bounds))
                 parsed = body if isinstance(body, Parsed) else parse(body, bounds)
