@@ -42,6 +42,13 @@ class FetcherState:
                 del table[metric]
         self.carried -= metrics
 
+    def shared_limit(self, limit: int) -> SharedLimit:
+        """The fetches' limit shared by the cycles running at once (a new one when
+        ``VISTA_ASYNCIO_FETCHER_LIMIT`` changed)."""
+        if self.shared is None or self.shared.limit != limit:
+            self.shared = SharedLimit(limit)
+        return self.shared
+
 
 class CycleLog:
     """The Fetcher's memory (``state``) and voice; ``config_of`` and ``self_metrics_of`` give
