@@ -412,8 +412,12 @@ def _check_prefix(check: _EntryCheck, prefix: str) -> str:
     return prefix
 
 
-def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | None:  # noqa: C901
-    """Validate one VISTA_FETCH_METRICS entry. Returns None when it has errors (recorded)."""
+def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | None:
+    """Validate one VISTA_FETCH_METRICS entry. Returns None when it has errors (recorded).
+
+    The fields are checked in a fixed order (host, type, frequency, targets, prefix, uri,
+    credentials, populate_at_resolutions, the metric name), so the problems come in that order.
+    """
     check = _EntryCheck(index, raw, problems)
     values = check.fields()
     if values is None:
@@ -428,8 +432,58 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
     target = check.text(values, "remote_target")
     graphite_target = check.text(values, "graphite_target")
     prefix = _check_prefix(check, check.text(values, "namespace_prefix", required=False))
+    uri = _check_uri(check, values, kind)
+    auth = _check_auth(check, values)
+    populate, populate_seconds = _check_populate(
+        check, values.get("populate_at_resolutions"), str(kind)
+    )
+    if populate and kind == "prometheus" and uri.uri != "default":
+        problems.warn(
+            check.where("populate_at_resolutions"),
+            "ignored with a custom Prometheus uri (needs uri 'default')",
+        )
+        populate, populate_seconds = (), ()
+    metric = f"{prefix}.{graphite_target}" if prefix else graphite_target
+    template = _check_metric_name(check, metric, graphite_target, kind)
+    if len(problems.errors) > before or kind not in ("graphite", "prometheus"):
+        return None
+    return FetchEntry(
+        index=index,
+        remote_host=host,
+        remote_host_type="graphite" if kind == "graphite" else "prometheus",
+        frequency=frequency,
+        remote_target=target,
+        graphite_target=graphite_target,
+        uri=uri.uri,
+        namespace_prefix=prefix,
+        api_key=auth.api_key,
+        token=auth.token,
+        user=auth.user,
+        password=auth.password,
+        populate_at_resolutions=populate,
+        metric=metric,
+        populate_seconds=populate_seconds,
+        uri_path=uri.path,
+        uri_params=uri.params,
+        window=uri.window,
+        name_template=template,
+    )
+
+
+@dataclass(frozen=True)
+class _Uri:
+    """An entry's checked ``uri``: as given, and for Graphite its render path and parameters;
+    ``window`` is the seconds of history it asks for (0 when it does not say)."""
+
+    uri: str
+    path: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    window: int = 0
+
+
+def _check_uri(check: _EntryCheck, values: Mapping[str, Any], kind: object) -> _Uri:
     uri_value = values.get("uri")
-    if uri_value is None and isinstance(raw, Mapping):
+    if uri_value is None and isinstance(check.raw, Mapping):
         uri_value = DEFAULT_GRAPHITE_URI if kind == "graphite" else "default"
     uri = uri_value if isinstance(uri_value, str) else ""
     if not isinstance(uri_value, str) or not uri_value:
@@ -438,44 +492,51 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
             uri_value,
             "a string: a Graphite render path ending in 'target=', or 'default' for Prometheus",
         )
-    uri_path, window = "", 0
-    uri_params: tuple[tuple[str, str], ...] = ()
     if uri and kind == "graphite":
-        uri_path, uri_params, window = _check_graphite_uri(check, uri)
-    elif uri and kind == "prometheus":
-        window = _check_prometheus_uri(check, uri)
+        path, params, window = _check_graphite_uri(check, uri)
+        return _Uri(uri, path, params, window)
+    if uri and kind == "prometheus":
+        return _Uri(uri, window=_check_prometheus_uri(check, uri))
+    return _Uri(uri)
+
+
+@dataclass(frozen=True)
+class _Auth:
+    api_key: Secret | None
+    token: Secret | None
+    user: str | None
+    password: Secret | None
+
+
+def _check_auth(check: _EntryCheck, values: Mapping[str, Any]) -> _Auth:
+    """The entry's credentials: an API key, and a Bearer token or basic user/password."""
     api_key = check.secret(values, "api_key")
     token = check.secret(values, "token")
     user_secret = check.secret(values, "user")
     password = check.secret(values, "password")
     user = user_secret.reveal() if user_secret else None
     if (user is None) != (password is None):
-        problems.error(
+        check.problems.error(
             check.label,
             "'user' and 'password' go together for HTTP basic auth: give both or neither",
         )
     if token is not None and user is not None:
-        problems.error(
+        check.problems.error(
             check.label, "give either 'token' (Bearer) or 'user'/'password' (basic), not both"
         )
-    populate, populate_seconds = _check_populate(
-        check, values.get("populate_at_resolutions"), str(kind)
-    )
-    if populate and kind == "prometheus" and uri != "default":
-        problems.warn(
-            check.where("populate_at_resolutions"),
-            "ignored with a custom Prometheus uri (needs uri 'default')",
-        )
-        populate, populate_seconds = (), ()
-    metric = f"{prefix}.{graphite_target}" if prefix else graphite_target
-    template = None
+    return _Auth(api_key, token, user, password)
+
+
+def _check_metric_name(
+    check: _EntryCheck, metric: str, graphite_target: str, kind: object
+) -> NameTemplate | None:
+    """Check the metric name the entry delivers to; its name template if it has one."""
+    problems = check.problems
     if graphite_target and kind in ("graphite", "prometheus") and _is_template(metric):
         from skyline.vista import expand  # imports this module
 
         try:
-            template = expand.parse_template(
-                metric, "graphite" if kind == "graphite" else "prometheus"
-            )
+            return expand.parse_template(metric, "graphite" if kind == "graphite" else "prometheus")
         except ValueError as exc:
             problems.error(check.where("graphite_target"), f"name template {show(metric)}: {exc}")
     elif graphite_target and (reason := metric_name_problem(metric)):
@@ -486,29 +547,7 @@ def check_entry(index: int, raw: object, problems: Problems) -> FetchEntry | Non
             f"metric name {show(metric)} {reason}; give it another graphite_target or a "
             "namespace_prefix",
         )
-    if len(problems.errors) > before or kind not in ("graphite", "prometheus"):
-        return None
-    return FetchEntry(
-        index=index,
-        remote_host=host,
-        remote_host_type="graphite" if kind == "graphite" else "prometheus",
-        frequency=frequency,
-        remote_target=target,
-        graphite_target=graphite_target,
-        uri=uri,
-        namespace_prefix=prefix,
-        api_key=api_key,
-        token=token,
-        user=user,
-        password=password,
-        populate_at_resolutions=populate,
-        metric=metric,
-        populate_seconds=populate_seconds,
-        uri_path=uri_path,
-        uri_params=uri_params,
-        window=window,
-        name_template=template,
-    )
+    return None
 
 
 _TEMPLATE_FIELD = re.compile(r"\{\s*(?:[A-Za-z_][A-Za-z0-9_]*|node\[-?\d+\])\s*\}")

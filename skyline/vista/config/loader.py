@@ -196,26 +196,18 @@ def _job_processes(r: Reader) -> dict[str, int]:
     return found
 
 
-def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig:  # noqa: C901
-    """Turn the raw settings namespace into a VistaConfig, or raise ConfigError (all problems)."""
+def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig:
+    """Turn the raw settings namespace into a VistaConfig, or raise ConfigError (all problems).
+
+    Each setting is read by its own typed ``r.read(table.X)``, in a fixed order: the problems
+    come in that order."""
     problems = Problems()
     r = Reader(values, problems)
     _unknown_names(values, problems)
     sink: SinkType = r.read(table.SINK)
     sink_known = values.get("VISTA_SINK", "flux") in ("flux", "graphite")
-    fetcher_processes = r.read(table.FETCHER_PROCESSES)
-    if fetcher_processes > 1:
-        problems.warn(
-            "VISTA_FETCHER_PROCESSES",
-            "ignored: one asyncio loop fetches every metric "
-            "concurrently; VISTA_ASYNCIO_FETCHER_LIMIT sets how many requests at once",
-        )
-    if values.get("VISTA_BQ_VIRTUALENV_PATH"):
-        problems.warn(
-            "VISTA_BQ_VIRTUALENV_PATH",
-            "ignored: install the 'bigquery' extra into "
-            "Vista's own environment instead of a second virtualenv",
-        )
+    fetcher_processes = _fetcher_processes(r)
+    _warn_bq_virtualenv(values, problems)
     default_host = HostOptions(
         timeout=r.read(table.REQUEST_TIMEOUT),
         max_concurrency=r.read(table.MAX_CONCURRENCY_PER_HOST),
@@ -252,11 +244,7 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         redis=redis_config(r),
         flux=_flux(r, sink == "flux" and sink_known),
         carbon=carbon,
-        self_metrics=SelfMetricsConfig(
-            host=self_host if self_host is not None else carbon.host,
-            port=r.read(table.SELF_CARBON_PORT) or carbon.port,
-            server_metrics_name=r.read(table.SERVER_METRICS_NAME),
-        ),
+        self_metrics=_self_metrics(r, self_host, carbon),
         log_path=r.read(table.LOG_PATH),
         pid_path=r.read(table.PID_PATH),
         bq_accounts=bigquery_settings.check_accounts(values.get("VISTA_BQ_ACCOUNTS", {}), problems),
@@ -273,10 +261,48 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
         flux_carbon_pickle_port=r.read(table.FLUX_CARBON_PICKLE_PORT),
         warnings=(),
     )
+    _warn_flux_backfill(config, problems)
+    if problems.errors:
+        raise ConfigError(problems.errors, path, warnings=problems.warnings)
+    return replace(config, warnings=tuple(problems.warnings))
+
+
+def _fetcher_processes(r: Reader) -> int:
+    """VISTA_FETCHER_PROCESSES, read (and kept in the record) but ignored: warned above 1."""
+    fetcher_processes = r.read(table.FETCHER_PROCESSES)
+    if fetcher_processes > 1:
+        r.problems.warn(
+            "VISTA_FETCHER_PROCESSES",
+            "ignored: one asyncio loop fetches every metric "
+            "concurrently; VISTA_ASYNCIO_FETCHER_LIMIT sets how many requests at once",
+        )
+    return fetcher_processes
+
+
+def _warn_bq_virtualenv(values: Mapping[str, Any], problems: Problems) -> None:
+    if values.get("VISTA_BQ_VIRTUALENV_PATH"):
+        problems.warn(
+            "VISTA_BQ_VIRTUALENV_PATH",
+            "ignored: install the 'bigquery' extra into "
+            "Vista's own environment instead of a second virtualenv",
+        )
+
+
+def _self_metrics(r: Reader, self_host: str | None, carbon: CarbonConfig) -> SelfMetricsConfig:
+    """Vista's own metrics go to SELF_CARBON_HOST/PORT, by default the sink's carbon."""
+    return SelfMetricsConfig(
+        host=self_host if self_host is not None else carbon.host,
+        port=r.read(table.SELF_CARBON_PORT) or carbon.port,
+        server_metrics_name=r.read(table.SERVER_METRICS_NAME),
+    )
+
+
+def _warn_flux_backfill(config: VistaConfig, problems: Problems) -> None:
+    """With Flux's last-timestamp check off, a backfill needs a carbon beside Flux."""
     if (
-        sink == "flux"
+        config.sink == "flux"
         and not config.flux_check_last_timestamp
-        and not (config.flux_carbon_host or carbon.host)
+        and not (config.flux_carbon_host or config.carbon.host)
     ):
         problems.warn(
             "FLUX_CHECK_LAST_TIMESTAMP",
@@ -284,9 +310,6 @@ def validate(values: Mapping[str, Any], path: str = "<settings>") -> VistaConfig
             "the carbon beside Flux, but neither FLUX_CARBON_HOST nor CARBON_HOST is set; "
             "backfills are refused until one is",
         )
-    if problems.errors:
-        raise ConfigError(problems.errors, path, warnings=problems.warnings)
-    return replace(config, warnings=tuple(problems.warnings))
 
 
 def load(path: str) -> VistaConfig:
