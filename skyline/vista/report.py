@@ -8,6 +8,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import redis
 
@@ -23,9 +24,10 @@ from skyline.vista import (
 )
 from skyline.vista.config import VistaConfig
 from skyline.vista.durations import short
-from skyline.vista.fetchqueue import FetchQueue, watermark_keys
+from skyline.vista.fetchqueue import FetchQueue, QueueCounts, watermark_keys
 from skyline.vista.history import history_path
 from skyline.vista.holes import Hole
+from skyline.vista.model import Watermark
 
 
 def config_summary(config: VistaConfig) -> str:
@@ -124,78 +126,131 @@ def job_lines(client: redis.Redis) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class _Status:
+    """What ``vista status`` reads from Redis, in one go (the connection is closed after)."""
+
+    counts: QueueCounts
+    agent: bytes | str | None  # this host's agent record (JSON)
+    members: tuple[str, ...]
+    fetcher_beat: bytes | str | None
+    worker_beat: bytes | str | None
+    expansions: dict[str, dict[str, float]]  # a template's metric -> its names, last seen
+    plain: list[str]  # the metrics that are not templates
+    expanded: list[str]  # the names the templates expanded to
+    marks: dict[str, Watermark]
+    budget: create_budget.BudgetStatus
+    lag_summary: lag.LagSummary
+    failing: dict[str, list[Hole]]
+    configured: dict[str, float]
+    jobs: list[str]
+
+
+def _read_status(config: VistaConfig, client: redis.Redis) -> _Status:
+    queue = FetchQueue(client, watermark_keys(config.sink))
+    counts = queue.counts()
+    agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname}")
+    members = membership.live_members(client)
+    fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
+    worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
+    templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
+    expansions = expand.known_sync(client, templated)
+    plain = [e.metric for e in config.fetch_metrics if e.name_template is None]
+    expanded = sorted({n for found in expansions.values() for n in found})
+    return _Status(
+        counts=counts,
+        agent=agent,
+        members=members,
+        fetcher_beat=fetcher_beat,
+        worker_beat=worker_beat,
+        expansions=expansions,
+        plain=plain,
+        expanded=expanded,
+        marks=queue.watermarks(plain + expanded),
+        budget=create_budget.read_status(client, config.carbon_max_creates_per_minute, time.time()),
+        lag_summary=lag.summarise(lag.read_counts(client, time.time())),
+        failing=queue.failing_windows(),
+        configured=prune.parse_configured(client.hgetall(constants.CONFIGURED_KEY)),
+        jobs=job_lines(client),
+    )
+
+
 def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
     """Queue counts, heartbeats and the most lagging metrics; one line if Redis is down."""
     client = redisconn.connect(config.redis)
     try:
-        queue = FetchQueue(client, watermark_keys(config.sink))
-        counts = queue.counts()
-        agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname}")
-        members = membership.live_members(client)
-        fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
-        worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
-        templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
-        expansions = expand.known_sync(client, templated)
-        plain = [e.metric for e in config.fetch_metrics if e.name_template is None]
-        expanded = sorted({n for found in expansions.values() for n in found})
-        marks = queue.watermarks(plain + expanded)
-        budget = create_budget.read_status(
-            client, config.carbon_max_creates_per_minute, time.time()
-        )
-        lag_summary = lag.summarise(lag.read_counts(client, time.time()))
-        failing = queue.failing_windows()
-        configured = prune.parse_configured(client.hgetall(constants.CONFIGURED_KEY))
-        jobs = job_lines(client)
+        status = _read_status(config, client)
     except redisconn.REDIS_ERRORS as exc:
         return [f"redis: error at {config.redis.describe()} ({redisconn.redis_text(exc)})"]
     finally:
         client.close()
     now = time.time()
-    lines = []
+    lines = _share_lines(config, status.members)
+    lines += _agent_lines(status, now)
+    lines += _queue_lines(status.counts)
+    lines += create_budget.status_lines(status.budget)
+    lines.append(lag.status_line(status.lag_summary))
+    lines += failing_window_lines(status.failing, now)
+    if config.prune_removed_after > 0:
+        names = [e.metric for e in config.fetch_metrics] + status.expanded
+        removals = prune.pending_removal(status.configured, names, now, config.prune_removed_after)
+        lines += prune.removal_lines(removals, now)
+    lines += status.jobs
+    lines += expansion_lines(config, status.expansions, now)
+    lines += _lag_lines(status.plain + status.expanded, status.marks, now, worst)
+    return lines
+
+
+def _share_lines(config: VistaConfig, members: tuple[str, ...]) -> list[str]:
     if config.shards:
-        lines.append(f"fetch list: VISTA_SHARDS, this host {config.hostname}")
-    else:
-        mine = len(membership.owned(config.fetch_metrics, members, config.hostname))
-        lines.append(
-            f"live Vista hosts: {', '.join(members) or 'none'}; this host ({config.hostname}) "
-            f"fetches {mine} of {len(config.fetch_metrics)} metric(s)"
-        )
-    if agent:
-        record = json.loads(agent)
+        return [f"fetch list: VISTA_SHARDS, this host {config.hostname}"]
+    mine = len(membership.owned(config.fetch_metrics, members, config.hostname))
+    return [
+        f"live Vista hosts: {', '.join(members) or 'none'}; this host ({config.hostname}) "
+        f"fetches {mine} of {len(config.fetch_metrics)} metric(s)"
+    ]
+
+
+def _agent_lines(status: _Status, now: float) -> list[str]:
+    """The agent's fetcher thread and workers, and the two heartbeats."""
+    lines = []
+    if status.agent:
+        record = json.loads(status.agent)
         alive = "alive" if record.get("fetcher") else "NOT RUNNING"
         lines.append(f"fetcher thread: {alive}")
         for w in record.get("workers", []):
             lines.append(f"worker {w['index']}: pid {w['pid']} ({w['wid']})")
-    for name, beat in (("fetcher", fetcher_beat), ("worker", worker_beat)):
+    for name, beat in (("fetcher", status.fetcher_beat), ("worker", status.worker_beat)):
         text = f"{short(now - int(beat))} ago" if beat else "missing (thunder would alert)"
         lines.append(f"heartbeat vista.{name}: {text}")
-    lines.append(
+    return lines
+
+
+def _queue_lines(counts: QueueCounts) -> list[str]:
+    lines = [
         f"queue: {counts.queued} queued, {counts.inflight} in flight, {counts.dead} dead-lettered, "
         f"{counts.pending_metrics} metric(s) pending"
-    )
+    ]
     for wid, n in sorted(counts.inflight_by_worker.items()):
         lines.append(f"  in flight at {wid}: {n}")
-    lines += create_budget.status_lines(budget)
-    lines.append(lag.status_line(lag_summary))
-    lines += failing_window_lines(failing, now)
-    if config.prune_removed_after > 0:
-        names = [e.metric for e in config.fetch_metrics] + expanded
-        removals = prune.pending_removal(configured, names, now, config.prune_removed_after)
-        lines += prune.removal_lines(removals, now)
-    lines += jobs
-    lines += expansion_lines(config, expansions, now)
+    return lines
+
+
+def _lag_lines(
+    metrics: list[str], marks: Mapping[str, Watermark], now: float, worst: int
+) -> list[str]:
+    """The ``worst`` metrics by lag (now - last delivered point), never delivered first."""
     lags = []
-    for metric in plain + expanded:
+    for metric in metrics:
         mark = marks.get(metric)
         lags.append((float("inf") if mark is None else now - mark.timestamp, metric, mark))
     lags.sort(key=lambda x: -x[0])
-    if lags:
-        lines.append(
-            f"lag (now - last delivered point), worst {min(worst, len(lags))} of {len(lags)}:"
-        )
-        for metric_lag, metric, mark in lags[:worst]:
-            shown = "never delivered" if mark is None else short(metric_lag)
-            lines.append(f"  {shown:>16}  {metric}")
+    if not lags:
+        return []
+    lines = [f"lag (now - last delivered point), worst {min(worst, len(lags))} of {len(lags)}:"]
+    for metric_lag, metric, mark in lags[:worst]:
+        shown = "never delivered" if mark is None else short(metric_lag)
+        lines.append(f"  {shown:>16}  {metric}")
     return lines
 
 
