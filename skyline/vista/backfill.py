@@ -199,6 +199,7 @@ def resolve(
         watermarks=watermarks,
         expanded=expanded,
         patterns=selection.patterns,
+        max_bytes=config.max_response_bytes,
     )
     asked = request.match or ("--all" if request.all_ else " ".join(request.metrics))
     # A render answer of a full batch stays within VISTA_MAX_RESPONSE_BYTES (about 40 bytes

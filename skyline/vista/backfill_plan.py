@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from skyline.vista.constants import PROMETHEUS_MAX_POINTS
@@ -44,6 +44,10 @@ class TemplateScope:
     caps: Mapping[str, int] = field(default_factory=dict)
     default_cap: int = 0
     patterns: tuple[str, ...] = ()
+    window_points: int = 0
+    """Steps per request (0: the source's own bound): an answer holds every series of the
+    query, so the window is cut for the names known when the job was added to fit within
+    VISTA_MAX_RESPONSE_BYTES (see :func:`template_window`)."""
 
     def wants(self, name: str) -> bool:
         return not self.patterns or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
@@ -56,13 +60,18 @@ class TemplateScope:
         return sorted(n for n in self.caps if self.wants(n))
 
     def as_json(self) -> dict[str, Any]:
-        return {"caps": dict(self.caps), "default": self.default_cap, "patterns": self.patterns}
+        return {
+            "caps": dict(self.caps),
+            "default": self.default_cap,
+            "patterns": self.patterns,
+            "window": self.window_points,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> TemplateScope:
         caps = {str(k): int(v) for k, v in dict(raw.get("caps", {})).items()}
         patterns = tuple(str(p) for p in raw.get("patterns", ()))
-        return cls(caps, int(raw.get("default", 0)), patterns)
+        return cls(caps, int(raw.get("default", 0)), patterns, int(raw.get("window", 0)))
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,7 @@ def backfill_metrics(
     watermarks: Mapping[str, int] | None = None,
     expanded: Mapping[str, Iterable[str]] | None = None,
     patterns: Mapping[str, tuple[str, ...]] | None = None,
+    max_bytes: int = 16 * 1024 * 1024,
 ) -> list[BackfillMetric]:
     """Each entry as a backfill metric: its step (``resolution`` or the entry's frequency) and
     its last timestamp (``until``, or its watermark when older). A templated entry's names
@@ -193,8 +203,10 @@ def backfill_metrics(
         last = until if e.metric not in marks else min(until, marks[e.metric])
         template = None
         if e.name_template is not None:
-            template = template_scope(
-                (expanded or {}).get(e.metric, ()), until, marks, (patterns or {}).get(e.metric, ())
+            names = list((expanded or {}).get(e.metric, ()))
+            template = replace(
+                template_scope(names, until, marks, (patterns or {}).get(e.metric, ())),
+                window_points=template_window(e.remote_host_type, len(names), max_bytes),
             )
             wanted = [template.last(n) for n in template.known()]
             last = max([*wanted, template.default_cap])
@@ -209,6 +221,18 @@ def backfill_metrics(
             )
         )
     return found
+
+
+BYTES_PER_POINT = 40
+"""A point in a JSON answer, with room to spare (Prometheus ``[1700000000,"1.25"],`` and
+graphite-web ``[1.25, 1700000000],`` are about 22 bytes)."""
+
+
+def template_window(source: str, series: int, max_bytes: int) -> int:
+    """Steps per request of a templated entry whose query returns ``series`` series (the
+    names it has made; at least 1): its answer must stay within ``max_bytes``."""
+    bound = PROMETHEUS_POINTS if source == "prometheus" else GRAPHITE_POINTS
+    return max(1, min(bound, max_bytes // (BYTES_PER_POINT * max(1, series))))
 
 
 def template_scope(
@@ -241,13 +265,15 @@ def plan(metrics: Sequence[BackfillMetric], start: int, graphite_batch: int) -> 
     keyed: list[tuple[int, int, int, tuple[BackfillMetric, ...]]] = []
     for m in metrics:
         if m.source == "prometheus":
-            for first, last in windows(start, m.until, m.step, PROMETHEUS_POINTS):
+            points = (m.template.window_points if m.template else 0) or PROMETHEUS_POINTS
+            for first, last in windows(start, m.until, m.step, points):
                 keyed.append((first, order[m.metric], last, (m,)))
     groups: dict[tuple[str, int], list[BackfillMetric]] = {}
     for m in metrics:
         if m.source == "graphite" and m.template is not None:
             # A templated entry goes alone: its series keep their names (no alias()).
-            for first, last in windows(start, m.until, m.step, GRAPHITE_POINTS):
+            points = m.template.window_points or GRAPHITE_POINTS
+            for first, last in windows(start, m.until, m.step, points):
                 keyed.append((first, order[m.metric], last, (m,)))
         elif m.source == "graphite":
             groups.setdefault((m.remote_host, m.step), []).append(m)

@@ -193,6 +193,37 @@ def test_prometheus_template_by_a_made_name_and_a_collision_is_an_error(
     assert record.progress.points == 2 * len(stamps) and record.progress.errors == 1
 
 
+def test_a_template_window_is_cut_so_that_its_answer_fits_the_body_cap(
+    rig: Rig, tmp_prometheus: PrometheusFactory, span: Span
+) -> None:
+    """An answer holds every series of the query: with three names known and
+    VISTA_MAX_RESPONSE_BYTES at 32 KiB, a window is 273 steps (not 11,000), so no answer is
+    refused as too large (before: one request of 3 x 2,880 points, ~260 KB: too_large, the job
+    failed with nothing delivered)."""
+    start = span.end - 2 * 86400 + STEP
+    stamps = range(start, span.end + 1, STEP)
+    lines = ["# TYPE vista_bw gauge"]
+    for i in INSTANCES:
+        lines += [f'vista_bw{{instance="{i}"}} {value(i, ts)!r} {ts}' for ts in stamps]
+    prom = tmp_prometheus(history="\n".join(lines))
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = rig.config(
+            [prom_entry(prom.url, "vista_bw", "bw.{instance}")],
+            FLUX_PORT=flux.port,
+            FLUX_SELF_API_KEY=DEFAULT_KEY,
+            VISTA_MAX_RESPONSE_BYTES=32 * 1024,
+        )
+        rig.redis.hset(expand.key("bw.{instance}"), mapping={f"bw.{i}": 1.0 for i in INSTANCES})
+        out, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
+        assert "11 chunk(s)" in out, out  # 2,880 steps in windows of 273
+        assert run_claimed(cfg, rig.redis) is Status.DONE
+        flux.wait_processed()
+        got: dict[str, list[tuple[int, float]]] = {}
+        for p in flux.accepted:
+            got.setdefault(p.metric, []).append((p.timestamp, p.value))
+    assert got == {f"bw.{i}": [(ts, value(i, ts)) for ts in stamps] for i in INSTANCES}
+
+
 @pytest.fixture
 def graphite_source(tmp_path_factory: pytest.TempPathFactory, span: Span) -> Iterator[str]:
     spec = {f"srv/{i}/cpu.wsp": [(ts, value(i, ts)) for ts in span.stamps] for i in INSTANCES}

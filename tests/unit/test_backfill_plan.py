@@ -329,3 +329,13 @@ def test_templated_entries_are_chosen_by_template_or_by_the_names_they_made(
         "gw.{node[1]}.cpu",
         "g.plain",
     }
+
+
+def test_a_template_window_fits_its_series_in_the_body_cap() -> None:
+    from skyline.vista.backfill_plan import template_window
+
+    cap = 16 * 1024 * 1024
+    assert template_window("prometheus", 3, cap) == PROMETHEUS_POINTS  # 11,000 x 3 fits
+    assert template_window("prometheus", 100, cap) == cap // (40 * 100)  # 4,194 steps
+    assert template_window("graphite", 0, cap) == GRAPHITE_POINTS  # no name known yet: 1
+    assert template_window("graphite", 10**6, 1024) == 1
