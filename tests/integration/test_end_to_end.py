@@ -17,7 +17,6 @@ east and west of UTC (the original computed the current minute with ``strftime('
 from __future__ import annotations
 
 import functools
-import signal
 import time
 from pathlib import Path
 
@@ -139,8 +138,7 @@ def test_prometheus_to_whisper_through_the_daemon(
             return now if ok else None
 
         seen = poll_until(caught_up, 30, what="the daemon to send every closed minute")
-        popen.send_signal(signal.SIGTERM)
-        assert popen.wait(30) == 0, harness.log_tail()
+        assert harness.stop_foreground(popen) == 0, harness.log_tail()
     finally:
         harness.cleanup()
     log = harness.log()

@@ -147,8 +147,7 @@ def test_a_killed_worker_resends_at_most_its_one_request_in_flight(
                     mid_batch += victim.pid in busy
             storm = time.monotonic() - started
             poll_until(lambda: True if delivered() else None, 60, what="every point at Flux")
-            popen.send_signal(signal.SIGTERM)
-            assert popen.wait(30) == 0, harness.log_tail()
+            assert harness.stop_foreground(popen) == 0, harness.log_tail()
         finally:
             harness.cleanup()
         flux.wait_processed()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -116,8 +115,7 @@ def test_daemon_survives_redis_oom_and_misconf_and_delivers_everything_after(
             poll_until(caught_up, 150, what="every closed minute at Flux", interval=1.0)
             assert popen.poll() is None and agent.alive()
             assert {w.pid for w in harness.workers(agent)} == workers  # none died
-            popen.send_signal(signal.SIGTERM)
-            assert popen.wait(30) == 0, harness.log_tail()
+            assert harness.stop_foreground(popen) == 0, harness.log_tail()
         finally:
             harness.cleanup()
         flux.wait_processed()

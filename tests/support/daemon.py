@@ -264,6 +264,11 @@ class VistaHarness:
         self.seen.add(agent)
         return agent
 
+    def stop_foreground(self, popen: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+        """SIGTERM an agent that :meth:`run_foreground` started; its exit code."""
+        popen.send_signal(signal.SIGTERM)
+        return popen.wait(timeout)
+
     def run_foreground(
         self, stderr_path: Path, *, new_session: bool = False
     ) -> tuple[subprocess.Popen[bytes], Proc]:
