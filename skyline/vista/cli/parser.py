@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from skyline.vista import constants
+
+Command = Callable[[str, str], argparse.ArgumentParser]
+"""Adds the sub-command ``name`` with its one-line help; returns its parser."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,30 +41,51 @@ def build_parser() -> argparse.ArgumentParser:
     command("stop", "stop the daemon: drain, then SIGKILL after a timeout")
     command("restart", "stop, then start")
     command("reload", "re-read the settings (SIGHUP); invalid settings are not applied")
+    _add_status(command)
+    command("check-config", "validate the settings; exit 0 if valid, 1 if not")
+    _add_fetch(command)
+    _add_queue(command)
+    _add_jobs(command)
+    from skyline.vista.bq.cli import add_parser as add_bq_parser
+
+    add_bq_parser(sub, common)
+    _add_backfill(command)
+    return parser
+
+
+def _add_status(command: Command) -> None:
     status = command("status", "LSB status: 0 running, 1 dead with pidfile, 3 stopped")
     status.add_argument(
         "--lag", type=int, default=10, metavar="N", help="show the N most lagging metrics"
     )
     status.add_argument("--brief", action="store_true", help="processes only, no Redis report")
-    command("check-config", "validate the settings; exit 0 if valid, 1 if not")
+
+
+def _add_fetch(command: Command) -> None:
     fetch = command("fetch", "run one fetch cycle in the foreground and print it")
     fetch.add_argument("--once", action="store_true", help="one cycle, every metric (required)")
     fetch.add_argument("--dry-run", action="store_true", help="write nothing to Redis")
     fetch.add_argument(
         "--metric", action="append", metavar="NAME", help="only this metric (repeatable)"
     )
+
+
+def _add_queue(command: Command) -> None:
     queue = command("queue", "queue counts, dead letters, requeue")
     queue.add_argument(
         "action", nargs="?", default="counts", choices=("counts", "dead", "requeue-dead")
     )
     queue.add_argument("ids", nargs="*", help="dead-letter ids for requeue-dead (default: all)")
+
+
+def _add_jobs(command: Command) -> None:
     jobs = command("jobs", "on-demand jobs (backfill, BigQuery) with progress; cancel, wait")
     jobs.add_argument("action", nargs="?", default="list", choices=("list", "cancel", "wait"))
     jobs.add_argument("job", nargs="?", help="the job id (cancel, wait)")
     jobs.add_argument("--kind", help="only jobs of this kind (list)")
-    from skyline.vista.bq.cli import add_parser as add_bq_parser
 
-    add_bq_parser(sub, common)
+
+def _add_backfill(command: Command) -> None:
     backfill = command(
         "backfill", "load history: add a backfill job (run by the agent); 'cancel JOB' cancels"
     )
@@ -83,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--dry-run", action="store_true", help="show the plan; add no job")
     backfill.add_argument("--wait", action="store_true", help="follow the job until it ends")
-    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
