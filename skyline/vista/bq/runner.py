@@ -194,31 +194,10 @@ def _loop(
         if ctx.should_stop():
             logger.info("%s %s: stopping before interval %d", kind, ctx.record.id, index + 1)
             return totals
-        start = starts[index]
-        label = interval_label(start, date_format)
-        t0 = time.monotonic()
-        try:
-            report = do_interval(start)
-        except Stopped:
-            logger.info(
-                "%s %s: stopped during %s; it is redone on resume", kind, ctx.record.id, label
-            )
+        label = interval_label(starts[index], date_format)
+        message = _interval(ctx, params, kind, label, do_interval, starts[index], totals)
+        if message is None:
             return totals
-        except INTERVAL_ERRORS as exc:
-            totals.failed[label] = str(exc)
-            totals.errors += 1
-            metrics.INTERVALS.labels(params.account_name, kind, "failed").inc()
-            logger.error("%s %s: interval %s failed: %s", kind, ctx.record.id, label, exc)
-            message = f"{label} failed: {exc}"
-        else:
-            totals.add(report)
-            totals.done += 1
-            metrics.INTERVALS.labels(params.account_name, kind, "done").inc()
-            metrics.observe_interval(
-                params.account_name, kind, report.stats.rows, report.points, report.bytes_billed
-            )
-            message = f"{label}: {report.message}"
-            logger.info("%s %s: %s (%.2f s)", kind, ctx.record.id, message, time.monotonic() - t0)
         ctx.checkpoint(
             totals.as_checkpoint(index + 1),
             done=index + 1,
@@ -227,11 +206,53 @@ def _loop(
             errors=totals.errors,
             message=message,
         )
-    duration = time.time() - started
+    _finish(ctx, params, kind, len(starts), totals, time.time() - started)
+    return totals
+
+
+def _interval(
+    ctx: JobIO,
+    params: JobParams,
+    kind: str,
+    label: str,
+    do_interval: Callable[[int], IntervalReport],
+    start: int,
+    totals: Totals,
+) -> str | None:
+    """Run one interval, counted in ``totals``: its progress message (done or failed), or None
+    when the job was stopped during it (it is redone on resume)."""
+    t0 = time.monotonic()
+    try:
+        report = do_interval(start)
+    except Stopped:
+        logger.info("%s %s: stopped during %s; it is redone on resume", kind, ctx.record.id, label)
+        return None
+    except INTERVAL_ERRORS as exc:
+        totals.failed[label] = str(exc)
+        totals.errors += 1
+        metrics.INTERVALS.labels(params.account_name, kind, "failed").inc()
+        logger.error("%s %s: interval %s failed: %s", kind, ctx.record.id, label, exc)
+        return f"{label} failed: {exc}"
+    totals.add(report)
+    totals.done += 1
+    metrics.INTERVALS.labels(params.account_name, kind, "done").inc()
+    metrics.observe_interval(
+        params.account_name, kind, report.stats.rows, report.points, report.bytes_billed
+    )
+    message = f"{label}: {report.message}"
+    logger.info("%s %s: %s (%.2f s)", kind, ctx.record.id, message, time.monotonic() - t0)
+    return message
+
+
+def _finish(
+    ctx: JobIO, params: JobParams, kind: str, intervals: int, totals: Totals, duration: float
+) -> None:
+    """Every interval was tried: the summary, the job's self-metrics; JobFailed naming the
+    failed intervals if any."""
     billed = f", {totals.bytes_billed:,} bytes billed" if totals.bytes_billed else ""
     ctx.progress(
         message=(
-            f"{kind} {params.account_name}: {totals.done} of {len(starts)} interval(s) done, "
+            f"{kind} {params.account_name}: {totals.done} of {intervals} interval(s) done, "
             f"{len(totals.failed)} failed; {totals.rows:,} rows, {params.verb} {totals.points:,} "
             f"points, {totals.errors - len(totals.failed)} bad row(s){billed}"
         )
@@ -242,7 +263,4 @@ def _loop(
         shown = sorted(totals.failed.items())
         reasons = "; ".join(f"{label}: {why[:200]}" for label, why in shown[:5])
         more = f"; and {len(shown) - 5} more" if len(shown) > 5 else ""
-        raise JobFailed(
-            f"{len(totals.failed)} of {len(starts)} interval(s) failed: {reasons}{more}"
-        )
-    return totals
+        raise JobFailed(f"{len(totals.failed)} of {intervals} interval(s) failed: {reasons}{more}")
