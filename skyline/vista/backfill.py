@@ -11,6 +11,11 @@ again (carbon and Flux's fill keep one value per metric and timestamp).
 
 History does not go through the live queue and never writes a watermark: the live fetcher and
 workers are not slowed or disturbed by it, and no watermark ever moves backwards.
+
+An entry with a name template (one query, many metrics) is one metric of the plan: each of its
+windows asks for every series of the query and names them with the live fetcher's rules
+(:mod:`skyline.vista.expand`); its :class:`~skyline.vista.backfill_plan.TemplateScope` says
+which names are delivered and where each stops.
 """
 
 from __future__ import annotations
