@@ -46,6 +46,8 @@ class Acknowledger:
         sink_name: str,
         outage: redisconn.RedisOutage,
         stopping: Callable[[], bool],
+        *,
+        patience: float = 0.0,
     ) -> None:
         self.queue = queue
         self.wid = wid
@@ -53,6 +55,9 @@ class Acknowledger:
         self.sink_name = sink_name
         self.outage = outage
         self.stopping = stopping
+        self.patience = patience
+        """Seconds a stopping worker goes on trying while Redis is away (worker.stop_patience)."""
+        self._give_up_at: float | None = None
         self.stats = WorkerStats()
         self.progress: dict[str, int] = {}
         """Raw item -> last timestamp confirmed, for the held items delivered in part (set at
@@ -65,7 +70,9 @@ class Acknowledger:
 
     def __call__(self, settlement: delivery.Settlement) -> None:
         """Record what the sink handled. Retried while Redis is away: giving the items back
-        instead would send them twice."""
+        instead would send them twice. A stopping worker goes on trying for ``patience``
+        seconds in all; then it gives up, its items stay held until its lease ends, and what
+        the sink took since the last acknowledgement (one request) is sent again."""
         while True:
             try:
                 self.queue.ack(self.wid, settlement.acks)
@@ -74,8 +81,15 @@ class Acknowledger:
                 break
             except redisconn.REDIS_ERRORS as exc:
                 delay = self.outage.failed(exc)
-                if procutil.interruptible_sleep(delay, self.stopping):
-                    return  # stopping: the items stay held and are recovered with the lease
+                if not self.stopping():
+                    procutil.interruptible_sleep(delay, self.stopping)
+                    continue
+                if self._give_up_at is None:
+                    self._give_up_at = time.monotonic() + self.patience
+                delay = min(delay, self._give_up_at - time.monotonic())
+                if delay <= 0:
+                    return  # the items stay held and are recovered with the lease
+                time.sleep(delay)
         self.outage.ok()
         delivery.record_progress(self.progress, settlement.acks)
         self.stats.record(settlement)

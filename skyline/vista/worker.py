@@ -49,6 +49,14 @@ PARENT_DEATH_SIGNAL = signal.SIGUSR1
 is its child (so often several times): not SIGTERM, whose second arrival means 'exit now'."""
 
 
+def stop_patience(config: VistaConfig) -> float:
+    """How long a worker stopped while Redis is away goes on trying to acknowledge what the
+    sink took (instead of leaving it to be sent again once its lease ends): within the agent's
+    drain (VISTA_SHUTDOWN_TIMEOUT, less a second) and half its lease (VISTA_WORKER_LEASE), so
+    that nobody has recovered its items meanwhile."""
+    return max(0.0, min(config.shutdown_timeout - 1.0, config.worker_lease / 2))
+
+
 def worker_id(hostname: str, index: int, pid: int | None = None) -> str:
     """``<VISTA_HOSTNAME>:<pid>:<index>``: the worker's name in the queue's in-flight hash and
     heartbeat keys."""
@@ -84,8 +92,9 @@ class WorkerLoop:
         self._next_recover = 0.0
         self.gate = NewMetricGate(self.queue, wid, config.carbon_max_creates_per_minute)
         self.acknowledge = Acknowledger(
-            self.queue, wid, config.hostname, sink.name, self.redis_outage, lambda: self._stop
-        )
+            self.queue, wid, config.hostname, sink.name, self.redis_outage, lambda: self._stop,
+            patience=stop_patience(config),
+        )  # fmt: skip
         self.stats = self.acknowledge.stats
         self.batches = BatchDelivery(
             config, self.acknowledge, self.sink_health, stopped=lambda: self._stop

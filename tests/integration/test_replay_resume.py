@@ -30,6 +30,7 @@ from skyline.vista.validate import current_minute_start
 from skyline.vista.worker import Worker, worker_id
 from tests.conftest import RedisFactory
 from tests.fakes.flux import FluxServer
+from tests.support.items import drained
 from tests.support.settings import make_config
 
 METRIC = "vista.replay.resume"
@@ -61,11 +62,6 @@ def requeue_as_replay(client: redis.Redis, points: list[tuple[int, float]]) -> N
     assert FetchQueue(client, FLUX_WATERMARKS).requeue_dead() == 1
 
 
-def drained(client: redis.Redis) -> bool | None:
-    c = FetchQueue(client).counts()
-    return True if c.queued == c.inflight == c.pending_metrics == 0 else None
-
-
 def interrupted_then_finished(
     tmp_path: Path,
     server: RedisServer,
@@ -87,7 +83,7 @@ def interrupted_then_finished(
     then.start()
     with server.client() as client:
         try:
-            poll_until(lambda: drained(client), 60, what="the queue to drain")
+            poll_until(lambda: drained(client) or None, 60, what="the queue to drain")
         finally:
             then.terminate()
             then.join(10)
@@ -131,13 +127,16 @@ def test_an_interrupted_replay_item_is_not_sent_again_whole(
 
 
 @pytest.mark.slow
-def test_a_replay_item_stopped_during_a_redis_outage_resends_one_request_at_most(
-    tmp_path: Path, tmp_redis: RedisFactory
+@pytest.mark.parametrize("down", [3.0, 9.0], ids=["back-within-the-patience", "back-after"])
+def test_a_replay_item_stopped_during_a_redis_outage(
+    tmp_path: Path, tmp_redis: RedisFactory, down: float
 ) -> None:
-    """Redis goes down while Flux holds the second request, and the worker is stopped: it
-    cannot acknowledge that request nor hand the item back, so the item stays held until the
-    worker's lease ends. Then another worker sends it again from its recorded progress: the
-    request that was never acknowledged, not the first one."""
+    """Redis goes down while Flux holds the second request (its answer comes within 2 s), and
+    the worker is stopped. It goes on trying to acknowledge that request for
+    worker.stop_patience (here 4 s: half its 8 s lease). Redis back within it: the request is
+    acknowledged, the rest handed back, nothing is sent twice. Back after it: the worker has
+    given up, the item stays held until its lease ends, then another worker sends it again
+    from its recorded progress: the one request that was never acknowledged, not the first."""
     server = tmp_redis(appendonly=True)
     points = series()
     with server.client() as client:
@@ -147,15 +146,20 @@ def test_a_replay_item_stopped_during_a_redis_outage_resends_one_request_at_most
         assert worker.pid is not None
         server.stop()
         os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(down)
+        server.start()
         worker.join(15)
         assert worker.exitcode == 0
-        server.start()
 
     with FluxServer(delay=2 * ANSWER) as flux:  # Flux's own Redis is not the one that stops
         forwarded = interrupted_then_finished(
-            tmp_path, server, flux, interrupt, VISTA_WORKER_LEASE=5
+            tmp_path, server, flux, interrupt, VISTA_WORKER_LEASE=8
         )
         again = flux.forwarded_again_from()
     assert sorted(set(forwarded)) == points
-    assert again == {2: BATCH}, again
-    assert len(forwarded) == POINTS + BATCH
+    if down < 2 * ANSWER + 4.0:  # Flux answers at 2 s at the most, then 4 s of patience
+        assert again == {}, again
+        assert len(forwarded) == POINTS
+    else:
+        assert again == {2: BATCH}, again
+        assert len(forwarded) == POINTS + BATCH

@@ -4,6 +4,7 @@ split (admission.py) and the counters (acknowledge.WorkerStats)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from skyline.vista.delivery import Settlement
 from skyline.vista.errors import SinkAuthError, SinkError
 from skyline.vista.model import QueueItem
 from skyline.vista.sink_health import AUTH_WAIT, SinkHealth
+from skyline.vista.worker import stop_patience
+from tests.support.settings import make_config
 
 
 class Clock:
@@ -69,3 +72,11 @@ def test_worker_stats_add_up_settlements() -> None:
     stats.record(Settlement(delivered_points=5, rejected_points=1, delivered_items=2))
     stats.record(Settlement(delivered_points=3))
     assert (stats.items, stats.points, stats.rejected) == (2, 8, 1)
+
+
+def test_a_stopping_worker_waits_for_redis_within_the_drain_and_half_its_lease(
+    tmp_path: Path,
+) -> None:
+    assert stop_patience(make_config(tmp_path)) == 9.0  # 10 s drain, 60 s lease
+    assert stop_patience(make_config(tmp_path, VISTA_WORKER_LEASE=8)) == 4.0
+    assert stop_patience(make_config(tmp_path, VISTA_SHUTDOWN_TIMEOUT=1)) == 0.0
