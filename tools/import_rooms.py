@@ -37,7 +37,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     ),
     "fetch cycle": ("cycle_setup", "fetch_cycle", "fetch_log", "fetch_tasks", "outbox", "prune"),
     "jobs": ("jobs", "backfill", "backfill_plan", "history", "bq", "bq_backfill", "bq_update"),
-    "delivery": ("batch_delivery", "acknowledge", "admission", "sink_health", "delivery"),
+    "delivery": ("batch_delivery", "acknowledge", "admission", "sink_health", "poison", "delivery"),
     "sources": ("sources", "fetch_results", "request_budget"),
     "queue": ("fetchqueue", "queue_scripts"),
     "sinks": ("sinks",),

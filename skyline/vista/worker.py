@@ -26,7 +26,7 @@ from types import FrameType
 
 import redis
 
-from skyline.vista import codec, constants, delivery, logs, procutil, redisconn, telemetry
+from skyline.vista import constants, delivery, logs, poison, procutil, redisconn, telemetry
 from skyline.vista.acknowledge import Acknowledger, WorkerStats
 from skyline.vista.admission import NewMetricGate
 from skyline.vista.batch_delivery import BatchDelivery
@@ -184,37 +184,8 @@ class WorkerLoop:
         self._next_recover = now + RECOVER_EVERY
 
     def process_safely(self, raws: list[str]) -> None:
-        """process(), but a batch that fails for an unexpected reason (a bug, or an item that
-        triggers one) does not kill the worker: each item still held is retried alone, and one
-        that fails alone is given back with its attempt counted; after VISTA_MAX_ATTEMPTS it is
-        dead-lettered, so a poison item cannot crash workers for ever."""
-        try:
-            self.process(raws)
-            return
-        except redisconn.REDIS_ERRORS:
-            raise
-        except Exception:  # noqa: BLE001 - isolate the item, log the traceback once
-            logger.exception(
-                "a batch of %d item(s) failed; retrying its items one by one", len(raws)
-            )
-        for raw in self.queue.held_by(self.wid, raws):
-            try:
-                self.process([raw])
-            except redisconn.REDIS_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - counted, then dead-lettered
-                reason = f"{type(exc).__name__}: {exc}"
-                _, dead = self.queue.release(
-                    self.wid,
-                    [raw],
-                    count_attempt=True,
-                    max_attempts=self.config.max_attempts,
-                    reason=reason,
-                )
-                if dead:
-                    telemetry.ITEMS_DEAD.labels("attempts").inc(dead)
-                logger.error("an item of %s failed (%s)%s", codec.item_metric(raw) or "?",
-                             reason, "; dead-lettered" if dead else "; given back")  # fmt: skip
+        """process(), but a failing batch is retried item by item (poison.py)."""
+        poison.process_safely(self.process, raws, self.queue, self.wid, self.config.max_attempts)
 
     def heartbeat(self) -> None:
         write_heartbeat(self.client, self.wid, self.config.worker_lease, self.stats,
