@@ -167,7 +167,7 @@ class Finisher:
         starts at the watermark, before it. Retried holes' points go as replay items.
         """
         if result.entry.name_template is not None:
-            self._finish_expanded(result)
+            self._finish_expanded(result, step)
             return
         plan = result.plan
         fresh = plan.fresh if plan.windows else len(result.windows)
@@ -187,7 +187,18 @@ class Finisher:
         result.done = True
         if failed:
             result.error = failed[0][1]
-        last = cleaned.points[-1][0] if cleaned.points else None
+        self._new_holes(result, failed, cleaned.points[-1][0] if cleaned.points else None)
+        refill = self._retried(result, fresh, step).get(None, ())
+        if not cleaned.points and not failed and fresh:
+            result.scan_to = scanned_to(result.windows[:fresh], self.now)
+        result.items = self.items(result, result.points)
+        if refill:
+            result.items += self.items(result, refill, replay=True, seq=len(result.items))
+
+    def _new_holes(
+        self, result: MetricResult, failed: list[tuple[Window, SourceError]], last: int | None
+    ) -> None:
+        """The failed windows older than the newest point delivered become holes."""
         for window, error in failed:
             if last is not None and window.end is not None and window.start is not None:
                 if window.end < last:
@@ -201,31 +212,29 @@ class Finisher:
                             after=result.watermark,
                         )
                     )
-        refill = self._retried(result, fresh, step)
-        if not cleaned.points and not failed and fresh:
-            result.scan_to = scanned_to(result.windows[:fresh], self.now)
-        result.items = self.items(result, result.points)
-        if refill:
-            result.items += self.items(result, refill, replay=True, seq=len(result.items))
 
-    def _retried(self, result: MetricResult, fresh: int, step: int) -> tuple[Point, ...]:
-        """Settle the holes retried this cycle; returns their points. Sets ``result.holes``
-        when the metric's list of holes changes."""
+    def _retried(
+        self, result: MetricResult, fresh: int, step: int
+    ) -> dict[str | None, tuple[Point, ...]]:
+        """Settle the holes retried this cycle; returns their points (by name for a templated
+        entry, else under None). Sets ``result.holes`` when the metric's list of holes
+        changes. A templated entry's name gets a hole's points only when its watermark is past
+        the hole: a name still before it gets them from the entry's next windows, which start
+        at the oldest watermark of its names."""
         plan = result.plan
         outcome: dict[Hole, list[tuple[Window, Outcome]]] = {}
         for i, hole in enumerate(plan.retries):
             n = fresh + i
             outcome.setdefault(hole, []).append((result.windows[n], result.raw[n]))
         if not outcome and not result.new_holes:
-            return ()
+            return {}
         kept = [h for h in result.holes_before if h not in outcome]
-        found: dict[int, Point] = {}
+        found: dict[str | None, dict[int, Point]] = {}
         for hole, answers in outcome.items():
-            raw: list[tuple[object, object]] = []
+            raw: dict[str | None, list[tuple[object, object]]] = {}
             for window, answer in answers:
                 if not isinstance(answer, SourceError):
-                    assert not isinstance(answer, expand.Expansion)
-                    raw += answer
+                    self._refill_pairs(answer, hole, raw)
                     continue
                 if result.error is None:
                     result.error = answer
@@ -236,39 +245,63 @@ class Finisher:
                         result.given_up.append(again)
                     else:
                         kept.append(again)
-            for ts, value in clean(raw, after=hole.after, before=self.before).points:
-                found[ts] = (ts, value)
+            for key, pairs in raw.items():
+                into = found.setdefault(key, {})
+                for ts, value in clean(pairs, after=hole.after, before=self.before).points:
+                    into[ts] = (ts, value)
         result.holes = kept + result.new_holes
-        points = tuple(found[ts] for ts in sorted(found))
-        result.refilled = len(points)
+        points = {key: tuple(by_ts[ts] for ts in sorted(by_ts)) for key, by_ts in found.items()}
+        result.refilled = sum(len(p) for p in points.values())
         return points
 
-    def _finish_expanded(self, result: MetricResult) -> None:
+    def _refill_pairs(
+        self,
+        answer: list[tuple[object, object]] | expand.Expansion,
+        hole: Hole,
+        into: dict[str | None, list[tuple[object, object]]],
+    ) -> None:
+        """A retried hole's answer, by name (a templated entry's names past the hole only)."""
+        if not isinstance(answer, expand.Expansion):
+            into.setdefault(None, []).extend(answer)
+            return
+        for name, pairs in answer.series.items():
+            mark = self.name_watermarks.get(name)
+            if mark is not None and mark >= hole.end:
+                into.setdefault(name, []).extend(pairs)
+
+    def _finish_expanded(self, result: MetricResult, step: int) -> None:
         """A templated entry: merge each name's windows, clean each against its own watermark
-        and make one chain of items per name. A window that failed makes the entry's error and
-        ends the merge there (no holes are kept for templated entries: the next cycle starts
-        at the oldest watermark of its names, before the failed window). A name seen for the
+        and make one chain of items per name. A window that failed before a window whose
+        points are delivered becomes a hole of the entry (holes.py), as a plain entry's: the
+        newer points are not held back, the hole is retried on later cycles and its points go
+        as replay items of each name past it (see :meth:`_retried`). A name seen for the
         first time while the entry asks for pre-populating (and this window was not already
         the populate window) is held back: without a watermark, the next cycle fetches the
         populate window for it."""
         entry = result.entry
+        plan = result.plan
+        fresh = plan.fresh if plan.windows else len(result.windows)
         merged: dict[str, list[tuple[object, object]]] = {}
         problems: list[str] = []
-        for n in range(len(result.windows)):
+        failed: list[tuple[Window, SourceError]] = []
+        for n in range(fresh):
             outcome = result.raw[n]
             if isinstance(outcome, SourceError):
-                result.error = outcome
-                break
+                failed.append((result.windows[n], outcome))
+                continue
             assert isinstance(outcome, expand.Expansion)
             for name, pairs in outcome.series.items():
                 merged.setdefault(name, []).extend(pairs)
             problems += [p for p in outcome.problems if p not in problems]
-        if problems and result.error is None:
+        if failed:
+            result.error = failed[0][1]
+        elif problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             result.error = SourceError("expansion", "; ".join(problems[:3]) + more)
         known = self.known.get(entry.metric, set())
         populate_next = bool(entry.populate_seconds) and result.watermark is not None
         everything: list[Point] = []
+        chains: dict[str, list[str]] = {}
         for name in sorted(merged):
             if all(value is None for _, value in merged[name]):
                 continue  # Graphite lists a matching series even where it has no data yet
@@ -280,8 +313,14 @@ class Finisher:
             result.dropped.update(cleaned.dropped)
             if cleaned.points:
                 everything += cleaned.points
-                result.chains.append((name, self.items(result, cleaned.points, metric=name)))
+                chains[name] = self.items(result, cleaned.points, metric=name)
         result.dropped["outside_window"] += result.outside_window
+        self._new_holes(result, failed, max((ts for ts, _ in everything), default=None))
+        for owner, refill in self._retried(result, fresh, step).items():
+            if owner is not None and refill:
+                items = chains.setdefault(owner, [])
+                items += self.items(result, refill, replay=True, seq=len(items), metric=owner)
+        result.chains = [(name, chains[name]) for name in sorted(chains)]
         result.points = tuple(everything)
         result.items = [item for _, items in result.chains for item in items]
         result.done = True

@@ -21,9 +21,10 @@ import pytest
 import redis
 from aiohttp import web
 
-from skyline.vista import codec, constants, holes, redisconn
+from skyline.vista import codec, constants, expand, holes, redisconn
 from skyline.vista.agent import Vista
 from skyline.vista.config import VistaConfig
+from skyline.vista.cycle_setup import metric_states, new_cycle, read_recorded
 from skyline.vista.fetch_cycle import CycleReport, FetchCycle
 from skyline.vista.fetch_log import log_holes
 from skyline.vista.fetcher import Fetcher
@@ -39,6 +40,7 @@ from skyline.vista.testing.servers import (
     free_port,
     poll_until,
 )
+from tests.conftest import PrometheusFactory
 from tests.support.rig import GraphiteRig, Rig
 from tests.support.web import serving
 
@@ -157,21 +159,27 @@ async def cycle(cfg: VistaConfig, now: float, client: redis.Redis) -> CycleRepor
 
 
 def take_items(client: redis.Redis, metric: str) -> list[QueueItem]:
-    """The metric's queued chain, removed as a worker would after delivering it; the
-    watermark moves to the last point of the non-replay items."""
-    head = client.hget(constants.PENDING_KEY, metric)
-    if head is None:
-        return []
-    rest = client.lrange(constants.CHAIN_KEY_PREFIX + metric, 0, -1)
-    items = [codec.decode_item(raw) for raw in [head, *rest]]
-    client.delete(constants.QUEUE_KEY, constants.PENDING_KEY, constants.CHAIN_KEY_PREFIX + metric)
-    fresh = [p for i in items if not i.replay for p in i.points]
-    if fresh:
-        ts, value = fresh[-1]
-        client.hset(
-            constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {ts}, 'value': {value}}}"
-        )
-    return items
+    return take_all(client, [metric])[metric]
+
+
+def take_all(client: redis.Redis, metrics: list[str]) -> dict[str, list[QueueItem]]:
+    """The metrics' queued chains, removed as a worker would after delivering them; each
+    watermark moves to the last point of its non-replay items."""
+    found: dict[str, list[QueueItem]] = {}
+    for metric in metrics:
+        head = client.hget(constants.PENDING_KEY, metric)
+        rest = client.lrange(constants.CHAIN_KEY_PREFIX + metric, 0, -1) if head else []
+        found[metric] = [codec.decode_item(raw) for raw in [head, *rest]] if head else []
+    client.delete(constants.QUEUE_KEY, constants.PENDING_KEY)
+    for metric, items in found.items():
+        client.delete(constants.CHAIN_KEY_PREFIX + metric)
+        fresh = [p for i in items if not i.replay for p in i.points]
+        if fresh:
+            ts, value = fresh[-1]
+            client.hset(
+                constants.VISTA_WATERMARK_HASH, metric, f"{{'timestamp': {ts}, 'value': {value}}}"
+            )
+    return found
 
 
 def points_of(items: list[QueueItem], *, replay: bool) -> list[Point]:
@@ -251,6 +259,88 @@ async def test_a_window_that_times_out_does_not_hold_back_newer_points_and_is_re
         )
         assert report.results[0].refilled == len(points_of(refill, replay=True)) > 10_000
         assert rig.redis.hget(constants.HOLES_KEY, metric) is None
+
+
+async def templated_cycle(cfg: VistaConfig, now: float) -> CycleReport:
+    """One cycle at ``now`` set up as the Fetcher does (cycle_setup.py: a templated entry's
+    names and their watermarks), the names it saw remembered."""
+    rclient = redisconn.connect_async(cfg.redis)
+    queue = AsyncFetchQueue(rclient, watermark_keys(cfg.sink))
+    try:
+        recorded = await read_recorded(queue, cfg.fetch_metrics, now)
+        async with aiohttp.ClientSession() as session:
+            fetch = new_cycle(cfg, session, queue, recorded, clock=lambda: now)
+            report = await fetch.run(
+                cfg.fetch_metrics, states=metric_states(cfg.fetch_metrics, recorded)
+            )
+        await expand.remember(rclient, {r.metric: r.seen for r in report.results}, now)
+        return report
+    finally:
+        await rclient.aclose()
+
+
+@pytest.mark.slow
+async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_name(
+    rig: Rig, tmp_prometheus: PrometheusFactory, history: History
+) -> None:
+    """One query, two series (a, b), a day to pre-populate in two windows; the older one fails.
+    The newer points of both names are delivered at once, the window is kept as the entry's
+    hole, and once the source heals its points come as replay items under each name (before:
+    the failed window ended the merge, nothing was delivered and nothing recorded)."""
+    now, minute = history.now, history.minute
+    lines = ["# TYPE vista_tw gauge"]
+    for i, offset in (("a", 0.25), ("b", 0.75)):
+        for ts in range(minute - DAY - 600, minute - 120 + 1, 60):
+            lines.append(f'vista_tw{{i="{i}"}} {ts % 9973 + offset} {ts}')
+    prom = tmp_prometheus(history="\n".join(lines) + "\n# EOF\n")
+    names = {"a": "tw.a", "b": "tw.b"}
+
+    async def source(i: str, start: int, end: int) -> list[Point]:
+        params = {
+            "query": f'vista_tw{{i="{i}"}}',
+            "start": str(start),
+            "end": str(end),
+            "step": str(STEP),
+        }
+        async with aiohttp.ClientSession() as session:
+            async with session.get(prom.url + "/api/v1/query_range", params=params) as answer:
+                body = await answer.json()
+        return [(int(ts), float(v)) for ts, v in body["data"]["result"][0]["values"]]
+
+    async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
+        entry = {
+            "remote_host": px.url,
+            "remote_host_type": "prometheus",
+            "frequency": STEP,
+            "remote_target": "vista_tw",
+            "graphite_target": "{i}",
+            "namespace_prefix": "tw",
+            "populate_at_resolutions": ("1d",),
+        }
+        cfg = rig.config([entry], VISTA_MAX_BACKFILL=2 * DAY)
+        template = cfg.fetch_metrics[0].metric
+        report = await templated_cycle(cfg, now)
+        result = report.results[0]
+        assert len(result.windows) == 2 and result.error is not None
+        old, new = result.windows
+        first = take_all(rig.redis, list(names.values()))
+        for i, name in names.items():
+            want = [p for p in await source(i, new.start or 0, new.end or 0) if p[0] < minute]
+            assert points_of(first[name], replay=False) == want and want, name  # at once
+        [hole] = stored_holes(rig.redis, template)
+        assert (hole.start, hole.end, hole.attempts) == (old.start, old.end, 1)
+
+        px.fail_before = 0  # the source heals
+        report = await templated_cycle(cfg, now + holes.retry_delay(1) + 1)
+        assert report.results[0].error is None, report.results[0].error
+        refilled = 0
+        refill = take_all(rig.redis, list(names.values()))
+        for i, name in names.items():
+            want = await source(i, old.start or 0, old.end or 0)
+            assert points_of(refill[name], replay=True) == want and len(want) > 10_000, name
+            refilled += len(want)
+        assert report.results[0].refilled == refilled
+        assert rig.redis.hget(constants.HOLES_KEY, template) is None
 
 
 async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
