@@ -62,7 +62,9 @@ def test_a_second_demo_in_the_same_directory_is_refused_and_leaves_the_first_run
     assert first.stdout is not None
     lines: list[str] = []
     try:
-        while not any(line.startswith("[demo] running Vista") for line in lines):
+        # Until Vista's own first log line: its signal handlers are installed by then (a
+        # SIGTERM before that would end it with -15 instead of a drain).
+        while not any(" skyline.vista.agent: vista " in line for line in lines):
             line = first.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)

@@ -32,12 +32,13 @@ HOLD = 12.0  # seconds in each refusing state
 
 
 def refused(client: redis.Redis, code: str) -> bool:
-    """Whether a write is refused with the given error code (OOM, MISCONF)."""
+    """Whether a write is refused with the given error code (OOM, MISCONF). Both writes are
+    probes: a background save may fail between them, and then the DEL is refused."""
     try:
         client.set("vista.test.probe", "x")
+        client.delete("vista.test.probe")
     except redis.exceptions.ResponseError as exc:
         return redis_text(exc).startswith(code)
-    client.delete("vista.test.probe")
     return False
 
 
