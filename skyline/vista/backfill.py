@@ -7,7 +7,8 @@ chunk's window), hand them to the history path (:mod:`skyline.vista.history`) an
 has taken them, checkpoint the next chunk with the progress in one write. Chunks are delivered
 and checkpointed strictly in order, so a job killed at any moment resumes at the first chunk
 not yet delivered: nothing is missing, and only the chunk in flight at the kill can be sent
-again (carbon and Flux's fill keep one value per metric and timestamp).
+again (whisper, behind carbon or Flux, keeps one value per metric and timestamp; Flux itself
+forwards a resent ``fill`` point to carbon again: docs/skyline-compatibility.md).
 
 History does not go through the live queue and never writes a watermark: the live fetcher and
 workers are not slowed or disturbed by it, and no watermark ever moves backwards.

@@ -148,10 +148,13 @@ REQUEST_BUDGET_KEY_PREFIX = "vista.request_budget."
 """Token bucket per remote_host (request_budget.py)."""
 
 CREATE_BUDGET_KEY = "vista.create_budget"
-CREATE_BUDGET_GRANTED_KEY = "vista.create_budget.granted"
-CREATE_BUDGET_WAITING_KEY = "vista.create_budget.waiting"
+CREATE_BUDGET_GRANTED_KEY = "vista.create_budget.granted_at"
+CREATE_BUDGET_WAITING_KEY = "vista.create_budget.waiting_since"
 """carbon's create budget: the bucket hash, the names granted a create, the names waiting
-(create_budget.py)."""
+(create_budget.py; sorted sets by time)."""
+CREATE_BUDGET_OLD_KEYS = ("vista.create_budget.granted", "vista.create_budget.waiting")
+"""The set and hash that earlier builds kept instead (never trimmed): left to hosts not yet
+upgraded, given a week to live by the new step."""
 
 BQ_FETCHER_LAST_KEY = "vista.bq_fetcher.last.{account}.{kind}"
 BQ_FETCHER_DUE_KEY = "vista.bq_fetcher.due.{account}.{kind}.{minute}"

@@ -12,7 +12,8 @@ One bucket in Redis (``vista.create_budget``), one Lua step per batch of names:
 * a new name takes a token if one is there, and is remembered as granted;
 * otherwise it is *deferred*: the caller keeps its points queued and asks again later (the
   answer says when the next token is due). Deferred names are listed in
-  ``vista.create_budget.waiting`` (name -> first deferral) for ``vista status``.
+  ``vista.create_budget.waiting_since`` (name scored by its first deferral) for ``vista
+  status``.
 
 The same step keeps the granted and waiting names bounded: a name in ``vista.metrics`` leaves
 both, and a name nobody asked for in :data:`FORGET_AFTER` seconds is forgotten.
@@ -53,7 +54,7 @@ FORGET_AFTER = 7 * 86400.0
 one: what keeps :data:`GRANTED_KEY` and :data:`WAITING_KEY` bounded (by the names in use in
 that time), instead of growing with every name Vista ever created or deferred."""
 
-# KEYS: bucket, granted zset, waiting zset, vista.metrics
+# KEYS: bucket, granted zset, waiting zset, vista.metrics, the two keys of earlier builds
 # ARGV: tokens per second, capacity, forget after (seconds), name...
 # Returns {status per name ('k' known, 'g' granted, 'd' deferred)..., tokens, wait seconds}.
 ADMIT = (
@@ -64,9 +65,12 @@ local rate, cap, forget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]
     + token_bucket.REFILL
     + r"""
 for _, key in ipairs({GRANTED, WAITING}) do
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', key) end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - forget)
+end
+-- Earlier builds' untrimmed set and hash: hosts not yet upgraded still use them (deleting them
+-- would make those hosts grant again), so they are only given a week to live.
+for i = 5, 6 do
+  if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], 604800) end
 end
 local out = {}
 local granted, deferred = 0, 0
@@ -173,7 +177,13 @@ class CreateBudget:
         names = sorted(set(metrics))
         if not self.enabled or not names:
             return Admission(known=frozenset(names))
-        keys = [BUDGET_KEY, GRANTED_KEY, WAITING_KEY, constants.VISTA_METRICS_KEY]
+        keys = [
+            BUDGET_KEY,
+            GRANTED_KEY,
+            WAITING_KEY,
+            constants.VISTA_METRICS_KEY,
+            *constants.CREATE_BUDGET_OLD_KEYS,
+        ]
         rate, capacity = bucket_shape(self.per_minute)
         args = [repr(rate), repr(capacity), repr(self.forget_after), *names]
         reply = self._admit(keys=keys, args=args)

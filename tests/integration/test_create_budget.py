@@ -93,6 +93,29 @@ def test_granted_and_waiting_names_stay_bounded(redis_client: redis.Redis) -> No
     assert create_budget.read_status(redis_client, 600, time.time()).waiting == 0
 
 
+def test_the_keys_of_an_earlier_build_are_left_to_its_hosts_and_expire(
+    redis_client: redis.Redis,
+) -> None:
+    """During a rolling upgrade, hosts still on the earlier build keep using their untyped set and
+    hash (SISMEMBER/SADD, HSETNX): the new step never deletes or retypes them (that made the old
+    hosts grant a name twice, beyond carbon's budget), it gives them a week to live."""
+    old_granted, old_waiting = constants.CREATE_BUDGET_OLD_KEYS
+    redis_client.sadd(old_granted, "a.metric")
+    redis_client.hset(old_waiting, "b.metric", 1700000000)
+    budget = CreateBudget(redis_client, per_minute=600)
+    assert budget.admit(["c.metric"]).granted == {"c.metric"}
+    assert redis_client.type(old_granted) == b"set" and redis_client.sismember(
+        old_granted, "a.metric"
+    )
+    assert redis_client.type(old_waiting) == b"hash"
+    assert redis_client.hget(old_waiting, "b.metric") == b"1700000000"
+    for key in (old_granted, old_waiting):
+        assert 604790 <= redis_client.ttl(key) <= 604800
+    # An old host still writes its set after the upgrade: it keeps working, TTL unchanged.
+    assert redis_client.sadd(old_granted, "d.metric") == 1
+    assert create_budget.read_status(redis_client, 600, time.time()).waiting == 0
+
+
 def test_concurrent_callers_share_one_budget(redis_server: RedisServer) -> None:
     """Four processes' worth of callers (threads with their own connections) ask at once."""
     client = redis_server.client()
