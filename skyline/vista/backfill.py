@@ -29,7 +29,7 @@ import operator
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Any
 
@@ -44,9 +44,11 @@ from skyline.vista.backfill_plan import (
     Chunk,
     TemplateScope,
     backfill_metrics,
+    halves,
     plan,
     range_too_long,
     select_entries,
+    windows,
 )
 from skyline.vista.backoff import Backoff
 from skyline.vista.config import VistaConfig
@@ -325,6 +327,8 @@ class Backfill:
         """Called after each chunk is delivered and checkpointed (benchmarks, tests)."""
         self.entries = {e.metric: e for e in config.fetch_metrics}
         self.hosts: dict[str, HostState] = {}
+        self._template_windows: dict[str, int] = {}
+        """Templated entry -> steps per request that its answers needed (see _expand_window)."""
         self.chunks = chunks_of(config, params)
         progress = ctx.current_progress
         self._next = int(ctx.record.checkpoint.get("next", 0))
@@ -354,10 +358,15 @@ class Backfill:
         )
 
     async def _answer(
-        self, session: aiohttp.ClientSession, entry: FetchEntry, url: str
+        self,
+        session: aiohttp.ClientSession,
+        entry: FetchEntry,
+        url: str,
+        at_once: frozenset[str] = frozenset(),
     ) -> tuple[Answer, Redact]:
         """The source's answer to one request (a 200, or Prometheus' JSON error), retried with
-        backoff on transient failures; raises SourceError (secrets masked) after the last try."""
+        backoff on transient failures; raises SourceError (secrets masked) after the last try,
+        or at the first for an error of a kind in ``at_once`` (the caller has a better way)."""
         state = self._host(entry)
         credentials = Credentials.of(entry)
         redact = credentials.redactor(state.options)
@@ -378,7 +387,7 @@ class Backfill:
                 return answer, redact
             except SourceError as exc:
                 state.record_error(exc.kind)
-                if attempt == FETCH_ATTEMPTS:
+                if attempt == FETCH_ATTEMPTS or exc.kind in at_once:
                     raise scrubbed(exc, redact) from exc
                 delay = backoff.failure(at_least=exc.retry_after or 0.0)
                 if exc.retry_after:
@@ -386,8 +395,14 @@ class Backfill:
                 await self._sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _get(self, session: aiohttp.ClientSession, entry: FetchEntry, url: str) -> object:
-        answer, redact = await self._answer(session, entry, url)
+    async def _get(
+        self,
+        session: aiohttp.ClientSession,
+        entry: FetchEntry,
+        url: str,
+        at_once: frozenset[str] = frozenset(),
+    ) -> object:
+        answer, redact = await self._answer(session, entry, url, at_once)
         try:
             return judge(
                 answer, accept_error_json=entry.remote_host_type == "prometheus", redact=redact
@@ -457,17 +472,7 @@ class Backfill:
         assert template is not None
         if scope is None:  # the entry became templated after the job was added
             scope = TemplateScope(default_cap=m.until)
-        if entry.remote_host_type == "prometheus":
-            url = prometheus.query_range_url(
-                entry.remote_host, entry.remote_target, chunk.start, chunk.end, m.step
-            )
-            body = await self._get(session, entry, url)
-            expansion = expand.expand_labelled(template, prometheus.parse_series(body))
-        else:
-            url = self._render_url(entry, chunk, [entry.remote_target])
-            body = await self._get(session, entry, url)
-            named = [(s.name, s.points) for s in graphite.parse_render(body)]
-            expansion = expand.expand_named(template, named)
+        expansion = await self._expand_window(session, entry, chunk, m)
         points: list[SinkPoint] = []
         for name in sorted(expansion.series):
             if not scope.wants(name):
@@ -482,6 +487,79 @@ class Backfill:
             said = f"{m.metric}: " + "; ".join(problems[:3]) + more
             message = f"{message}; {said}" if message else said
         return ChunkResult(chunk, points, errors, message)
+
+    async def _expand_window(
+        self, session: aiohttp.ClientSession, entry: FetchEntry, chunk: Chunk, m: BackfillMetric
+    ) -> expand.Expansion:
+        """Every series of the templated entry's answers for the chunk's window, named. The
+        window was sized for the names known when the job was added; when the query returns
+        more series and an answer is refused as too large (VISTA_MAX_RESPONSE_BYTES), that
+        window is fetched in halves, again and again down to one step, and later chunks of the
+        entry start at the smallest window that was needed. The chunk is still delivered and
+        checkpointed as a whole, once every part has answered: the plan, and so the meaning of
+        the checkpoint, does not change."""
+        learned = self._template_windows.get(m.metric)
+        todo = [(chunk.start, chunk.end)]
+        if learned is not None:
+            todo = windows(chunk.start, chunk.end, m.step, learned)
+        merged = expand.Expansion()
+        while todo:
+            first, last = todo.pop(0)
+            cut = halves(first, last, m.step)
+            try:
+                part = await self._expand_answer(
+                    session, entry, replace(chunk, start=first, end=last), m, cut is not None
+                )
+            except SourceError as exc:
+                if exc.kind != "too_large" or cut is None:
+                    raise
+                steps = (cut[0][1] - cut[0][0]) // m.step + 1
+                if steps < self._template_windows.get(m.metric, steps + 1):
+                    self._template_windows[m.metric] = steps
+                logger.info(
+                    "backfill %s: %s: the answer for %d..%d is too large "
+                    "(VISTA_MAX_RESPONSE_BYTES = %d); fetched in halves of %d step(s)",
+                    self.ctx.record.id,
+                    m.metric,
+                    first,
+                    last,
+                    self.config.max_response_bytes,
+                    steps,
+                )
+                todo[:0] = list(cut)
+                continue
+            for name, pairs in part.series.items():
+                merged.series.setdefault(name, []).extend(pairs)
+            for name, problem in part.about.items():
+                merged.about.setdefault(name, problem)
+            merged.problems += [p for p in part.problems if p not in merged.problems]
+        for name in merged.about:  # as one answer: a name with a problem is not delivered
+            merged.series.pop(name, None)
+        return merged
+
+    async def _expand_answer(
+        self,
+        session: aiohttp.ClientSession,
+        entry: FetchEntry,
+        window: Chunk,
+        m: BackfillMetric,
+        divisible: bool,
+    ) -> expand.Expansion:
+        """One request of a templated entry, named; a window that can still be halved is not
+        retried when its answer is too large (the caller halves it)."""
+        template = entry.name_template
+        assert template is not None
+        at_once = frozenset({"too_large"}) if divisible else frozenset()
+        if entry.remote_host_type == "prometheus":
+            url = prometheus.query_range_url(
+                entry.remote_host, entry.remote_target, window.start, window.end, m.step
+            )
+            body = await self._get(session, entry, url, at_once)
+            return expand.expand_labelled(template, prometheus.parse_series(body))
+        url = self._render_url(entry, window, [entry.remote_target])
+        body = await self._get(session, entry, url, at_once)
+        named = [(s.name, s.points) for s in graphite.parse_render(body)]
+        return expand.expand_named(template, named)
 
     def _render_url(self, first: FetchEntry, chunk: Chunk, targets: Sequence[str]) -> str:
         params = tuple((k, v) for k, v in first.uri_params if k not in ("from", "until"))

@@ -259,6 +259,17 @@ def windows(start: int, until: int, step: int, points: int) -> list[tuple[int, i
     return found
 
 
+def halves(first: int, last: int, step: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The step-aligned window ``first..last`` cut in two (the older half holds the odd step),
+    or None when it holds a single step. A templated entry's window whose answer is refused as
+    too large is fetched in halves (skyline/vista/backfill.py)."""
+    steps = (last - first) // step + 1
+    if steps <= 1:
+        return None
+    middle = first + ((steps + 1) // 2 - 1) * step
+    return (first, middle), (middle + step, last)
+
+
 def plan(metrics: Sequence[BackfillMetric], start: int, graphite_batch: int) -> list[Chunk]:
     """Every chunk of the backfill, oldest window first (then in the order of ``metrics``)."""
     order = {m.metric: n for n, m in enumerate(metrics)}

@@ -8,6 +8,7 @@ series on one name an error, not a merge."""
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +61,25 @@ def prom_entry(url: str, query: str, name: str) -> dict[str, object]:
         "graphite_target": template,
         "namespace_prefix": prefix,
     }
+
+
+def capped_config(rig: Rig, flux: FluxServer, entry: dict[str, object]) -> VistaConfig:
+    """Settings delivering to ``flux`` with answers capped at 32 KiB."""
+    return rig.config(
+        [entry],
+        FLUX_PORT=flux.port,
+        FLUX_SELF_API_KEY=DEFAULT_KEY,
+        VISTA_MAX_RESPONSE_BYTES=32 * 1024,
+    )
+
+
+def accepted(flux: FluxServer) -> dict[str, list[tuple[int, float]]]:
+    """What Flux took, by name, in the order it came."""
+    flux.wait_processed()
+    got: dict[str, list[tuple[int, float]]] = {}
+    for p in flux.accepted:
+        got.setdefault(p.metric, []).append((p.timestamp, p.value))
+    return got
 
 
 def watermark(client: redis.Redis, name: str, ts: int, key: str) -> None:
@@ -207,21 +227,58 @@ def test_a_template_window_is_cut_so_that_its_answer_fits_the_body_cap(
         lines += [f'vista_bw{{instance="{i}"}} {value(i, ts)!r} {ts}' for ts in stamps]
     prom = tmp_prometheus(history="\n".join(lines))
     with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
-        cfg = rig.config(
-            [prom_entry(prom.url, "vista_bw", "bw.{instance}")],
-            FLUX_PORT=flux.port,
-            FLUX_SELF_API_KEY=DEFAULT_KEY,
-            VISTA_MAX_RESPONSE_BYTES=32 * 1024,
-        )
+        cfg = capped_config(rig, flux, prom_entry(prom.url, "vista_bw", "bw.{instance}"))
         rig.redis.hset(expand.key("bw.{instance}"), mapping={f"bw.{i}": 1.0 for i in INSTANCES})
         out, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
         assert "11 chunk(s)" in out, out  # 2,880 steps in windows of 273
         assert run_claimed(cfg, rig.redis) is Status.DONE
-        flux.wait_processed()
-        got: dict[str, list[tuple[int, float]]] = {}
-        for p in flux.accepted:
-            got.setdefault(p.metric, []).append((p.timestamp, p.value))
+        got = accepted(flux)
     assert got == {f"bw.{i}": [(ts, value(i, ts)) for ts in stamps] for i in INSTANCES}
+
+
+@pytest.mark.slow
+def test_a_refused_template_window_is_split_until_every_series_is_delivered(
+    rig: Rig, tmp_prometheus: PrometheusFactory, span: Span, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The entry has made no name yet, so its windows are sized for one series (819 steps at
+    32 KiB), but the query returns eight: every window's answer (~150 KB) is refused as too
+    large. Each refused window is fetched in halves (again and again) until the answers fit:
+    every point of every series reaches Flux once with its exact value, through a stop after
+    the first chunk and a resume. Before: each chunk failed `too_large` after its tries, the
+    job ended failed with nothing delivered."""
+    start = span.end - 86400 + STEP
+    stamps = range(start, span.end + 1, STEP)
+    series = [f"s{n}" for n in range(8)]
+    lines = ["# TYPE vista_bs gauge"]
+    for n, name in enumerate(series):
+        lines += [
+            f'vista_bs{{instance="{name}"}} {n * 100 + (ts // STEP) % 997}.25 {ts}' for ts in stamps
+        ]
+    prom = tmp_prometheus(history="\n".join(lines))
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = capped_config(rig, flux, prom_entry(prom.url, "vista_bs", "bs.{instance}"))
+        out, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
+        assert "2 chunk(s)" in out, out  # 1,440 steps in windows of 819 (one series assumed)
+        with caplog.at_level(logging.INFO, logger="skyline.vista.backfill"):
+            assert run_claimed(cfg, rig.redis, stop_after=1) is Status.PENDING
+            assert run_claimed(cfg, rig.redis) is Status.DONE
+        got = accepted(flux)
+    want = {
+        f"bs.{name}": [(ts, n * 100 + (ts // STEP) % 997 + 0.25) for ts in stamps]
+        for n, name in enumerate(series)
+    }
+    assert sorted(got) == sorted(want)
+    for name, points in want.items():
+        assert got[name] == points, (name, len(got[name]), len(points))  # no gap, no duplicate
+    record = JobStore(rig.redis, "backfill", kind("backfill").keys).get(job_id)
+    assert record is not None and record.status is Status.DONE
+    assert record.progress.errors == 0 and record.progress.done == record.progress.total == 2
+    assert record.progress.points == 8 * len(stamps)
+    splits = [r for r in caplog.records if "too large" in r.getMessage()]
+    assert splits, [r.getMessage() for r in caplog.records]
+    for r in splits:  # one INFO line per split, naming the entry and the new window
+        assert r.levelno == logging.INFO and "bs.{instance}" in r.getMessage(), r.getMessage()
+        assert prom.url not in r.getMessage()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from skyline.vista.backfill_plan import (
     GRAPHITE_POINTS,
     PROMETHEUS_POINTS,
     BackfillMetric,
+    halves,
     plan,
     select_entries,
     windows,
@@ -339,3 +340,21 @@ def test_a_template_window_fits_its_series_in_the_body_cap() -> None:
     assert template_window("prometheus", 100, cap) == cap // (40 * 100)  # 4,194 steps
     assert template_window("graphite", 0, cap) == GRAPHITE_POINTS  # no name known yet: 1
     assert template_window("graphite", 10**6, 1024) == 1
+
+
+def test_a_refused_template_window_is_cut_in_step_aligned_halves_down_to_one_step() -> None:
+    assert halves(600, 600 + 9 * 60, 60) == ((600, 840), (900, 1140))  # 10 steps: 5 + 5
+    assert halves(600, 600 + 10 * 60, 60) == ((600, 900), (960, 1200))  # 11: 6 + 5
+    assert halves(600, 660, 60) == ((600, 600), (660, 660))
+    assert halves(600, 600, 60) is None  # one step: no smaller window
+    # Halving again and again covers every step once, in order, whatever the size.
+    for steps in (1, 2, 3, 7, 819, 11_000):
+        todo, done = [(0, (steps - 1) * 60)], []
+        while todo:
+            first, last = todo.pop(0)
+            cut = halves(first, last, 60)
+            if cut is None:
+                done.append(first)
+            else:
+                todo[:0] = list(cut)
+        assert done == list(range(0, steps * 60, 60))
