@@ -224,7 +224,7 @@ def whisper_points(
     return found
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one scenario, in order
+def run(args: argparse.Namespace) -> int:
     root = Path(tempfile.mkdtemp(prefix="vista-soak-"))
     soak = Soak(args, root)
     names = [f"soak.m{i:04d}" for i in range(args.metrics)]

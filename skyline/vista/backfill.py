@@ -229,7 +229,7 @@ class _MatrixSeries(msgspec.Struct):
 
 
 class _MatrixData(msgspec.Struct):
-    resultType: str  # noqa: N815 - Prometheus' field name
+    resultType: str
     result: list[_MatrixSeries]
 
 

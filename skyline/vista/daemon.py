@@ -218,7 +218,7 @@ def daemonize(
     os.close(read_end)
     code = constants.EXIT_FAILURE
     try:
-        log = open(stderr_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        log = open(stderr_path, "a", buffering=1, encoding="utf-8")
         context = daemon.DaemonContext(
             working_directory="/",
             umask=0o022,

@@ -29,7 +29,7 @@ def process_safely(
         return
     except redisconn.REDIS_ERRORS:
         raise
-    except Exception:  # noqa: BLE001 - isolate the item, log the traceback once
+    except Exception:
         logger.exception("a batch of %d item(s) failed; retrying its items one by one", len(raws))
     for raw in queue.held_by(wid, raws):
         try:

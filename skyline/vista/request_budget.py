@@ -152,7 +152,7 @@ class RedisPacer:
             if delay <= 0:
                 break
             # A little jitter so that the waiters of one host do not all ask at once.
-            delay = delay * (1 + 0.1 * random.random())  # noqa: S311 - not cryptographic
+            delay = delay * (1 + 0.1 * random.random())
             waited += delay
             await asyncio.sleep(delay)
         if waited:

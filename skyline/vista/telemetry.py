@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
@@ -90,12 +90,12 @@ class QueueSnapshot:
 class QueueCollector(Collector):
     """Queue depth gauges, read from Redis at scrape time (agent only)."""
 
-    def __init__(self, read: object) -> None:
-        self._read = read  # Callable[[], QueueSnapshot | None]
+    def __init__(self, read: Callable[[], QueueSnapshot | None]) -> None:
+        self._read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snapshot = self._read()  # type: ignore[operator]
-        if not isinstance(snapshot, QueueSnapshot):
+        snapshot = self._read()
+        if snapshot is None:
             return
         for name, doc, value in (
             ("vista_queue_items", "Items waiting in vista.fetcher.metrics.json", snapshot.queued),
@@ -122,7 +122,9 @@ class QueueCollector(Collector):
 
 
 def start_metrics_server(
-    address: tuple[str, int], queue_reader: object, extra: Sequence[Collector] = ()
+    address: tuple[str, int],
+    queue_reader: Callable[[], QueueSnapshot | None],
+    extra: Sequence[Collector] = (),
 ) -> object:
     """Serve /metrics on address (multi-process aware when PROMETHEUS_MULTIPROC_DIR is set);
     ``extra`` collectors are read at scrape time too."""

@@ -30,7 +30,7 @@ from tests.support.items import drained, run_until_drained
 from tests.support.rig import GraphiteRig, Rig
 
 
-def CLOCKS(minute: int) -> list[float]:  # noqa: N802 - a constant of the module, per minute
+def CLOCKS(minute: int) -> list[float]:
     """10 min ago (a and b), 2 min ago (c has appeared, with 20 min of history: held back),
     1 min ago (c fetched over its populate window, older than the window of cycle 2)."""
     return [minute - 600 + 1.0, minute - 120 + 1.0, minute - 60 + 1.0]

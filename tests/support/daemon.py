@@ -275,7 +275,7 @@ class VistaHarness:
         """``vista run`` (logs to stderr_path); returns the process once it holds the pidfile.
         ``new_session``: in a session and process group of its own (like a login shell's job)."""
         self.current_log = stderr_path
-        log = open(stderr_path, "ab")  # noqa: SIM115 - closed in cleanup()
+        log = open(stderr_path, "ab")
         self._files.append(log)
         popen = subprocess.Popen(
             [*VISTA_CMD, "--settings", str(self.settings_path), "run"],

@@ -41,7 +41,7 @@ class ArchiveWriter:
         self.path = path
         self.tmp = f"{path}.tmp.{os.getpid()}"
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._raw = open(self.tmp, "wb")
         self._gzip = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=COMPRESS_LEVEL)
         self._text = io.TextIOWrapper(self._gzip, encoding="utf-8", newline="")
         self._csv = csv.writer(self._text)

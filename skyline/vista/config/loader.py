@@ -83,7 +83,7 @@ def read_module(path: str) -> dict[str, Any]:
         raise ConfigError(
             [f"line {exc.lineno}: syntax error: {exc.msg}: {_quote_line(exc.text)}"], path
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - any error raised by user code in settings.py
+    except Exception as exc:
         raise ConfigError([f"settings.py raised {type(exc).__name__}: {exc}"], path) from exc
     return {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
 

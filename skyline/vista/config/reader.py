@@ -65,7 +65,7 @@ class Reader:
     def port(self, name: str, default: int) -> int:
         return self.integer(name, default, minimum=1, maximum=65535)
 
-    def read(self, setting: Setting[T]) -> T:  # noqa: C901 - one branch per kind
+    def read(self, setting: Setting[T]) -> T:
         """The value of ``setting``, checked as its table entry says (kind, limits, choices);
         its default when absent, None or '' (a text), or after a problem is recorded."""
         name, kind = setting.name, setting.kind

@@ -66,7 +66,7 @@ def run_job(
     except VistaError as exc:  # a job that ends failed on purpose: its message says why
         error = f"{type(exc).__name__}: {exc}"[:500]
         logger.error("job %s (%s) failed: %s", job_id, job_kind.name, error)
-    except Exception as exc:  # noqa: BLE001 - any bug in a job fails that job, not the agent
+    except Exception as exc:
         logger.exception("job %s (%s) failed", job_id, job_kind.name)
         error = f"{type(exc).__name__}: {exc}"[:500]
     finally:
