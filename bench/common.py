@@ -315,11 +315,14 @@ class SourceServer(_Child):
 # ------------------------------------------------------------------------------ the Flux double
 
 
-def serve_flux(conn: multiprocessing.connection.Connection, max_age: int) -> None:
-    """Entry point of the Flux double's process (tests/fakes/flux.py, record=False)."""
+def serve_flux(
+    conn: multiprocessing.connection.Connection, max_age: int, emulate_worker: bool = True
+) -> None:
+    """Entry point of the Flux double's process (tests/fakes/flux.py, record=False); with
+    ``emulate_worker=False`` its listener only (no flux.last checks, nothing forwarded)."""
     from tests.fakes.flux import FluxServer
 
-    server = FluxServer(record=False, max_age=max_age).start()
+    server = FluxServer(record=False, max_age=max_age, emulate_worker=emulate_worker).start()
     conn.send(server.port)
     while True:
         command, _arg = conn.recv()

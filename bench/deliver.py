@@ -8,6 +8,13 @@ to
 * (a) the Flux double of ``tests/fakes/flux.py`` (``record=False``), in a process of its own so
   that its CPU is not the workers'; the points are older than Flux's max age, so Vista sends
   ``"fill": "true"`` for most of them, as it must;
+* (a') the same double's listener alone (``emulate_worker=False``): "Flux listener only:
+  what Vista can push; a real Flux runs its worker in other processes". The double emulates
+  Flux's worker (per-point ``flux.last`` checks in a private fakeredis) in the listener's
+  process, and on this 2-core machine that CPU competes with the Vista worker being measured;
+  a real Flux's listener only validates and queues. This scenario keeps every listener rule
+  (keys, validation, 400/207 answers, counts) and forwards nothing. (a) stays the default
+  figure; (a') says how much of (a) is the double;
 * (b) a real carbon-cache (``skyline/vista/testing/servers.py``), fresh for each run;
   afterwards a sample of metrics is read back from carbon (cache-query and whisper) and must
   hold all 100 points.
@@ -18,13 +25,15 @@ pending marks are empty; then every watermark is checked. CPU seconds and peak R
 workers come from /proc.
 
 The original's method, one HTTP GET to ``/metric_data`` per point, is re-enacted against the
-same Flux double (a sample of points, one ``requests.Session``) for the ratio.
+same Flux double (a sample of points, one ``requests.Session``) for the ratio, and against the
+listener-only double for (a')'s ratio.
 
 Aims: at least 100,000 points/s into carbon, 50,000 points/s into Flux, and 100 times the
 one-GET-per-point rate. Not a test: it prints figures and ratios.
 
     .venv/bin/python bench/deliver.py            # every scenario (about 1 minute)
     .venv/bin/python bench/deliver.py --quick    # 100,000 points (about 15 s)
+    .venv/bin/python bench/deliver.py --sinks flux,flux-listener --workers 1 --repeat 2
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -76,12 +86,21 @@ RATIO_AIM = 100.0
 FLUX_MAX_AGE = 3600
 STEP = 60
 
+FLUX_SINKS = ("flux", "flux-listener")
+SINK_TITLES = {
+    "flux": "Flux double (listener + worker emulation, the default figure)",
+    "flux-listener": (
+        "Flux listener only: what Vista can push; a real Flux runs its worker in other processes"
+    ),
+    "carbon": "carbon-cache (pickle)",
+}
+
 HOST = socket.gethostname()  # VISTA_HOSTNAME's default: the workers' ids start with it
 
 
 @dataclass
 class Run:
-    sink: str  # flux | carbon
+    sink: str  # flux | flux-listener | carbon
     workers: int
     run: int
     metrics: int
@@ -190,7 +209,7 @@ def settings(
         # The test carbon creates without limit (MAX_CREATES_PER_MINUTE = inf): no pacing.
         "VISTA_CARBON_MAX_CREATES_PER_MINUTE": float("inf"),
     }
-    if sink == "flux":
+    if sink in FLUX_SINKS:
         values.update(
             VISTA_SINK="flux", FLUX_IP="127.0.0.1", FLUX_PORT=port, FLUX_SELF_API_KEY=DEFAULT_KEY
         )
@@ -293,6 +312,7 @@ def log_problems(log_file: Path) -> list[str]:
 
 
 def run_flux(
+    sink: str,
     flux: FluxProcess,
     redis_server: RedisServer,
     workers_n: int,
@@ -301,11 +321,11 @@ def run_flux(
     per_metric: int,
     tmp: Path,
 ) -> Run:
-    run = Run("flux", workers_n, run_no, metrics, metrics * per_metric)
+    run = Run(sink, workers_n, run_no, metrics, metrics * per_metric)
     client = redis_server.client()
     client.flushall()
-    cfg = settings("flux", workers_n, redis_server.url, tmp, flux.port)
-    log_file = tmp / f"flux-{workers_n}-{run_no}.log"
+    cfg = settings(sink, workers_n, redis_server.url, tmp, flux.port)
+    log_file = tmp / f"{sink}-{workers_n}-{run_no}.log"
     workers = start_workers(cfg, workers_n, log_file)
     try:
         wait_ready(client, workers)
@@ -519,14 +539,14 @@ def row(r: Run) -> list[str]:
     ]
 
 
-def summarise(runs: list[Run], get: GetRun | None) -> tuple[list[str], dict[str, Any]]:
+def summarise(runs: list[Run], gets: dict[str, GetRun]) -> tuple[list[str], dict[str, Any]]:
     lines: list[str] = []
     summary: dict[str, Any] = {"bench": "deliver"}
 
     def rates(sink: str, workers: int) -> list[float]:
         return [r.rate for r in runs if r.sink == sink and r.workers == workers]
 
-    for sink, aim in (("carbon", CARBON_AIM), ("flux", FLUX_AIM)):
+    for sink, aim in (("carbon", CARBON_AIM), ("flux", FLUX_AIM), ("flux-listener", FLUX_AIM)):
         for workers in (1, 2):
             found = rates(sink, workers)
             if not found:
@@ -538,28 +558,80 @@ def summarise(runs: list[Run], get: GetRun | None) -> tuple[list[str], dict[str,
                 f"{sink}, {workers} worker(s): {shown} points/s (aim >= {aim:,.0f}): {verdict}, "
                 f"{worst / aim:.1f}x the aim"
             )
-            summary[f"{sink}_{workers}w_pps"] = round(worst)
-    if get is not None:
+            summary[f"{sink.replace('-', '_')}_{workers}w_pps"] = round(worst)
+    ratios: dict[tuple[str, int], float] = {}
+    for sink, get in gets.items():
+        key = sink.replace("-", "_")
         lines.append(
-            f"original method (1 GET per point to the same Flux double): {get.rate:,.0f} points/s "
-            f"({get.points:,} GETs in {get.seconds:.2f} s, client CPU {get.cpu:.2f} s, "
-            f"statuses {get.statuses})"
+            f"original method (1 GET per point to the same double, {sink}): {get.rate:,.0f} "
+            f"points/s ({get.points:,} GETs in {get.seconds:.2f} s, client CPU {get.cpu:.2f} s, "
+            f"double CPU {get.flux_cpu:.2f} s, statuses {get.statuses})"
         )
-        summary["one_get_per_point_pps"] = round(get.rate)
+        summary["one_get_per_point_pps" if sink == "flux" else f"{key}_get_pps"] = round(get.rate)
         for workers in (1, 2):
-            found = rates("flux", workers)
+            found = rates(sink, workers)
             if found and get.rate:
                 ratio = min(found) / get.rate
+                ratios[sink, workers] = ratio
                 verdict = "MET" if ratio >= RATIO_AIM else "MISSED"
                 lines.append(
-                    f"Flux, {workers} worker(s) vs one GET per point: {ratio:.0f}x "
-                    f"(aim >= {RATIO_AIM:.0f}x): {verdict}"
+                    f"{sink}, {workers} worker(s) vs one GET per point to the same double: "
+                    f"{ratio:.0f}x (aim >= {RATIO_AIM:.0f}x): {verdict}"
                 )
-                summary[f"flux_{workers}w_vs_get"] = round(ratio, 1)
+                summary[f"{key}_{workers}w_vs_get"] = round(ratio, 1)
+    for workers in (1, 2):
+        if ("flux", workers) in ratios and ("flux-listener", workers) in ratios:
+            lines.append(
+                f"side by side, {workers} worker(s), ratio to one GET per point: "
+                f"{ratios['flux', workers]:.0f}x with the double's worker emulation (default "
+                f"figure), {ratios['flux-listener', workers]:.0f}x listener only (what Vista "
+                "can push; a real Flux runs its worker in other processes)"
+            )
     peak = max((r.worker_peak_mb for r in runs), default=0.0)
     lines.append(f"largest worker peak RSS: {peak:.0f} MB")
     summary["worker_peak_mb"] = round(peak)
     return lines, summary
+
+
+def plan(
+    sinks: list[str],
+    worker_counts: list[int],
+    repeat: int,
+    fluxes: dict[str, FluxProcess],
+    redis_server: RedisServer,
+    metrics: int,
+    per_metric: int,
+    sample: int,
+) -> list[Callable[[Path], Run]]:
+    """The runs, in order: each repeat runs every sink in turn, so that the scenarios compared
+    side by side (Flux with and without the worker emulation) share the same minutes."""
+    jobs: list[Callable[[Path], Run]] = []
+    for workers in worker_counts:
+        for run_no in range(1, repeat + 1):
+            for sink in sinks:
+                if sink in fluxes:
+                    job = partial(
+                        run_flux,
+                        sink,
+                        fluxes[sink],
+                        redis_server,
+                        workers,
+                        run_no,
+                        metrics,
+                        per_metric,
+                    )
+                else:
+                    job = partial(
+                        run_carbon,
+                        redis_server,
+                        workers,
+                        run_no,
+                        metrics,
+                        per_metric,
+                        sample=sample,
+                    )
+                jobs.append(job)
+    return jobs
 
 
 def main() -> int:
@@ -569,7 +641,12 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=100, help="points per metric")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each scenario")
     parser.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2")
-    parser.add_argument("--sinks", default="flux,carbon", help="flux, carbon or both")
+    parser.add_argument(
+        "--sinks",
+        default="flux,flux-listener,carbon",
+        help="some of flux (the double with its worker emulation), flux-listener (its "
+        "listener only), carbon",
+    )
     parser.add_argument("--get-points", type=int, default=0, help="GETs for the original method")
     parser.add_argument("--sample", type=int, default=20, help="carbon metrics read back")
     parser.add_argument(
@@ -580,55 +657,55 @@ def main() -> int:
     get_points = args.get_points or (2000 if args.quick else 20_000)
     worker_counts = [int(x) for x in args.workers.split(",") if x]
     sinks = [s for s in args.sinks.split(",") if s]
+    unknown = sorted(set(sinks) - set(SINK_TITLES))
+    if unknown:
+        parser.error(f"--sinks: unknown {unknown}, expected some of {sorted(SINK_TITLES)}")
     total = metrics * args.points
     print(
         f"vista deliver benchmark: {total:,} points ({metrics:,} metrics x {args.points}), "
         f"sinks {sinks}, workers {worker_counts}, {args.repeat} run(s) each"
     )
+    for sink in sinks:
+        print(f"  {sink}: {SINK_TITLES[sink]}")
     if args.max_load:
         print(wait_for_low_load(args.max_load, 60.0))
     print(f"start: load average {loadavg()}")
     began = time.monotonic()
     runs: list[Run] = []
-    get: GetRun | None = None
+    gets: dict[str, GetRun] = {}
     with (
         tempfile.TemporaryDirectory(prefix="vista-bench-deliver-") as tmp_name,
         RedisServer(Path(tmp_name) / "redis", unix_socket=True) as redis_server,
-        FluxProcess(FLUX_MAX_AGE) as flux,
+        contextlib.ExitStack() as stack,
     ):
         tmp = Path(tmp_name)
-        jobs: list[Callable[[Path], Run]] = []
-        for sink in sinks:
-            for workers in worker_counts:
-                for run_no in range(1, args.repeat + 1):
-                    if sink == "flux":
-                        jobs.append(
-                            partial(
-                                run_flux, flux, redis_server, workers, run_no, metrics, args.points
-                            )
-                        )
-                    else:
-                        jobs.append(
-                            partial(
-                                run_carbon,
-                                redis_server,
-                                workers,
-                                run_no,
-                                metrics,
-                                args.points,
-                                sample=args.sample,
-                            )
-                        )
+        # One double per Flux scenario, each in its own process; the listener-only one never
+        # starts the worker emulation.
+        fluxes = {
+            sink: stack.enter_context(FluxProcess(FLUX_MAX_AGE, sink == "flux"))
+            for sink in FLUX_SINKS
+            if sink in sinks
+        }
+        jobs = plan(
+            sinks,
+            worker_counts,
+            args.repeat,
+            fluxes,
+            redis_server,
+            metrics,
+            args.points,
+            args.sample,
+        )
         for job in jobs:
             run = job(tmp)
             runs.append(run)
             print(f"  {' | '.join(row(run))}  (load {load1():.2f})", flush=True)
             for problem in run.problems:
                 print(f"    problem: {problem}")
-        if "flux" in sinks:
-            get = one_get_per_point(flux, get_points)
+        for sink, flux in fluxes.items():
+            get = gets[sink] = one_get_per_point(flux, get_points)
             print(
-                f"  one GET per point: {get.points:,} GETs in {get.seconds:.2f} s = "
+                f"  one GET per point ({sink}): {get.points:,} GETs in {get.seconds:.2f} s = "
                 f"{get.rate:,.0f} points/s (load {load1():.2f})",
                 flush=True,
             )
@@ -641,14 +718,14 @@ def main() -> int:
     for r in runs:
         print(f"  {r.label}: {r.checked}")
     print()
-    lines, summary = summarise(runs, get)
+    lines, summary = summarise(runs, gets)
     for line in lines:
         print(line)
     summary["load_end"] = loadavg()
     summary["seconds"] = round(time.monotonic() - began, 1)
     print(f"\nend: load average {loadavg()}; {time.monotonic() - began:.0f} s in all")
     print("SUMMARY " + json.dumps(summary, separators=(",", ":")))
-    failed = any(r.problems for r in runs) or (get is not None and get.accepted != get.points)
+    failed = any(r.problems for r in runs) or any(g.accepted != g.points for g in gets.values())
     return 1 if failed else 0
 
 

@@ -226,6 +226,13 @@ class FluxServer(StartStop):
     ``vista_enabled`` are Flux's ``FLUX_CHECK_LAST_TIMESTAMP`` and ``VISTA_ENABLED``;
     ``vista_metrics_every`` is how often Flux re-reads ``vista.metrics`` (60 s, only when
     ``check_last_timestamp`` is False); ``worker_lag`` delays the worker behind the listener.
+
+    ``emulate_worker=False`` runs the listener alone, as a real Flux's listener process is:
+    every rule above (keys, validation, the 400 that leaves the items before a bad one
+    accepted, 207 quotas, counts, records) still applies, but nothing is handed to the worker,
+    whose thread is never started: nothing is checked against ``flux.last`` or forwarded
+    (``forwarded_count`` stays 0). ``bench/deliver.py`` uses it to measure what Vista can push
+    without the worker's CPU on the same cores.
     """
 
     def __init__(
@@ -242,6 +249,7 @@ class FluxServer(StartStop):
         vista_enabled: bool = True,
         vista_metrics_every: float = VISTA_METRICS_EVERY,
         worker_lag: float = 0.0,
+        emulate_worker: bool = True,
     ) -> None:
         # listen.py validate_key(): when valid_keys is empty, any 32-character alphanumeric
         # key passes.
@@ -250,6 +258,7 @@ class FluxServer(StartStop):
         self._now = now
         self._quotas = {ns: int(q) for ns, q in (namespace_quotas or {}).items() if int(q)}
         self._record = record
+        self.emulate_worker = emulate_worker
         # The server thread appends plain tuples (cheap). `accepted` turns them into
         # AcceptedPoint objects when it is read.
         self._points: list[tuple[str, int, float, bool]] = []
@@ -295,7 +304,8 @@ class FluxServer(StartStop):
     def start(self) -> FluxServer:
         if self._app.running:
             raise RuntimeError("FluxServer already started")
-        self.worker.start()
+        if self.emulate_worker:
+            self.worker.start()
         self._app.start()
         self.port = self._app.port
         return self
@@ -946,7 +956,8 @@ class FluxServer(StartStop):
         }
 
     def _accept(self, metric: str, timestamp: int, value: float, backfill: bool) -> None:
-        self._batch.append(QueuedPoint(metric, value, timestamp, backfill))
+        if self.emulate_worker:  # else the request's batch stays empty: nothing is handed over
+            self._batch.append(QueuedPoint(metric, value, timestamp, backfill))
         self._accepted_count += 1
         if self._record:
             self._points.append((metric, timestamp, value, backfill))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import fakeredis
 import pytest
 import requests
 
@@ -652,6 +654,78 @@ def test_record_false_counts_without_storing() -> None:
         assert server.request_count == 1
         assert server.accepted == []
         assert server.requests == []
+
+
+def _listener_rules_then_worker_output(emulate_worker: bool) -> tuple[int, int, set[str]]:
+    """The same requests (a good POST, a 400 after a good item, a 207, a GET, an old point
+    without fill) to a Flux double with or without its worker; returns what the worker
+    forwarded and dropped and the flux.last keys it wrote, once it has caught up."""
+    store = fakeredis.FakeRedis()
+    store.hset("flux.last.metric_data", "vista.old", str({"timestamp": NOW, "value": 1.0}))
+    with FluxServer(now=lambda: NOW, redis=store, emulate_worker=emulate_worker) as server:
+        server.reject_metric("vista.rejected")
+        good = post(server, {"key": KEY, "metrics": [item("vista.a", NOW - 60, 1.5)]})
+        bad = post(server, {"key": KEY, "metrics": [item("vista.b"), item("vista.b*d")]})
+        quota = post(server, {"key": KEY, "metrics": [item("vista.c"), item("vista.rejected")]})
+        fetched = get(
+            server, {"key": KEY, "metric": "vista.d", "value": "2", "timestamp": str(NOW)}
+        )
+        old = post(server, {"key": KEY, "metrics": [item("vista.old", NOW - 120, 9.0)]})
+
+        assert [r.status_code for r in (good, bad, quota, fetched, old)] == [
+            204,
+            400,
+            207,
+            204,
+            204,
+        ]
+        assert server.accepted == [
+            AcceptedPoint("vista.a", NOW - 60, 1.5, False),
+            AcceptedPoint("vista.b", NOW - 60, 1.0, False),
+            AcceptedPoint("vista.c", NOW - 60, 1.0, False),
+            AcceptedPoint("vista.d", NOW, 2.0, False),
+            AcceptedPoint("vista.old", NOW - 120, 9.0, False),
+        ]
+        assert (server.accepted_count, server.request_count) == (5, 5)
+        server.wait_processed()
+        keys = {k.decode() for k in store.scan_iter("flux.last.*")}
+        return server.forwarded_count, server.dropped_count, keys
+
+
+def test_without_worker_emulation_the_listener_rules_hold_and_nothing_is_forwarded() -> None:
+    # bench/deliver.py's "listener only" scenario: a real Flux's listener validates and
+    # queues; its worker (flux.last checks, forwarding) runs in other processes.
+    forwarded, dropped, keys = _listener_rules_then_worker_output(emulate_worker=False)
+
+    assert (forwarded, dropped) == (0, 0)
+    assert keys == {"flux.last.metric_data"}  # only the field set up above: nothing written
+    # The same requests with the worker: it checks, drops and forwards (so the above is not
+    # vacuous).
+    forwarded, dropped, keys = _listener_rules_then_worker_output(emulate_worker=True)
+
+    assert (forwarded, dropped) == (4, 1)  # vista.old at NOW - 120 is at or below flux.last
+    assert keys == {
+        "flux.last.metric_data",
+        "flux.last.vista.a",
+        "flux.last.vista.b",
+        "flux.last.vista.c",
+        "flux.last.vista.d",
+    }
+
+
+def _worker_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "fake-flux-worker")
+
+
+def test_without_worker_emulation_the_worker_thread_never_starts() -> None:
+    before = _worker_threads()
+    with FluxServer(now=lambda: NOW, emulate_worker=False, record=False) as server:
+        response = post(server, {"key": KEY, "metrics": [item(f"v.m{i}") for i in range(450)]})
+
+        assert response.status_code == 204
+        assert server.accepted_count == 450
+        assert _worker_threads() == before
+        assert server.forwarded_count == 0
 
 
 def test_wrong_method_and_unknown_path_get_falcon_defaults(flux: FluxServer) -> None:
