@@ -198,7 +198,13 @@ class Finisher:
     def _new_holes(
         self, result: MetricResult, failed: list[tuple[Window, SourceError]], last: int | None
     ) -> None:
-        """The failed windows older than the newest point delivered become holes."""
+        """The failed windows older than the newest point delivered become holes (with the
+        watermarks of a templated entry's names, each refilled only past its own)."""
+        names = None
+        if result.entry.name_template is not None:
+            marks = self.name_watermarks
+            known = self.known.get(result.entry.metric, set())
+            names = {n: marks[n] for n in known if n in marks}
         for window, error in failed:
             if last is not None and window.end is not None and window.start is not None:
                 if window.end < last:
@@ -210,6 +216,7 @@ class Finisher:
                             error.kind,
                             str(error),
                             after=result.watermark,
+                            names=names,
                         )
                     )
 
@@ -220,7 +227,9 @@ class Finisher:
         entry, else under None). Sets ``result.holes`` when the metric's list of holes
         changes. A templated entry's name gets a hole's points only when its watermark is past
         the hole: a name still before it gets them from the entry's next windows, which start
-        at the oldest watermark of its names."""
+        at the oldest watermark of its names. Each name's points are cleaned against its own
+        watermark from when the hole was found (``Hole.after_for``), not the entry's oldest:
+        replay items skip the watermark check, what a name had is not sent again."""
         plan = result.plan
         outcome: dict[Hole, list[tuple[Window, Outcome]]] = {}
         for i, hole in enumerate(plan.retries):
@@ -247,7 +256,8 @@ class Finisher:
                         kept.append(again)
             for key, pairs in raw.items():
                 into = found.setdefault(key, {})
-                for ts, value in clean(pairs, after=hole.after, before=self.before).points:
+                after = hole.after_for(key)
+                for ts, value in clean(pairs, after=after, before=self.before).points:
                     into[ts] = (ts, value)
         result.holes = kept + result.new_holes
         points = {key: tuple(by_ts[ts] for ts in sorted(by_ts)) for key, by_ts in found.items()}

@@ -12,7 +12,7 @@ A hole that keeps failing is given up after :data:`MAX_ATTEMPTS` attempts, with 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 MAX_ATTEMPTS = 8
@@ -42,9 +42,20 @@ class Hole:
     # Points at or below this were delivered before the hole was found (a gap window starts
     # a little before the watermark): a refill never sends them again.
     after: int | None = None
+    # A templated entry's names (expand.py) delivered further than ``after`` when the hole was
+    # found, each with its own watermark then, sorted by name: a refill sends a name only its
+    # points past both (the entry's ``after`` is the oldest of its names').
+    names: tuple[tuple[str, int], ...] = ()
 
     def due(self, now: float) -> bool:
         return now >= self.next_try
+
+    def after_for(self, name: str | None) -> int | None:
+        """What the refill of ``name`` (None: a plain entry) must not send again."""
+        own = dict(self.names).get(name) if name is not None and self.names else None
+        if own is None or self.after is None:
+            return self.after if own is None else own
+        return max(own, self.after)
 
 
 def retry_delay(attempts: int) -> float:
@@ -52,9 +63,20 @@ def retry_delay(attempts: int) -> float:
 
 
 def new_hole(
-    start: int, end: int, now: float, kind: str, error: str, after: int | None = None
+    start: int,
+    end: int,
+    now: float,
+    kind: str,
+    error: str,
+    after: int | None = None,
+    names: Mapping[str, int] | None = None,
 ) -> Hole:
-    return Hole(start, end, 1, now + retry_delay(1), now, error, kind, after)
+    """``names``: a templated entry's names and their watermarks (those not past ``after``
+    are left out)."""
+    further = tuple(
+        sorted((n, mark) for n, mark in (names or {}).items() if after is None or mark > after)
+    )
+    return Hole(start, end, 1, now + retry_delay(1), now, error, kind, after, further)
 
 
 def failed_again(hole: Hole, now: float, kind: str, error: str, step: int = 0) -> list[Hole]:
@@ -79,7 +101,16 @@ def given_up(hole: Hole) -> bool:
 
 
 def encode(holes: Sequence[Hole]) -> str:
-    return json.dumps([asdict(h) for h in holes], separators=(",", ":"))
+    """JSON; ``names`` as an object, and only when there are some (a plain entry's record is
+    as it was before templated entries had names in their holes)."""
+    records = []
+    for hole in holes:
+        record: dict[str, object] = asdict(hole)
+        del record["names"]
+        if hole.names:
+            record["names"] = dict(hole.names)
+        records.append(record)
+    return json.dumps(records, separators=(",", ":"))
 
 
 def decode(raw: bytes | str | None) -> list[Hole]:
@@ -98,6 +129,7 @@ def decode(raw: bytes | str | None) -> list[Hole]:
                 str(r.get("error", "")),
                 str(r.get("kind", "")),
                 None if r.get("after") is None else int(r["after"]),
+                tuple(sorted((str(n), int(m)) for n, m in (r.get("names") or {}).items())),
             )
             for r in records
         ]

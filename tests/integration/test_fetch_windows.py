@@ -343,6 +343,91 @@ async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_
         assert rig.redis.hget(constants.HOLES_KEY, template) is None
 
 
+@pytest.mark.slow
+async def test_a_template_hole_refills_each_name_only_after_its_own_watermark(
+    rig: Rig, tmp_prometheus: PrometheusFactory, history: History
+) -> None:
+    """One query, two series whose names were delivered to different points: tw.a up to 30 h
+    ago, tw.b up to 25 h ago (the entry's watermark is the older, tw.a's). The older window
+    (from 30 h ago) fails while the newer one answers: a hole of the entry. Once the source
+    heals, the refill gives tw.a the hole's points after its watermark and tw.b only those
+    after its own: every point reaches the queue exactly once (before: tw.b's points between
+    the two watermarks, already delivered, were queued again as replay items, which skip the
+    watermark check, and the sink got them twice)."""
+    now, minute = history.now, history.minute
+    lines = ["# TYPE vista_tm gauge"]
+    for i, offset in (("a", 0.25), ("b", 0.75)):
+        for ts in range(minute - 2 * DAY, minute - 120 + 1, 60):
+            lines.append(f'vista_tm{{i="{i}"}} {ts % 9973 + offset} {ts}')
+    prom = tmp_prometheus(history="\n".join(lines) + "\n# EOF\n")
+    names = {"a": "tw.a", "b": "tw.b"}
+    marks = {"tw.a": minute - 30 * 3600, "tw.b": minute - 25 * 3600}
+
+    async def source(i: str, start: int, end: int) -> list[Point]:
+        params = {
+            "query": f'vista_tm{{i="{i}"}}',
+            "start": str(start),
+            "end": str(end),
+            "step": str(STEP),
+        }
+        async with aiohttp.ClientSession() as session:
+            async with session.get(prom.url + "/api/v1/query_range", params=params) as answer:
+                body = await answer.json()
+        return [(int(ts), float(v)) for ts, v in body["data"]["result"][0]["values"]]
+
+    async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
+        entry = {
+            "remote_host": px.url,
+            "remote_host_type": "prometheus",
+            "frequency": STEP,
+            "remote_target": "vista_tm",
+            "graphite_target": "{i}",
+            "namespace_prefix": "tw",
+        }
+        cfg = rig.config([entry], VISTA_MAX_BACKFILL=2 * DAY)
+        template = cfg.fetch_metrics[0].metric
+        # The names were seen and delivered before, each to its own watermark.
+        rclient = redisconn.connect_async(cfg.redis)
+        try:
+            await expand.remember(rclient, {template: list(names.values())}, now - 60)
+        finally:
+            await rclient.aclose()
+        for name, mark in marks.items():
+            rig.redis.hset(
+                constants.VISTA_WATERMARK_HASH, name, f"{{'timestamp': {mark}, 'value': 1.0}}"
+            )
+        report = await templated_cycle(cfg, now)
+        result = report.results[0]
+        assert len(result.windows) == 2 and result.error is not None
+        old, new = result.windows
+        assert old.start is not None and old.end is not None
+        assert old.start <= marks["tw.a"] < marks["tw.b"] < old.end, (old, marks)
+        first = take_all(rig.redis, list(names.values()))
+        [hole] = stored_holes(rig.redis, template)
+        assert (hole.start, hole.end, hole.after) == (old.start, old.end, marks["tw.a"])
+        assert hole.names == (("tw.b", marks["tw.b"]),)
+
+        px.fail_before = 0  # the source heals
+        report = await templated_cycle(cfg, now + holes.retry_delay(1) + 1)
+        assert report.results[0].error is None, report.results[0].error
+        refill = take_all(rig.redis, list(names.values()))
+        assert rig.redis.hget(constants.HOLES_KEY, template) is None
+    refilled = 0
+    for i, name in names.items():
+        assert new.start is not None and new.end is not None
+        asked = await source(i, old.start, old.end) + await source(i, new.start, new.end)
+        want = [p for p in asked if marks[name] < p[0] < minute]  # the sink gets each once
+        got = points_of(first[name], replay=False) + points_of(refill[name], replay=True)
+        again = [ts for ts, _ in got if ts <= marks[name]]  # delivered before: sent twice
+        twice = len(got) - len({ts for ts, _ in got})
+        assert (len(again), twice) == (0, 0), name
+        assert sorted(got) == want and len(want) > 10_000, name
+        # The second cycle's own points: the minute that closed meanwhile, nothing older.
+        assert all(ts >= minute for ts, _ in points_of(refill[name], replay=False)), name
+        refilled += len(points_of(refill[name], replay=True))
+    assert report.results[0].refilled == refilled
+
+
 async def test_a_window_that_keeps_failing_is_given_up_with_a_log_line(
     rig: Rig, prom: PrometheusServer, history: History, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -53,5 +53,19 @@ def test_encode_decode_round_trip_and_garbage_reads_as_none() -> None:
     found = [Hole(1, 2, 3, 4.5, 5.5, "err", "timeout", 0), Hole(10, 20, 1, 0.0, 0.0, "", "")]
     assert holes.decode(holes.encode(found)) == found
     assert holes.decode(None) == []
+
+
+def test_a_template_hole_keeps_each_name_past_its_after_and_reads_old_records() -> None:
+    hole = holes.new_hole(0, 3600, NOW, "http_500", "x", after=100, names={"b": 500, "a": 100})
+    assert hole.names == (("b", 500),)  # a's watermark is the hole's own
+    assert (hole.after_for("a"), hole.after_for("b"), hole.after_for(None)) == (100, 500, 100)
+    assert '"names":{"b":500}' in holes.encode([hole])
+    assert holes.decode(holes.encode([hole])) == [hole]
+    [half, _] = holes.failed_again(hole, NOW, "timeout", "slow")
+    assert half.after_for("b") == 500  # kept when split
+    plain = holes.new_hole(0, 600, NOW, "http_500", "x", after=100)
+    assert "names" not in holes.encode([plain])  # records written before read as they were
+    assert holes.decode(holes.encode([plain])) == [plain] and plain.names == ()
+    assert holes.new_hole(0, 600, NOW, "k", "x", names={"a": 5}).after_for("a") == 5
     assert holes.decode(b"not json") == []
     assert holes.decode('[{"start": 1}]') == []
