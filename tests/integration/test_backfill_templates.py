@@ -2,7 +2,8 @@
 against a real Prometheus (history loaded with promtool) and a real graphite-web reading whisper
 files, into the Flux double and a real carbon-cache: the exact names, timestamps and values
 stored, each name stopping at its own watermark, a series new in history included, no gap, no
-duplicate, a job stopped after its first chunk resumed without sending anything twice, and two
+duplicate, a job stopped after its first chunk resumed without sending anything twice, a window
+whose answer is refused as too large fetched in halves until every point is delivered, and two
 series on one name an error, not a merge."""
 
 from __future__ import annotations
@@ -339,3 +340,43 @@ def test_graphite_wildcard_template_backfilled_into_carbon(
         assert record.progress.points == sum(len(p) for p in want.values())
     finally:
         sink.stop()
+
+
+@pytest.mark.slow
+def test_a_refused_graphite_template_window_is_split_and_later_chunks_start_smaller(
+    rig: Rig, graphite_source: str, span: Span, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`srv.*.cpu` from graphite-web, no name made yet, 32 KiB cap: windows of 819 steps whose
+    answers (3 series, ~55 KB) are refused. The first chunk is fetched in halves; one chunk at
+    a time, the second starts at the smaller window and is never refused. Every point reaches
+    Flux once, exactly (render windows after a split neither overlap nor leave a gap)."""
+    start = span.end - 86400 + STEP
+    stamps = [ts for ts in span.stamps if ts >= start]
+    entry = {
+        "remote_host": graphite_source,
+        "remote_host_type": "graphite",
+        "remote_target": "srv.*.cpu",
+        "graphite_target": "{node[1]}.cpu",
+        "namespace_prefix": "gs",
+        "uri": "/render/?from=-10minutes&format=json&target=",
+    }
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = rig.config(
+            [entry],
+            FLUX_PORT=flux.port,
+            FLUX_SELF_API_KEY=DEFAULT_KEY,
+            VISTA_MAX_RESPONSE_BYTES=32 * 1024,
+            VISTA_BACKFILL_CONCURRENCY=1,
+        )
+        out, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
+        assert "2 Graphite render request(s) of 'srv.*.cpu'" in out, out  # 1,440 steps / 819
+        with caplog.at_level(logging.INFO, logger="skyline.vista.backfill"):
+            assert run_claimed(cfg, rig.redis) is Status.DONE
+        got = accepted(flux)
+    assert got == {f"gs.{i}.cpu": [(ts, value(i, ts)) for ts in stamps] for i in INSTANCES}
+    splits = [r.getMessage() for r in caplog.records if "too large" in r.getMessage()]
+    assert splits
+    first_chunk_end = stamps[0] + 818 * STEP
+    for said in splits:  # all in the first chunk: the second started at the smaller window
+        window = said.split("the answer for ", 1)[1].split()[0]
+        assert int(window.split("..")[1]) <= first_chunk_end, (said, first_chunk_end)
