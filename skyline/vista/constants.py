@@ -84,7 +84,12 @@ whose member key exists (see membership.py)."""
 
 MEMBER_KEY_PREFIX = "vista.member."
 """Per-host member key vista.member.<hostname>, SET with a TTL of VISTA_MEMBER_TTL and renewed
-every third of it by the agent while its fetcher runs; deleted on a clean stop."""
+every third of it by the agent while its fetcher runs; deleted on a clean stop. Its value is the
+agent's token ``<pid>@<machine>#<hex>`` (membership.instance_token; an older Vista: its pid)."""
+
+DUPLICATE_HOST_KEY_PREFIX = "vista.duplicate_host."
+"""vista.duplicate_host.<hostname>: JSON {pid, machine, seen} of another agent found writing
+this host's member key (two agents with one VISTA_HOSTNAME), SET with a TTL; ``vista status``."""
 
 DEFAULT_MEMBER_TTL = 30.0
 

@@ -3,7 +3,9 @@
 Each agent keeps a member key ``vista.member.<VISTA_HOSTNAME>`` alive (``SET … EX
 VISTA_MEMBER_TTL``, renewed every third of it) and its name in the set ``vista.members``. The
 live members are the names whose key still exists (one Lua step, which also forgets the dead);
-Redis expires the keys itself, so no host's clock matters.
+Redis expires the keys itself, so no host's clock matters. The key holds the agent's own token
+(pid, machine, random hex) and each beat reads what it held: another token, after this agent's
+first beat, means a second agent uses the same VISTA_HOSTNAME (agent/presence.py tells it).
 
 A metric is fetched by its owner: rendezvous (highest random weight) hashing of the metric name
 over the live members. When a host dies only its metrics move (each to the host with the next
@@ -30,7 +32,12 @@ the metrics whose name hashes to it in that list, alive or not.
 from __future__ import annotations
 
 import hashlib
+import json
+import secrets
+import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
@@ -38,6 +45,7 @@ import redis.asyncio
 
 from skyline.vista import constants
 from skyline.vista.config import VistaConfig
+from skyline.vista.durations import short
 from skyline.vista.entries import FetchEntry
 from skyline.vista.redisconn import text
 
@@ -84,6 +92,16 @@ for i = 2, #ARGV do
   end
 end
 return n
+"""
+
+# KEYS: 1 this host's member key, 2 the members set. ARGV: 1 this agent's token, 2 the TTL in
+# ms, 3 the host name. Renews the member key and returns the value it held (GET then SET in one
+# step: SET ... GET needs Redis 6.2).
+BEAT = r"""
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return previous
 """
 
 # KEYS: 1 the members set. ARGV: 1 the member key prefix. Returns the sorted live member names
@@ -146,12 +164,64 @@ def member_key(hostname: str) -> str:
     return constants.MEMBER_KEY_PREFIX + hostname
 
 
-def heartbeat(client: redis.Redis, hostname: str, ttl: float, record: str = "1") -> None:
-    """Keep this host in the live members for ``ttl`` seconds more."""
-    pipe = client.pipeline(transaction=True)
-    pipe.set(member_key(hostname), record, px=max(1, int(ttl * 1000)))
-    pipe.sadd(constants.MEMBERS_KEY, hostname)
-    pipe.execute()
+def heartbeat(client: redis.Redis, hostname: str, ttl: float, token: str = "1") -> str | None:
+    """Keep this host in the live members for ``ttl`` seconds more; returns what the member key
+    held just before (None: absent), read in the same step."""
+    keys = [member_key(hostname), constants.MEMBERS_KEY]
+    previous = client.register_script(BEAT)(
+        keys=keys, args=[token, max(1, int(ttl * 1000)), hostname]
+    )
+    return None if previous is None else text(previous)
+
+
+def instance_token(pid: int) -> str:
+    """What one agent writes into its member key: ``<pid>@<machine>#<random hex>``, unique to
+    this agent (another agent with the same VISTA_HOSTNAME writes another one)."""
+    return f"{pid}@{socket.gethostname()}#{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class OtherAgent:
+    """Another agent found writing this host's member key (its token, or an older Vista's pid)."""
+
+    pid: str
+    machine: str
+
+    @classmethod
+    def of(cls, token: str) -> OtherAgent:
+        pid, at, rest = token.partition("@")
+        if not at:
+            return cls(pid, "an unknown machine (an older Vista)")
+        return cls(pid, rest.rpartition("#")[0] or rest)
+
+
+DUPLICATE_TTL = 600
+"""Seconds ``vista status`` keeps saying that another agent used this VISTA_HOSTNAME."""
+
+
+def duplicate_key(hostname: str) -> str:
+    return constants.DUPLICATE_HOST_KEY_PREFIX + hostname
+
+
+def record_duplicate(client: redis.Redis, hostname: str, other: OtherAgent) -> None:
+    """For ``vista status``: another agent wrote this host's member key (now)."""
+    record = {"pid": other.pid, "machine": other.machine, "seen": time.time()}
+    client.set(duplicate_key(hostname), json.dumps(record), ex=DUPLICATE_TTL)
+
+
+def duplicate_line(hostname: str, raw: bytes | str | None, now: float) -> str | None:
+    """The ``vista status`` warning from the record :func:`record_duplicate` wrote, if any."""
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        pid, machine, seen = str(record["pid"]), str(record["machine"]), float(record["seen"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (
+        f"WARNING: another agent uses VISTA_HOSTNAME {hostname!r} (pid {pid} on {machine}), "
+        f"last seen {short(now - seen)} ago: give each host its own VISTA_HOSTNAME"
+    )
 
 
 def leave(client: redis.Redis, hostname: str) -> None:

@@ -74,6 +74,10 @@ BUDGET_WAIT_SECONDS = Counter(
     "Seconds requests waited for their remote host's request budget",
     ["host", "priority"],
 )
+DUPLICATE_HOSTNAME = Counter(
+    "vista_duplicate_hostname",
+    "Member heartbeats that found another agent's token under this VISTA_HOSTNAME",
+)
 WORKER_RESTARTS = Counter("vista_worker_restarts", "Worker processes restarted by the agent")
 
 

@@ -254,3 +254,83 @@ async def test_two_hosts_that_both_believe_they_own_a_metric_never_fetch_it_both
     assert fetched[0] | fetched[1] == set(names)
     assert fetched[0] & fetched[1] == set()  # never both
     assert rig.redis.hlen(constants.FETCH_LEASES_KEY) == 0
+
+
+DUPLICATE = re.compile(
+    r"ERROR .*another Vista agent uses VISTA_HOSTNAME 'twin' \(pid (\d+) on (\S+)\)"
+    r".*give each host its own VISTA_HOSTNAME"
+)
+
+
+def told(harness: VistaHarness, log: Path) -> re.Match[str] | None:
+    return DUPLICATE.search(harness.log(log))
+
+
+def twin_settings(redis_server: RedisServer) -> dict[str, object]:
+    return {
+        "VISTA_ENABLED": True,
+        "REDIS_URL": redis_server.url,
+        "VISTA_SINK": "graphite",
+        "CARBON_HOST": LOOPBACK,
+        "VISTA_WORKER_PROCESSES": 1,
+        "VISTA_FETCH_METRICS": (),
+        "VISTA_HOSTNAME": "twin",
+        "VISTA_MEMBER_TTL": 3,  # a member beat every second
+    }
+
+
+@pytest.mark.slow
+def test_two_agents_with_the_same_hostname_are_told(
+    tmp_path: Path, tmp_redis: RedisFactory
+) -> None:
+    """A copied settings file: two agents, one VISTA_HOSTNAME. Each finds the other's token in
+    the member key, logs the ERROR naming the other's pid, and ``vista status`` says so."""
+    redis_server = tmp_redis()
+    twins = [VistaHarness(tmp_path / f"twin{i}", twin_settings(redis_server)) for i in (1, 2)]
+    logs = [tmp_path / f"twin{i}.stderr" for i in (1, 2)]
+    try:
+        pids = [h.run_foreground(log)[1].pid for h, log in zip(twins, logs, strict=True)]
+        for i, (h, log) in enumerate(zip(twins, logs, strict=True)):
+            found = wait_for(functools.partial(told, h, log), 20, "the ERROR")
+            assert int(found.group(1)) == pids[1 - i], found.group(0)
+        status = twins[0].cli("status").stdout
+        assert re.search(
+            r"WARNING: another agent uses VISTA_HOSTNAME 'twin' \(pid \d+ on \S+\), last seen",
+            status,
+        ), status
+        for h in twins:
+            assert h.stop_foreground(h.popens[-1]) == 0
+    finally:
+        for h in twins:
+            h.cleanup()
+
+
+@pytest.mark.slow
+def test_an_agent_restarted_after_a_sigkill_is_not_taken_for_another(
+    tmp_path: Path, tmp_redis: RedisFactory
+) -> None:
+    """SIGKILL, then the same host starts again within VISTA_MEMBER_TTL: its first beat finds
+    its predecessor's token (normal), and no ERROR is logged."""
+    redis_server = tmp_redis()
+    settings = {**twin_settings(redis_server), "VISTA_MEMBER_TTL": 6}  # a beat every 2 s
+    harness = VistaHarness(tmp_path / "host", settings)
+    log = tmp_path / "host.stderr"
+    client = redis_server.client()
+    key = membership.member_key("twin")
+    try:
+        agent = harness.run_foreground(log)[1]
+        wait_for(lambda: client.get(key), 20, "the member key")
+        for proc in harness.tree(agent):
+            proc.kill()
+        harness.popens[-1].wait(10)
+        before = client.get(key)
+        assert before is not None  # the predecessor's token is still there
+        harness.run_foreground(log)
+        wait_for(lambda: (client.get(key) != before) or None, 20, "the new agent's first beat")
+        time.sleep(5)  # a few more beats
+        assert "another Vista agent" not in harness.log(log), harness.log_tail(path=log)
+        assert "WARNING: another agent" not in harness.cli("status").stdout
+        assert harness.stop_foreground(harness.popens[-1]) == 0
+    finally:
+        harness.cleanup()
+        client.close()

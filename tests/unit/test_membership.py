@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from collections import Counter
 
+import fakeredis
 import pytest
 
-from skyline.vista import config, membership
+from skyline.vista import config, constants, membership, telemetry
+from skyline.vista.agent.presence import Presence
 from tests.unit.test_config import problems_of, prom, settings
 
 METRICS = [f"vista.m{i:04d}" for i in range(3000)]
@@ -84,3 +89,56 @@ def test_member_ttl_setting() -> None:
 def test_bad_membership_settings_are_reported(values: dict[str, object], message: str) -> None:
     caught = problems_of(settings(**values))
     assert any(p.startswith(message) for p in caught.problems), caught.problems
+
+
+def test_the_member_beat_returns_what_the_key_held_and_tokens_name_their_agent() -> None:
+    client = fakeredis.FakeRedis()
+    first = membership.instance_token(41)
+    assert membership.heartbeat(client, "h", 30, first) is None
+    assert membership.heartbeat(client, "h", 30, "second") == first
+    assert client.smembers(constants.MEMBERS_KEY) == {b"h"}
+    assert 0 < client.pttl(membership.member_key("h")) <= 30_000
+    assert membership.OtherAgent.of(first) == membership.OtherAgent("41", socket.gethostname())
+    assert membership.OtherAgent.of("1234") == membership.OtherAgent(
+        "1234", "an unknown machine (an older Vista)"
+    )  # an older Vista's member key holds its pid only
+    assert membership.instance_token(41) != first
+
+
+def test_two_agents_with_one_hostname_are_told_and_a_restart_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = fakeredis.FakeRedis()
+    conf = config.validate(settings(VISTA_HOSTNAME="twin"))
+    counted = telemetry.DUPLICATE_HOSTNAME._value.get()
+    a, b = Presence(101, conf, client), Presence(202, conf, client)
+    with caplog.at_level(logging.ERROR, "skyline.vista.agent"):
+        a.member_heartbeat(True, force=True)
+        b.member_heartbeat(True, force=True)  # its first beat: a predecessor, no alarm
+        assert not caplog.records
+        a.member_heartbeat(True, force=True)  # finds b's token
+        a.member_heartbeat(True, force=True)  # b did not write since: nothing more
+        b.member_heartbeat(True, force=True)  # finds a's token
+        a.member_heartbeat(True, force=True)  # finds b's again: counted, not logged again
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "VISTA_HOSTNAME 'twin' (pid 202 on " in lines[0]
+    assert "VISTA_HOSTNAME 'twin' (pid 101 on " in lines[1]
+    assert lines[0].endswith("give each host its own VISTA_HOSTNAME")
+    assert telemetry.DUPLICATE_HOSTNAME._value.get() == counted + 3
+    raw = client.get(membership.duplicate_key("twin"))
+    line = membership.duplicate_line("twin", raw, time.time() + 5)
+    assert line is not None and line.startswith(
+        f"WARNING: another agent uses VISTA_HOSTNAME 'twin' (pid 202 on {socket.gethostname()}), "
+        "last seen 5"
+    ), line
+    assert 0 < client.ttl(membership.duplicate_key("twin")) <= membership.DUPLICATE_TTL
+    assert membership.duplicate_line("twin", None, 0) is None
+
+    # A restart: the new agent's first beat finds its predecessor's token; no alarm after.
+    caplog.clear()
+    c = Presence(303, conf, client)
+    with caplog.at_level(logging.ERROR, "skyline.vista.agent"):
+        for _ in range(3):
+            c.member_heartbeat(True, force=True)
+    assert not caplog.records

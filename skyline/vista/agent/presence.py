@@ -12,12 +12,13 @@ from typing import Any
 
 import redis
 
-from skyline.vista import constants, logs, membership, redisconn
+from skyline.vista import constants, logs, membership, redisconn, telemetry
 from skyline.vista.config import VistaConfig
 
 logger = logging.getLogger("skyline.vista.agent")
 
 HEARTBEAT_EVERY = 10.0
+DUPLICATE_LOG_EVERY = 60.0
 
 
 class Presence:
@@ -32,6 +33,9 @@ class Presence:
         self.started = time.time()
         self._next_heartbeat = 0.0
         self._next_member_beat = 0.0
+        self.token = membership.instance_token(pid)
+        self._member_beats = 0
+        self._next_duplicate_log = 0.0
 
     # --- membership -------------------------------------------------------------------------
 
@@ -48,10 +52,35 @@ class Presence:
         ttl = self.config.member_ttl
         self._next_member_beat = now + ttl / 3
         try:
-            membership.heartbeat(self.client, self.hostname, ttl, str(self.pid))
+            previous = membership.heartbeat(self.client, self.hostname, ttl, self.token)
         except redisconn.REDIS_ERRORS:
             self._next_member_beat = now + min(1.0, ttl / 3)
             logger.debug("member heartbeat not written (Redis unavailable)")
+            return
+        self._member_beats += 1
+        # On the first beat another value is this agent's predecessor (a restart): normal.
+        if self._member_beats > 1 and previous is not None and previous != self.token:
+            self._another_agent(membership.OtherAgent.of(previous), now)
+
+    def _another_agent(self, other: membership.OtherAgent, now: float) -> None:
+        """Another agent wrote this host's member key since this agent's last beat: two agents
+        share one VISTA_HOSTNAME (a copied settings file, a cloned machine)."""
+        telemetry.DUPLICATE_HOSTNAME.inc()
+        try:
+            membership.record_duplicate(self.client, self.hostname, other)
+        except redisconn.REDIS_ERRORS:
+            logger.debug("duplicate host record not written (Redis unavailable)")
+        if now < self._next_duplicate_log:
+            return
+        self._next_duplicate_log = now + DUPLICATE_LOG_EVERY
+        logger.error(
+            "another Vista agent uses VISTA_HOSTNAME %r (pid %s on %s): both share one member "
+            "key, one share of the metrics and one `vista status` record; give each host its "
+            "own VISTA_HOSTNAME",
+            self.hostname,
+            other.pid,
+            other.machine,
+        )
 
     def leave(self) -> None:
         if self.config.shards:
