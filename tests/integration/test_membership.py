@@ -290,9 +290,11 @@ def test_two_agents_with_the_same_hostname_are_told(
     logs = [tmp_path / f"twin{i}.stderr" for i in (1, 2)]
     try:
         pids = [h.run_foreground(log)[1].pid for h, log in zip(twins, logs, strict=True)]
+        started = time.time()
         for i, (h, log) in enumerate(zip(twins, logs, strict=True)):
             found = wait_for(functools.partial(told, h, log), 20, "the ERROR")
             assert int(found.group(1)) == pids[1 - i], found.group(0)
+        print(f"both agents logged the ERROR {time.time() - started:.1f} s after both started")
         status = twins[0].cli("status").stdout
         assert re.search(
             r"WARNING: another agent uses VISTA_HOSTNAME 'twin' \(pid \d+ on \S+\), last seen",
