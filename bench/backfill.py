@@ -47,7 +47,8 @@ from bench.common import (
     wait_for_low_load,
 )
 from skyline.vista import config, constants
-from skyline.vista.backfill import Backfill, BackfillRequest, ChunkResult, resolve
+from skyline.vista.backfill import Backfill, BackfillRequest, resolve
+from skyline.vista.backfill_fetch import ChunkResult
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.record import new_job

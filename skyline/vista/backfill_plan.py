@@ -262,7 +262,7 @@ def windows(start: int, until: int, step: int, points: int) -> list[tuple[int, i
 def halves(first: int, last: int, step: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The step-aligned window ``first..last`` cut in two (the older half holds the odd step),
     or None when it holds a single step. A templated entry's window whose answer is refused as
-    too large is fetched in halves (skyline/vista/backfill.py)."""
+    too large is fetched in halves (skyline/vista/backfill_templates.py)."""
     steps = (last - first) // step + 1
     if steps <= 1:
         return None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from skyline.vista import backfill, constants
+from skyline.vista import backfill_fetch, constants
 from skyline.vista.backfill import BackfillRequest, resolve
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.commands import list_jobs, wait_exit_code
@@ -167,7 +167,7 @@ def test_a_backfill_whose_chunks_fail_ends_failed_naming_how_many_and_the_last_e
     flux_default: FluxServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(backfill, "FETCH_ATTEMPTS", 1)  # no retries with backoff
+    monkeypatch.setattr(backfill_fetch, "FETCH_ATTEMPTS", 1)  # no retries with backoff
     already_delivered(rig.redis, span[1] + 600)
     store = JobStore(rig.redis, "backfill", kind("backfill").keys)
     # Every chunk fails: the source does not answer (nothing listens on port 1).

@@ -192,7 +192,7 @@ def test_check_config_says_which_path_history_takes(tmp_path: Path) -> None:
 def test_the_fast_path_agrees_with_clean_and_steps_aside_for_anything_unusual() -> None:
     import json
 
-    from skyline.vista.backfill import fast_points, matrix_values
+    from skyline.vista.backfill_fetch import fast_points, matrix_values
     from skyline.vista.sinks import SinkPoint
     from skyline.vista.sources.http import Answer
     from skyline.vista.validate import clean
