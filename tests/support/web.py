@@ -88,7 +88,17 @@ class LocalApp:
             connection.force_close()
 
     async def stop(self) -> None:
+        """Stop serving; every connection's socket is closed when this returns. (A TLS
+        connection's close waits for the peer's close_notify: through a proxy's tunnel that can
+        outlive the test's event loop, and its socket was then closed only by the garbage
+        collector, with a ResourceWarning in whichever later test that happened.)"""
+        server = self.runner.server
+        open_transports = [
+            c.transport for c in (server.connections if server is not None else []) if c.transport
+        ]
         await self.runner.cleanup()
+        for transport in open_transports:
+            transport.abort()  # a no-op for one already closed
         self._site = None
 
 
