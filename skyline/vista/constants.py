@@ -87,9 +87,15 @@ MEMBER_KEY_PREFIX = "vista.member."
 every third of it by the agent while its fetcher runs; deleted on a clean stop. Its value is the
 agent's token ``<pid>@<machine>#<hex>`` (membership.instance_token; an older Vista: its pid)."""
 
+CLAIM_KEY_PREFIX = "vista.claim."
+"""vista.claim.<hostname>: with VISTA_SHARDS, what the member key is otherwise (the agent's token,
+SET with a TTL of VISTA_MEMBER_TTL, renewed every third of it) but no live member: only the
+check that no other agent uses this VISTA_HOSTNAME reads it (see membership.py)."""
+
 DUPLICATE_HOST_KEY_PREFIX = "vista.duplicate_host."
 """vista.duplicate_host.<hostname>: JSON {pid, machine, seen} of another agent found writing
-this host's member key (two agents with one VISTA_HOSTNAME), SET with a TTL; ``vista status``."""
+this host's member (or claim) key (two agents with one VISTA_HOSTNAME), SET with a TTL;
+``vista status`` lists them all (a bounded SCAN)."""
 
 DEFAULT_MEMBER_TTL = 30.0
 

@@ -6,6 +6,8 @@ live members are the names whose key still exists (one Lua step, which also forg
 Redis expires the keys itself, so no host's clock matters. The key holds the agent's own token
 (pid, machine, random hex) and each beat reads what it held: another token, after this agent's
 first beat, means a second agent uses the same VISTA_HOSTNAME (agent/presence.py tells it).
+With ``VISTA_SHARDS`` the agent is no live member: it beats the claim key
+``vista.claim.<VISTA_HOSTNAME>`` instead, the same way, for the same check.
 
 A metric is fetched by its owner: rendezvous (highest random weight) hashing of the metric name
 over the live members. When a host dies only its metrics move (each to the host with the next
@@ -38,6 +40,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import TypeVar
 
 import redis
@@ -94,13 +97,15 @@ end
 return n
 """
 
-# KEYS: 1 this host's member key, 2 the members set. ARGV: 1 this agent's token, 2 the TTL in
-# ms, 3 the host name. Renews the member key and returns the value it held (GET then SET in one
-# step: SET ... GET needs Redis 6.2).
+# KEYS: 1 this host's member (or claim) key, 2 (optional) the members set. ARGV: 1 this agent's
+# token, 2 the TTL in ms, 3 the host name. Renews the key, joins the members set if given, and
+# returns the value the key held (GET then SET in one step: SET ... GET needs Redis 6.2).
 BEAT = r"""
 local previous = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
+if #KEYS > 1 then
+  redis.call('SADD', KEYS[2], ARGV[3])
+end
 return previous
 """
 
@@ -164,10 +169,17 @@ def member_key(hostname: str) -> str:
     return constants.MEMBER_KEY_PREFIX + hostname
 
 
-def heartbeat(client: redis.Redis, hostname: str, ttl: float, token: str = "1") -> str | None:
+def claim_key(hostname: str) -> str:
+    return constants.CLAIM_KEY_PREFIX + hostname
+
+
+def heartbeat(
+    client: redis.Redis, hostname: str, ttl: float, token: str = "1", *, member: bool = True
+) -> str | None:
     """Keep this host in the live members for ``ttl`` seconds more; returns what the member key
-    held just before (None: absent), read in the same step."""
-    keys = [member_key(hostname), constants.MEMBERS_KEY]
+    held just before (None: absent), read in the same step. ``member=False`` (VISTA_SHARDS):
+    the same on the claim key instead, which no one counts as a live member."""
+    keys = [member_key(hostname), constants.MEMBERS_KEY] if member else [claim_key(hostname)]
     previous = client.register_script(BEAT)(
         keys=keys, args=[token, max(1, int(ttl * 1000)), hostname]
     )
@@ -209,6 +221,27 @@ def record_duplicate(client: redis.Redis, hostname: str, other: OtherAgent) -> N
     client.set(duplicate_key(hostname), json.dumps(record), ex=DUPLICATE_TTL)
 
 
+DUPLICATES_SHOWN = 50
+"""At most this many ``vista.duplicate_host.*`` records in ``vista status`` (a bounded SCAN)."""
+
+
+def duplicate_records(client: redis.Redis) -> dict[str, bytes | str]:
+    """Every host name with a duplicate record (at most :data:`DUPLICATES_SHOWN`) -> the record,
+    whichever host ``vista status`` runs on."""
+    prefix = constants.DUPLICATE_HOST_KEY_PREFIX
+    keys = list(islice(client.scan_iter(match=prefix + "*", count=500), DUPLICATES_SHOWN))
+    if not keys:
+        return {}
+    values = client.mget(keys)
+    return {text(k)[len(prefix) :]: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+
+def duplicate_lines(records: dict[str, bytes | str], now: float) -> list[str]:
+    """The ``vista status`` warnings, one per host name with a record, by name."""
+    lines = (duplicate_line(host, records[host], now) for host in sorted(records))
+    return [line for line in lines if line]
+
+
 def duplicate_line(hostname: str, raw: bytes | str | None, now: float) -> str | None:
     """The ``vista status`` warning from the record :func:`record_duplicate` wrote, if any."""
     if raw is None:
@@ -224,8 +257,12 @@ def duplicate_line(hostname: str, raw: bytes | str | None, now: float) -> str | 
     )
 
 
-def leave(client: redis.Redis, hostname: str) -> None:
-    """A clean stop: the others take this host's metrics at their next cycle."""
+def leave(client: redis.Redis, hostname: str, *, member: bool = True) -> None:
+    """A clean stop: the others take this host's metrics at their next cycle (``member=False``,
+    VISTA_SHARDS: only the claim key goes)."""
+    if not member:
+        client.delete(claim_key(hostname))
+        return
     pipe = client.pipeline(transaction=True)
     pipe.delete(member_key(hostname))
     pipe.srem(constants.MEMBERS_KEY, hostname)

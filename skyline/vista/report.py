@@ -132,7 +132,7 @@ class _Status:
 
     counts: QueueCounts
     agent: bytes | str | None  # this host's agent record (JSON)
-    duplicate: bytes | str | None  # another agent seen using this VISTA_HOSTNAME (JSON)
+    duplicates: dict[str, bytes | str]  # host name -> another agent seen using it (JSON)
     members: tuple[str, ...]
     fetcher_beat: bytes | str | None
     worker_beat: bytes | str | None
@@ -152,7 +152,7 @@ def _read_status(config: VistaConfig, client: redis.Redis) -> _Status:
     counts = queue.counts()
     agent = client.get(f"{constants.AGENT_KEY_PREFIX}{config.hostname}")
     members = membership.live_members(client)
-    duplicate = client.get(membership.duplicate_key(config.hostname))
+    duplicates = membership.duplicate_records(client)
     fetcher_beat = client.get(constants.FETCHER_HEARTBEAT_KEY)
     worker_beat = client.get(constants.WORKER_HEARTBEAT_KEY)
     templated = [e.metric for e in config.fetch_metrics if e.name_template is not None]
@@ -162,7 +162,7 @@ def _read_status(config: VistaConfig, client: redis.Redis) -> _Status:
     return _Status(
         counts=counts,
         agent=agent,
-        duplicate=duplicate,
+        duplicates=duplicates,
         members=members,
         fetcher_beat=fetcher_beat,
         worker_beat=worker_beat,
@@ -189,8 +189,7 @@ def redis_report(config: VistaConfig, worst: int = 10) -> list[str]:
         client.close()
     now = time.time()
     lines = _share_lines(config, status.members)
-    warning = membership.duplicate_line(config.hostname, status.duplicate, now)
-    lines += [warning] if warning else []
+    lines += membership.duplicate_lines(status.duplicates, now)
     lines += _agent_lines(status, now)
     lines += _queue_lines(status.counts)
     lines += create_budget.status_lines(status.budget)

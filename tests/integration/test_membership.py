@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -30,7 +31,13 @@ from skyline.vista import config as config_module
 from skyline.vista import constants, membership, redisconn
 from skyline.vista.fetcher import Fetcher
 from skyline.vista.fetchqueue import AsyncFetchQueue, watermark_keys
-from skyline.vista.testing.servers import LOOPBACK, CarbonServer, PrometheusServer, RedisServer
+from skyline.vista.testing.servers import (
+    LOOPBACK,
+    CarbonServer,
+    PrometheusServer,
+    RedisServer,
+    free_port,
+)
 from tests.conftest import PrometheusFactory, RedisFactory
 from tests.support.carbon_proxy import PickleRecorder
 from tests.support.daemon import VistaHarness, wait_for
@@ -266,6 +273,19 @@ def told(harness: VistaHarness, log: Path) -> re.Match[str] | None:
     return DUPLICATE.search(harness.log(log))
 
 
+WARNED = re.compile(
+    r"WARNING: another agent uses VISTA_HOSTNAME 'twin' \(pid \d+ on \S+\), last seen"
+)
+
+
+def start_twins(twins: list[VistaHarness], logs: list[Path]) -> None:
+    """Start both agents; each logs the ERROR naming the other's pid."""
+    pids = [h.run_foreground(log)[1].pid for h, log in zip(twins, logs, strict=True)]
+    for i, (h, log) in enumerate(zip(twins, logs, strict=True)):
+        found = wait_for(functools.partial(told, h, log), 20, "the ERROR")
+        assert int(found.group(1)) == pids[1 - i], found.group(0)
+
+
 def twin_settings(redis_server: RedisServer) -> dict[str, object]:
     return {
         "VISTA_ENABLED": True,
@@ -289,17 +309,11 @@ def test_two_agents_with_the_same_hostname_are_told(
     twins = [VistaHarness(tmp_path / f"twin{i}", twin_settings(redis_server)) for i in (1, 2)]
     logs = [tmp_path / f"twin{i}.stderr" for i in (1, 2)]
     try:
-        pids = [h.run_foreground(log)[1].pid for h, log in zip(twins, logs, strict=True)]
         started = time.time()
-        for i, (h, log) in enumerate(zip(twins, logs, strict=True)):
-            found = wait_for(functools.partial(told, h, log), 20, "the ERROR")
-            assert int(found.group(1)) == pids[1 - i], found.group(0)
+        start_twins(twins, logs)
         print(f"both agents logged the ERROR {time.time() - started:.1f} s after both started")
         status = twins[0].cli("status").stdout
-        assert re.search(
-            r"WARNING: another agent uses VISTA_HOSTNAME 'twin' \(pid \d+ on \S+\), last seen",
-            status,
-        ), status
+        assert WARNED.search(status), status
         for h in twins:
             assert h.stop_foreground(h.popens[-1]) == 0
     finally:
@@ -335,4 +349,61 @@ def test_an_agent_restarted_after_a_sigkill_is_not_taken_for_another(
         assert harness.stop_foreground(harness.popens[-1]) == 0
     finally:
         harness.cleanup()
+        client.close()
+
+
+def metrics_text(port: int) -> str:
+    """The running agent's /metrics page (VISTA_METRICS_ADDRESS)."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def duplicates_counted(port: int) -> float | None:
+    """vista_duplicate_hostname_total as the agent serves it, once above zero."""
+    try:
+        found = re.search(r"^vista_duplicate_hostname_total (\S+)$", metrics_text(port), re.M)
+    except OSError:
+        return None  # not serving yet
+    return float(found.group(1)) if found and float(found.group(1)) > 0 else None
+
+
+@pytest.mark.slow
+def test_two_shard_agents_with_the_same_hostname_are_told_and_counted(
+    tmp_path: Path, tmp_redis: RedisFactory
+) -> None:
+    """VISTA_SHARDS: no member key, no live member; the claim key tells the two apart. Each
+    logs the ERROR, counts it in /metrics, and ``vista status`` run with another host's
+    settings lists the record."""
+    redis_server = tmp_redis()
+    shards = {"VISTA_SHARDS": ("twin", "other")}
+    ports = [free_port(), free_port()]
+    twins = [
+        VistaHarness(
+            tmp_path / f"twin{i}",
+            {
+                **twin_settings(redis_server),
+                **shards,
+                "VISTA_METRICS_ADDRESS": f"{LOOPBACK}:{ports[i]}",
+            },
+        )
+        for i in (0, 1)
+    ]
+    logs = [tmp_path / f"twin{i}.stderr" for i in (0, 1)]
+    bystander = VistaHarness(
+        tmp_path / "other", {**twin_settings(redis_server), **shards, "VISTA_HOSTNAME": "other"}
+    )
+    client = redis_server.client()
+    try:
+        start_twins(twins, logs)
+        for port in ports:
+            assert wait_for(functools.partial(duplicates_counted, port), 10, "the counter") >= 1
+        assert client.smembers(constants.MEMBERS_KEY) == set()  # no live member
+        assert client.exists(membership.member_key("twin")) == 0
+        status = bystander.cli("status").stdout
+        assert WARNED.search(status), status
+        for h in twins:
+            assert h.stop_foreground(h.popens[-1]) == 0
+    finally:
+        for h in (*twins, bystander):
+            h.cleanup()
         client.close()

@@ -142,3 +142,39 @@ def test_two_agents_with_one_hostname_are_told_and_a_restart_is_not(
         for _ in range(3):
             c.member_heartbeat(True, force=True)
     assert not caplog.records
+
+
+def test_shard_agents_with_one_hostname_are_told_through_the_claim_key_not_as_members(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = fakeredis.FakeRedis()
+    conf = config.validate(settings(VISTA_HOSTNAME="twin", VISTA_SHARDS=("twin", "other")))
+    a, b = Presence(101, conf, client), Presence(202, conf, client)
+    with caplog.at_level(logging.ERROR, "skyline.vista.agent"):
+        a.member_heartbeat(False, force=True)
+        b.member_heartbeat(False, force=True)
+        a.member_heartbeat(False, force=True)  # finds b's token in the claim key
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "VISTA_HOSTNAME 'twin' (pid 202 on " in lines[0], lines
+    assert client.get(membership.claim_key("twin")) == a.token.encode()
+    assert client.exists(membership.member_key("twin")) == 0
+    assert membership.live_members(client) == ()
+    assert client.exists(membership.duplicate_key("twin")) == 1
+    a.leave()
+    assert client.exists(membership.claim_key("twin")) == 0
+
+
+def test_status_lists_every_duplicate_record_whatever_its_own_hostname() -> None:
+    client = fakeredis.FakeRedis()
+    for host in ("b-host", "a-host"):
+        membership.record_duplicate(client, host, membership.OtherAgent("7", "m"))
+    client.set(membership.duplicate_key("broken"), "not json")
+    records = membership.duplicate_records(client)
+    assert set(records) == {"a-host", "b-host", "broken"}
+    lines = membership.duplicate_lines(records, time.time())
+    assert [line.split("'")[1] for line in lines] == ["a-host", "b-host"]
+    assert all(line.startswith("WARNING: another agent uses VISTA_HOSTNAME") for line in lines)
+    for i in range(membership.DUPLICATES_SHOWN + 10):
+        client.set(membership.duplicate_key(f"h{i}"), "{}")
+    assert len(membership.duplicate_records(client)) == membership.DUPLICATES_SHOWN
+    assert membership.duplicate_records(fakeredis.FakeRedis()) == {}

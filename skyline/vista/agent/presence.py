@@ -1,5 +1,6 @@
 """What the agent tells the other hosts and ``vista status`` through Redis: its member key
-(while its fetcher runs, so that the others take its metrics over when it goes), and its
+(while its fetcher runs, so that the others take its metrics over when it goes; with
+VISTA_SHARDS its claim key, only to find another agent with its VISTA_HOSTNAME), and its
 heartbeat record (pid, settings, fetcher, workers) with the count of ERROR lines logged."""
 
 from __future__ import annotations
@@ -41,18 +42,21 @@ class Presence:
 
     def member_heartbeat(self, fetcher_alive: bool, *, force: bool = False) -> None:
         """Keep this host among the live Vista hosts while its fetcher runs (every third of
-        VISTA_MEMBER_TTL): the others take its metrics over when the key expires."""
-        if self.config.shards:
-            return
+        VISTA_MEMBER_TTL): the others take its metrics over when the key expires. With
+        VISTA_SHARDS no live member: the same beat on the claim key, whose only job is to find
+        another agent using this VISTA_HOSTNAME."""
+        sharded = bool(self.config.shards)
         now = time.monotonic()
         if not force and now < self._next_member_beat:
             return
-        if not force and not fetcher_alive:
+        if not force and not fetcher_alive and not sharded:
             return  # the fetcher is down (restarting): let the others fetch meanwhile
         ttl = self.config.member_ttl
         self._next_member_beat = now + ttl / 3
         try:
-            previous = membership.heartbeat(self.client, self.hostname, ttl, self.token)
+            previous = membership.heartbeat(
+                self.client, self.hostname, ttl, self.token, member=not sharded
+            )
         except redisconn.REDIS_ERRORS:
             self._next_member_beat = now + min(1.0, ttl / 3)
             logger.debug("member heartbeat not written (Redis unavailable)")
@@ -74,8 +78,8 @@ class Presence:
             return
         self._next_duplicate_log = now + DUPLICATE_LOG_EVERY
         logger.error(
-            "another Vista agent uses VISTA_HOSTNAME %r (pid %s on %s): both share one member "
-            "key, one share of the metrics and one `vista status` record; give each host its "
+            "another Vista agent uses VISTA_HOSTNAME %r (pid %s on %s): both share one name, "
+            "one share of the metrics and one `vista status` record; give each host its "
             "own VISTA_HOSTNAME",
             self.hostname,
             other.pid,
@@ -83,10 +87,8 @@ class Presence:
         )
 
     def leave(self) -> None:
-        if self.config.shards:
-            return
         try:
-            membership.leave(self.client, self.hostname)
+            membership.leave(self.client, self.hostname, member=not self.config.shards)
         except redisconn.REDIS_ERRORS:
             pass  # the member key expires by itself
 
