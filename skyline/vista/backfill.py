@@ -16,7 +16,9 @@ workers are not slowed or disturbed by it, and no watermark ever moves backwards
 An entry with a name template (one query, many metrics) is one metric of the plan: each of its
 windows asks for every series of the query and names them with the live fetcher's rules
 (:mod:`skyline.vista.expand`); its :class:`~skyline.vista.backfill_plan.TemplateScope` says
-which names are delivered and where each stops.
+which names are delivered and where each stops. A window refused as too large is fetched in
+parts, each delivered as it answers (one part held at a time); the chunk is checkpointed once
+every part is delivered, so a stop between two parts sends that chunk's earlier parts again.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from skyline.vista import redisconn
-from skyline.vista.backfill_fetch import ChunkFetcher, ChunkResult, Stopped
+from skyline.vista.backfill_fetch import Asked, ChunkFetcher, ChunkResult, Stopped
 from skyline.vista.backfill_plan import (
     GRAPHITE_POINTS,
     BackfillMetric,
@@ -230,7 +232,13 @@ class Backfill:
         self.on_chunk = on_chunk
         """Called after each chunk is delivered and checkpointed (benchmarks, tests)."""
         self.fetcher = ChunkFetcher(config, ctx.should_stop)
-        self.templates = TemplateFetcher(self.fetcher, ctx.record.id)
+        learned = ctx.record.checkpoint.get("windows", {})
+        self.templates = TemplateFetcher(
+            self.fetcher,
+            ctx.record.id,
+            self._deliver_part,
+            {str(k): int(v) for k, v in learned.items()} if isinstance(learned, dict) else {},
+        )
         self.chunks = chunks_of(config, params)
         progress = ctx.current_progress
         self._next = int(ctx.record.checkpoint.get("next", 0))
@@ -243,6 +251,7 @@ class Backfill:
         """Chunks with at least one metric that could not be fetched (kept in the checkpoint)."""
         self._last_error = str(ctx.record.checkpoint.get("last_error", ""))
         self._written = 0.0
+        self._windows_saved = dict(self.templates.learned)
         # Carbon's create budget, shared with the workers, when history goes to a carbon.
         self.create_budget = (
             CreateBudget(ctx.client, config.carbon_max_creates_per_minute)
@@ -251,12 +260,34 @@ class Backfill:
         )
 
     async def fetch(self, session: aiohttp.ClientSession, chunk: Chunk) -> ChunkResult:
-        """The chunk's points: a templated entry's window (backfill_templates.py) or plain
-        metrics (backfill_fetch.py); the metrics no longer in the fetch list count as errors."""
+        """The chunk's points: a templated entry's window, delivered part by part as it is
+        fetched (backfill_templates.py), and plain metrics (backfill_fetch.py), returned for
+        delivery; the metrics no longer in the fetch list count as errors. A chunk with a
+        templated entry is fetched only in its turn (see _run), as its parts are delivered."""
         asked = self.fetcher.asked(chunk)
-        if self.fetcher.templated(asked):
-            return await self.templates.fetch(session, chunk, asked)
-        return await self.fetcher.fetch(session, chunk, asked)
+        templated = self.fetcher.templated(asked.metrics)
+        if not templated:
+            return await self.fetcher.fetch(session, chunk, asked)
+        plain = [m for m in asked.metrics if m not in templated]
+        results = [await self.templates.fetch(session, chunk, m) for m in templated]
+        if plain:  # a batch whose entry became templated after the job was added
+            results.append(await self.fetcher.fetch(session, chunk, Asked(plain, 0, "")))
+        said = [r.message for r in results if r.message]
+        return ChunkResult(
+            chunk,
+            [e for r in results for e in r.entries],
+            asked.errors + sum(r.errors for r in results),
+            "; ".join([asked.message, *said] if asked.message else said),
+            sum(r.sent for r in results),
+            sum(r.rejected for r in results),
+        )
+
+    def _streams(self, chunk: Chunk) -> bool:
+        """Whether the chunk delivers while it is fetched (it holds a templated entry)."""
+        return bool(self.fetcher.templated(self.fetcher.asked(chunk).metrics))
+
+    async def _deliver_part(self, entries: list[SinkPoint]) -> int:
+        return await asyncio.to_thread(self.deliver, entries)
 
     # --- delivering -------------------------------------------------------------------------
 
@@ -330,12 +361,16 @@ class Backfill:
                 for index in range(start, total):
                     while following < total and following < index + concurrency:
                         chunk = self.chunks[following]
-                        pending[following] = asyncio.create_task(self.fetch(session, chunk))
+                        if not self._streams(chunk):  # delivering ones wait for their turn
+                            pending[following] = asyncio.create_task(self.fetch(session, chunk))
                         following += 1
                     if self.ctx.should_stop():
                         return
-                    result = await pending.pop(index)
-                    rejected = await asyncio.to_thread(self.deliver, result.entries)
+                    task = pending.pop(index, None)
+                    result = await (task or self.fetch(session, self.chunks[index]))
+                    rejected = result.rejected
+                    if result.entries:
+                        rejected += await asyncio.to_thread(self.deliver, result.entries)
                     self._checkpoint(result, rejected)
             except Stopped:
                 return
@@ -350,7 +385,7 @@ class Backfill:
         when the run ends: _flush). The job record carries the job's whole metric list, so a
         write per chunk cost more than the chunk itself with thousands of metrics."""
         chunk = result.chunk
-        points = len(result.entries) - rejected
+        points = len(result.entries) + result.sent - rejected
         self._next = chunk.index + 1
         self._points += points
         self._errors += result.errors + rejected
@@ -386,9 +421,13 @@ class Backfill:
             self._next == self.ctx.current_progress.done
             and self._points == self.ctx.current_progress.points
             and self._errors == self.ctx.current_progress.errors
+            and self.templates.learned == self._windows_saved
         ):
             return
         checkpoint: dict[str, Any] = {"next": self._next}
+        if self.templates.learned:  # a resumed job starts with the windows its answers needed
+            checkpoint["windows"] = dict(self.templates.learned)
+        self._windows_saved = dict(self.templates.learned)
         if self._failed:
             checkpoint |= {"failed": self._failed, "last_error": self._last_error[:300]}
         self.ctx.checkpoint(

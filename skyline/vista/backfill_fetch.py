@@ -49,8 +49,13 @@ class Stopped(Exception):
 class ChunkResult:
     chunk: Chunk
     entries: list[SinkPoint]
+    """The points still to deliver."""
     errors: int
     message: str
+    sent: int = 0
+    """Points the fetch already handed to the sink, part by part (a templated entry's window
+    fetched in parts: skyline/vista/backfill_templates.py), and of them the ones it rejected."""
+    rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,11 +155,11 @@ class ChunkFetcher:
         message = f"no longer in the fetch list: {', '.join(missing)}" if missing else ""
         return Asked(known, len(missing), message)
 
-    def templated(self, asked: Asked) -> bool:
-        """Whether the chunk is a templated entry's window."""
-        return (
-            bool(asked.metrics) and self.entries[asked.metrics[0].metric].name_template is not None
-        )
+    def templated(self, metrics: Sequence[BackfillMetric]) -> list[BackfillMetric]:
+        """The templated entries among the chunk's metrics: the plan gives a templated entry's
+        window a chunk of its own, but an entry that became templated after the job was added
+        may sit in a batch of plain Graphite metrics."""
+        return [m for m in metrics if self.entries[m.metric].name_template is not None]
 
     def _host(self, entry: FetchEntry) -> HostState:
         # The host's request budget, shared with the live fetcher, which goes first.

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from skyline.vista import constants, expand
-from skyline.vista.backfill import BackfillRequest
+from skyline.vista.backfill import Backfill, BackfillRequest
 from skyline.vista.backfill_command import backfill_command
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.context import JobContext
@@ -26,6 +26,7 @@ from skyline.vista.jobs.process import run_job
 from skyline.vista.jobs.record import Status
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
+from skyline.vista.sinks import SinkPoint
 from skyline.vista.testing.servers import (
     CarbonServer,
     poll_until,
@@ -237,25 +238,59 @@ def test_a_template_window_is_cut_so_that_its_answer_fits_the_body_cap(
     assert got == {f"bw.{i}": [(ts, value(i, ts)) for ts in stamps] for i in INSTANCES}
 
 
+BsWant = dict[str, list[tuple[int, float]]]
+"""Each name's (timestamp, value) pairs a backfill must deliver."""
+
+
+def eight_series(span: Span) -> tuple[int, range, str, BsWant]:
+    """A day of eight series of one query, ``vista_bs``: its first timestamp, its timestamps,
+    the Prometheus history and what a backfill named ``bs.{instance}`` must deliver."""
+    start = span.end - 86400 + STEP
+    stamps = range(start, span.end + 1, STEP)
+    lines = ["# TYPE vista_bs gauge"]
+    want: dict[str, list[tuple[int, float]]] = {}
+    for n in range(8):
+        lines += [
+            f'vista_bs{{instance="s{n}"}} {n * 100 + (ts // STEP) % 997}.25 {ts}' for ts in stamps
+        ]
+        want[f"bs.s{n}"] = [(ts, n * 100 + (ts // STEP) % 997 + 0.25) for ts in stamps]
+    return start, stamps, "\n".join(lines), want
+
+
+@pytest.fixture
+def bs_prometheus(tmp_prometheus: PrometheusFactory, span: Span) -> tuple[str, int, range, BsWant]:
+    """A Prometheus holding :func:`eight_series`: its URL, the first timestamp, the
+    timestamps and what must be delivered."""
+    start, stamps, history, want = eight_series(span)
+    return tmp_prometheus(history=history).url, start, stamps, want
+
+
 @pytest.mark.slow
 def test_a_refused_template_window_is_split_until_every_series_is_delivered(
-    rig: Rig, tmp_prometheus: PrometheusFactory, span: Span, caplog: pytest.LogCaptureFixture
+    rig: Rig,
+    tmp_prometheus: PrometheusFactory,
+    span: Span,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The entry has made no name yet, so its windows are sized for one series (819 steps at
     32 KiB), but the query returns eight: every window's answer (~150 KB) is refused as too
     large. Each refused window is fetched in halves (again and again) until the answers fit:
     every point of every series reaches Flux once with its exact value, through a stop after
     the first chunk and a resume. Before: each chunk failed `too_large` after its tries, the
-    job ended failed with nothing delivered."""
-    start = span.end - 86400 + STEP
-    stamps = range(start, span.end + 1, STEP)
-    series = [f"s{n}" for n in range(8)]
-    lines = ["# TYPE vista_bs gauge"]
-    for n, name in enumerate(series):
-        lines += [
-            f'vista_bs{{instance="{name}"}} {n * 100 + (ts // STEP) % 997}.25 {ts}' for ts in stamps
-        ]
-    prom = tmp_prometheus(history="\n".join(lines))
+    job ended failed with nothing delivered. Each part is delivered as soon as it answers: the
+    points held for delivery at once are one part's (8 series x 103 steps), never the
+    chunk's (8 x 819). Before: the parts were merged and the chunk delivered whole (6,552)."""
+    held: list[int] = []
+    deliver = Backfill.deliver
+
+    def counted(self: Backfill, entries: list[SinkPoint]) -> int:
+        held.append(len(entries))
+        return deliver(self, entries)
+
+    monkeypatch.setattr(Backfill, "deliver", counted)
+    start, stamps, history, want = eight_series(span)
+    prom = tmp_prometheus(history=history)
     with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
         cfg = capped_config(rig, flux, prom_entry(prom.url, "vista_bs", "bs.{instance}"))
         out, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=span.end))
@@ -264,10 +299,6 @@ def test_a_refused_template_window_is_split_until_every_series_is_delivered(
             assert run_claimed(cfg, rig.redis, stop_after=1) is Status.PENDING
             assert run_claimed(cfg, rig.redis) is Status.DONE
         got = accepted(flux)
-    want = {
-        f"bs.{name}": [(ts, n * 100 + (ts // STEP) % 997 + 0.25) for ts in stamps]
-        for n, name in enumerate(series)
-    }
     assert sorted(got) == sorted(want)
     for name, points in want.items():
         assert got[name] == points, (name, len(got[name]), len(points))  # no gap, no duplicate
@@ -275,11 +306,65 @@ def test_a_refused_template_window_is_split_until_every_series_is_delivered(
     assert record is not None and record.status is Status.DONE
     assert record.progress.errors == 0 and record.progress.done == record.progress.total == 2
     assert record.progress.points == 8 * len(stamps)
+    assert sum(held) == 8 * len(stamps), held  # every point handed to the sink once
+    assert max(held) <= 8 * 103, held  # one part (103 steps) at a time, not the chunk
     splits = [r for r in caplog.records if "too large" in r.getMessage()]
     assert splits, [r.getMessage() for r in caplog.records]
     for r in splits:  # one INFO line per split, naming the entry and the new window
         assert r.levelno == logging.INFO and "bs.{instance}" in r.getMessage(), r.getMessage()
         assert prom.url not in r.getMessage()
+
+
+@pytest.mark.slow
+def test_a_split_window_stopped_between_parts_resumes_with_the_learned_window(
+    rig: Rig,
+    bs_prometheus: tuple[str, int, range, BsWant],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job is stopped after the third part of its first (split) chunk is delivered: it
+    stops there, the chunk not checkpointed, the window its answers needed (103 steps) saved.
+    Resumed, it asks in that window at once (no answer refused again) and sends the three
+    parts again (the chunk in flight at the stop: the bound of skyline/vista/backfill.py;
+    whisper keeps one value per timestamp) and nothing else twice: every point reaches Flux,
+    with its exact value, no gap, only those parts twice."""
+    url, start, stamps, want = bs_prometheus
+    held: list[int] = []
+    deliver = Backfill.deliver
+
+    def stopping(self: Backfill, entries: list[SinkPoint]) -> int:
+        held.append(len(entries))
+        if len(held) == 3:
+            self.ctx.request_stop("signal")
+        return deliver(self, entries)
+
+    monkeypatch.setattr(Backfill, "deliver", stopping)
+    store = JobStore(rig.redis, "backfill", kind("backfill").keys)
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = capped_config(rig, flux, prom_entry(url, "vista_bs", "bs.{instance}"))
+        _, job_id = submit(cfg, BackfillRequest(all_=True, start=start, until=stamps[-1]))
+        assert run_claimed(cfg, rig.redis) is Status.PENDING
+        record = store.get(job_id)
+        assert record is not None and record.progress.done == 0 and len(held) == 3, held
+        assert record.checkpoint.get("windows") == {"bs.{instance}": 103}, record.checkpoint
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="skyline.vista.backfill"):
+            assert run_claimed(cfg, rig.redis) is Status.DONE
+        got = accepted(flux)
+    splits = [r.getMessage() for r in caplog.records if "too large" in r.getMessage()]
+    assert not splits, splits  # the resumed job started with the learned window
+    assert sorted(got) == sorted(want)
+    twice = 0
+    for name, points in want.items():
+        once = sorted(set(got[name]))
+        assert once == points, (name, len(once), len(points))  # every point, its exact value
+        twice += len(got[name]) - len(once)
+    assert twice == sum(held[:3]), (twice, held)  # only the stopped chunk's parts sent twice
+    assert sum(held) == sum(held[:3]) + 8 * len(stamps), held
+    assert max(held) <= 8 * 103, held
+    record = store.get(job_id)
+    assert record is not None and record.status is Status.DONE
+    assert record.progress.errors == 0 and record.progress.points == 8 * len(stamps)
 
 
 @pytest.fixture
