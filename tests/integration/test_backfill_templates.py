@@ -12,18 +12,19 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from skyline.vista import constants, expand
-from skyline.vista.backfill import Backfill, BackfillRequest
+from skyline.vista.backfill import Backfill, BackfillParams, BackfillRequest, chunks_of, resolve
 from skyline.vista.backfill_command import backfill_command
 from skyline.vista.config import VistaConfig
 from skyline.vista.jobs.context import JobContext
 from skyline.vista.jobs.process import run_job
-from skyline.vista.jobs.record import Status
+from skyline.vista.jobs.record import Status, new_job
 from skyline.vista.jobs.registry import kind
 from skyline.vista.jobs.store import JobStore
 from skyline.vista.sinks import SinkPoint
@@ -465,3 +466,47 @@ def test_a_refused_graphite_template_window_is_split_and_later_chunks_start_smal
     for said in splits:  # all in the first chunk: the second started at the smaller window
         window = said.split("the answer for ", 1)[1].split()[0]
         assert int(window.split("..")[1]) <= first_chunk_end, (said, first_chunk_end)
+
+
+@pytest.mark.slow
+def test_a_graphite_batch_whose_first_entry_became_templated_delivers_both(
+    rig: Rig, graphite_source: str, span: Span
+) -> None:
+    """A job planned when `srv.*.cpu` was a plain entry (no template scope: a job added before
+    the entry was templated) batches it with a plain metric of the same host, templated one
+    first. Its chunk fetches the templated entry alone (named by the template, up to the
+    job's --until) and the plain metric as usual: every point of both reaches Flux once with
+    its exact value. Before: `(m,) = asked.metrics` raised ValueError out of the job."""
+    uri = "/render/?from=-10minutes&format=json&target="
+    templated = {
+        "remote_host": graphite_source,
+        "remote_host_type": "graphite",
+        "remote_target": "srv.*.cpu",
+        "graphite_target": "{node[1]}.cpu",
+        "namespace_prefix": "gt",
+        "uri": uri,
+    }
+    plain = templated | {"remote_target": "srv.a.cpu", "graphite_target": "plain.a.cpu"}
+    start = span.end - 86400 + STEP
+    with FluxServer(redis=rig.redis, check_last_timestamp=True) as flux:
+        cfg = rig.config([templated, plain], FLUX_PORT=flux.port, FLUX_SELF_API_KEY=DEFAULT_KEY)
+        params = resolve(
+            cfg, BackfillRequest(all_=True, start=start, until=span.end), {}, time.time()
+        )
+        assert isinstance(params, BackfillParams), params
+        metrics = (replace(params.metrics[0], template=None), *params.metrics[1:])
+        params = replace(params, metrics=metrics)
+        (chunk,) = chunks_of(cfg, params)
+        assert [m.metric for m in chunk.metrics] == ["gt.{node[1]}.cpu", "gt.plain.a.cpu"]
+        job_kind = kind("backfill")
+        store = JobStore(rig.redis, job_kind.name, job_kind.keys)
+        job = store.submit(new_job(job_kind.name, params.as_json(), time.time()))
+        assert run_claimed(cfg, rig.redis) is Status.DONE
+        got = accepted(flux)
+    stamps = range(start, span.end + 1, STEP)
+    want = {f"gt.{i}.cpu": [(ts, value(i, ts)) for ts in stamps] for i in INSTANCES}
+    want["gt.plain.a.cpu"] = [(ts, value("a", ts)) for ts in stamps]
+    assert got == want
+    record = store.get(job.id)
+    assert record is not None and record.progress.errors == 0
+    assert record.progress.points == 4 * len(stamps)
