@@ -14,7 +14,6 @@ from skyline.vista import expand
 from skyline.vista.backfill_fetch import ChunkFetcher, ChunkResult, Stopped
 from skyline.vista.backfill_plan import BackfillMetric, Chunk
 from skyline.vista.backfill_templates import TemplateFetcher
-from skyline.vista.entries import FetchEntry
 from skyline.vista.errors import SourceError
 from skyline.vista.sinks import SinkPoint
 
@@ -23,31 +22,22 @@ T0 = 6_000_000
 METRIC = "n.{x}"
 
 
-class Scripted(TemplateFetcher):
+async def scripted(_session: object, _entry: object, window: Chunk, *_: object) -> expand.Expansion:
     """Answers of at most four steps, series n.a and n.b; n.b has two series from T0 + 4 steps."""
-
-    async def _expand_answer(
-        self,
-        session: aiohttp.ClientSession,
-        entry: FetchEntry,
-        window: Chunk,
-        m: BackfillMetric,
-        divisible: bool,
-    ) -> expand.Expansion:
-        if window.end - window.start >= 4 * STEP:
-            raise SourceError("too_large", "the answer is too large")
-        found = expand.Expansion()
-        for name in ("n.a", "n.b"):
-            found.series[name] = [
-                (ts, float(ts)) for ts in range(window.start, window.end + 1, STEP)
-            ]
-        if window.start >= T0 + 4 * STEP:
-            found.about["n.b"] = "the name 'n.b' has two series"
-            found.problems.append(found.about["n.b"])
-        return found
+    if window.end - window.start >= 4 * STEP:
+        raise SourceError("too_large", "the answer is too large")
+    found = expand.Expansion()
+    for name in ("n.a", "n.b"):
+        found.series[name] = [(ts, float(ts)) for ts in range(window.start, window.end + 1, STEP)]
+    if window.start >= T0 + 4 * STEP:
+        found.about["n.b"] = "the name 'n.b' has two series"
+        found.problems.append(found.about["n.b"])
+    return found
 
 
-def run(sent: list[list[SinkPoint]], stop_after: int | None = None) -> tuple[ChunkResult, Scripted]:
+def run(
+    sent: list[list[SinkPoint]], stop_after: int | None = None
+) -> tuple[ChunkResult, TemplateFetcher]:
     """Fetch the 8-step chunk T0..T0 + 7 steps; what is delivered goes to ``sent``."""
 
     async def deliver(points: list[SinkPoint]) -> int:
@@ -59,7 +49,8 @@ def run(sent: list[list[SinkPoint]], stop_after: int | None = None) -> tuple[Chu
         config=SimpleNamespace(max_response_bytes=1024),
         should_stop=lambda: stop_after is not None and len(sent) >= stop_after,
     )
-    fetcher = Scripted(cast(ChunkFetcher, requests), "job", deliver)
+    fetcher = TemplateFetcher(cast(ChunkFetcher, requests), "job", deliver)
+    fetcher._expand_answer = scripted  # type: ignore[method-assign,assignment]
     m = BackfillMetric(METRIC, "prometheus", "h", STEP, T0 + 7 * STEP)
     chunk = Chunk(0, T0, T0 + 7 * STEP, (m,))
     session = cast(aiohttp.ClientSession, None)
