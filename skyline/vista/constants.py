@@ -92,10 +92,11 @@ CLAIM_KEY_PREFIX = "vista.claim."
 SET with a TTL of VISTA_MEMBER_TTL, renewed every third of it) but no live member: only the
 check that no other agent uses this VISTA_HOSTNAME reads it (see membership.py)."""
 
-DUPLICATE_HOST_KEY_PREFIX = "vista.duplicate_host."
-"""vista.duplicate_host.<hostname>: JSON {pid, machine, seen} of another agent found writing
-this host's member (or claim) key (two agents with one VISTA_HOSTNAME), SET with a TTL;
-``vista status`` lists them all (a bounded SCAN)."""
+DUPLICATE_HOSTS_KEY = "vista.duplicate_hosts"
+"""Hash: hostname -> JSON {pid, machine, seen} of another agent found writing this host's member
+(or claim) key (two agents with one VISTA_HOSTNAME). The hash expires 10 minutes after its last
+write; ``vista status`` reads it whole (one HGETALL, no keyspace SCAN) and shows the records
+seen in those 10 minutes."""
 
 DEFAULT_MEMBER_TTL = 30.0
 

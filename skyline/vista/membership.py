@@ -40,7 +40,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import TypeVar
 
 import redis
@@ -211,29 +210,20 @@ DUPLICATE_TTL = 600
 """Seconds ``vista status`` keeps saying that another agent used this VISTA_HOSTNAME."""
 
 
-def duplicate_key(hostname: str) -> str:
-    return constants.DUPLICATE_HOST_KEY_PREFIX + hostname
-
-
 def record_duplicate(client: redis.Redis, hostname: str, other: OtherAgent) -> None:
     """For ``vista status``: another agent wrote this host's member key (now)."""
     record = {"pid": other.pid, "machine": other.machine, "seen": time.time()}
-    client.set(duplicate_key(hostname), json.dumps(record), ex=DUPLICATE_TTL)
-
-
-DUPLICATES_SHOWN = 50
-"""At most this many ``vista.duplicate_host.*`` records in ``vista status`` (a bounded SCAN)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(constants.DUPLICATE_HOSTS_KEY, hostname, json.dumps(record))
+    pipe.expire(constants.DUPLICATE_HOSTS_KEY, DUPLICATE_TTL)
+    pipe.execute()
 
 
 def duplicate_records(client: redis.Redis) -> dict[str, bytes | str]:
-    """Every host name with a duplicate record (at most :data:`DUPLICATES_SHOWN`) -> the record,
-    whichever host ``vista status`` runs on."""
-    prefix = constants.DUPLICATE_HOST_KEY_PREFIX
-    keys = list(islice(client.scan_iter(match=prefix + "*", count=500), DUPLICATES_SHOWN))
-    if not keys:
-        return {}
-    values = client.mget(keys)
-    return {text(k)[len(prefix) :]: v for k, v in zip(keys, values, strict=True) if v is not None}
+    """Every host name with a duplicate record -> the record, whichever host ``vista status``
+    runs on (records older than :data:`DUPLICATE_TTL` are left out by :func:`duplicate_line`)."""
+    found: dict[bytes | str, bytes | str] = client.hgetall(constants.DUPLICATE_HOSTS_KEY)
+    return {text(host): raw for host, raw in found.items()}
 
 
 def duplicate_lines(records: dict[str, bytes | str], now: float) -> list[str]:
@@ -251,6 +241,8 @@ def duplicate_line(hostname: str, raw: bytes | str | None, now: float) -> str | 
         pid, machine, seen = str(record["pid"]), str(record["machine"]), float(record["seen"])
     except (ValueError, KeyError, TypeError):
         return None
+    if now - seen > DUPLICATE_TTL:
+        return None  # the hash lives on while another host's record is fresh
     return (
         f"WARNING: another agent uses VISTA_HOSTNAME {hostname!r} (pid {pid} on {machine}), "
         f"last seen {short(now - seen)} ago: give each host its own VISTA_HOSTNAME"

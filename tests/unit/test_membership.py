@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -126,13 +127,13 @@ def test_two_agents_with_one_hostname_are_told_and_a_restart_is_not(
     assert "VISTA_HOSTNAME 'twin' (pid 101 on " in lines[1]
     assert lines[0].endswith("give each host its own VISTA_HOSTNAME")
     assert telemetry.DUPLICATE_HOSTNAME._value.get() == counted + 3
-    raw = client.get(membership.duplicate_key("twin"))
+    raw = membership.duplicate_records(client)["twin"]
     line = membership.duplicate_line("twin", raw, time.time() + 5)
     assert line is not None and line.startswith(
         f"WARNING: another agent uses VISTA_HOSTNAME 'twin' (pid 202 on {socket.gethostname()}), "
         "last seen 5"
     ), line
-    assert 0 < client.ttl(membership.duplicate_key("twin")) <= membership.DUPLICATE_TTL
+    assert 0 < client.ttl(constants.DUPLICATE_HOSTS_KEY) <= membership.DUPLICATE_TTL
     assert membership.duplicate_line("twin", None, 0) is None
 
     # A restart: the new agent's first beat finds its predecessor's token; no alarm after.
@@ -159,7 +160,7 @@ def test_shard_agents_with_one_hostname_are_told_through_the_claim_key_not_as_me
     assert client.get(membership.claim_key("twin")) == a.token.encode()
     assert client.exists(membership.member_key("twin")) == 0
     assert membership.live_members(client) == ()
-    assert client.exists(membership.duplicate_key("twin")) == 1
+    assert set(membership.duplicate_records(client)) == {"twin"}
     a.leave()
     assert client.exists(membership.claim_key("twin")) == 0
 
@@ -168,13 +169,12 @@ def test_status_lists_every_duplicate_record_whatever_its_own_hostname() -> None
     client = fakeredis.FakeRedis()
     for host in ("b-host", "a-host"):
         membership.record_duplicate(client, host, membership.OtherAgent("7", "m"))
-    client.set(membership.duplicate_key("broken"), "not json")
+    client.hset(constants.DUPLICATE_HOSTS_KEY, "broken", "not json")
+    stale = {"pid": "8", "machine": "m", "seen": time.time() - membership.DUPLICATE_TTL - 1}
+    client.hset(constants.DUPLICATE_HOSTS_KEY, "stale-host", json.dumps(stale))
     records = membership.duplicate_records(client)
-    assert set(records) == {"a-host", "b-host", "broken"}
+    assert set(records) == {"a-host", "b-host", "broken", "stale-host"}
     lines = membership.duplicate_lines(records, time.time())
     assert [line.split("'")[1] for line in lines] == ["a-host", "b-host"]
     assert all(line.startswith("WARNING: another agent uses VISTA_HOSTNAME") for line in lines)
-    for i in range(membership.DUPLICATES_SHOWN + 10):
-        client.set(membership.duplicate_key(f"h{i}"), "{}")
-    assert len(membership.duplicate_records(client)) == membership.DUPLICATES_SHOWN
     assert membership.duplicate_records(fakeredis.FakeRedis()) == {}
