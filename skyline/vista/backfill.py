@@ -17,7 +17,8 @@ An entry with a name template (one query, many metrics) is one metric of the pla
 windows asks for every series of the query and names them with the live fetcher's rules
 (:mod:`skyline.vista.expand`); its :class:`~skyline.vista.backfill_plan.TemplateScope` says
 which names are delivered and where each stops. A window refused as too large is fetched in
-parts, each delivered as it answers (one part held at a time); the chunk is checkpointed once
+parts, each delivered as it answers in its chunk's turn (a chunk fetched ahead holds one part
+until then: one part per chunk in flight, never a whole chunk); the chunk is checkpointed once
 every part is delivered, so a stop between two parts sends that chunk's earlier parts again.
 """
 
@@ -251,6 +252,9 @@ class Backfill:
         """Chunks with at least one metric that could not be fetched (kept in the checkpoint)."""
         self._last_error = str(ctx.record.checkpoint.get("last_error", ""))
         self._written = 0.0
+        self._turn = -1
+        """The chunk whose parts may be delivered now (see _deliver_part)."""
+        self._turns = asyncio.Condition()
         self._windows_saved = dict(self.templates.learned)
         # Carbon's create budget, shared with the workers, when history goes to a carbon.
         self.create_budget = (
@@ -262,8 +266,8 @@ class Backfill:
     async def fetch(self, session: aiohttp.ClientSession, chunk: Chunk) -> ChunkResult:
         """The chunk's points: a templated entry's window, delivered part by part as it is
         fetched (backfill_templates.py), and plain metrics (backfill_fetch.py), returned for
-        delivery; the metrics no longer in the fetch list count as errors. A chunk with a
-        templated entry is fetched only in its turn (see _run), as its parts are delivered."""
+        delivery; the metrics no longer in the fetch list count as errors. A templated entry's
+        part waits for its chunk's turn (_deliver_part): chunks are delivered in order."""
         asked = self.fetcher.asked(chunk)
         templated = self.fetcher.templated(asked.metrics)
         if not templated:
@@ -282,11 +286,11 @@ class Backfill:
             sum(r.rejected for r in results),
         )
 
-    def _streams(self, chunk: Chunk) -> bool:
-        """Whether the chunk delivers while it is fetched (it holds a templated entry)."""
-        return bool(self.fetcher.templated(self.fetcher.asked(chunk).metrics))
-
-    async def _deliver_part(self, entries: list[SinkPoint]) -> int:
+    async def _deliver_part(self, chunk: Chunk, entries: list[SinkPoint]) -> int:
+        """A part of a templated entry's window, delivered in its chunk's turn (see _run): a
+        chunk fetched ahead holds one part until then."""
+        async with self._turns:
+            await self._turns.wait_for(lambda: self._turn >= chunk.index)
         return await asyncio.to_thread(self.deliver, entries)
 
     # --- delivering -------------------------------------------------------------------------
@@ -361,13 +365,14 @@ class Backfill:
                 for index in range(start, total):
                     while following < total and following < index + concurrency:
                         chunk = self.chunks[following]
-                        if not self._streams(chunk):  # delivering ones wait for their turn
-                            pending[following] = asyncio.create_task(self.fetch(session, chunk))
+                        pending[following] = asyncio.create_task(self.fetch(session, chunk))
                         following += 1
                     if self.ctx.should_stop():
                         return
-                    task = pending.pop(index, None)
-                    result = await (task or self.fetch(session, self.chunks[index]))
+                    async with self._turns:  # the chunk's parts may now be delivered
+                        self._turn = index
+                        self._turns.notify_all()
+                    result = await pending.pop(index)
                     rejected = result.rejected
                     if result.entries:
                         rejected += await asyncio.to_thread(self.deliver, result.entries)

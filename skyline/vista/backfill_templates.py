@@ -24,8 +24,9 @@ logger = logging.getLogger("skyline.vista.backfill")
 """The job's logger: its lines read as the rest of the job's (and tests look for them there)."""
 
 
-Deliver = Callable[[list[SinkPoint]], Awaitable[int]]
-"""Hands points to the job's history sink (Backfill.deliver); returns how many it rejected."""
+Deliver = Callable[[Chunk, list[SinkPoint]], Awaitable[int]]
+"""Hands a chunk's points to the job's history sink in the chunk's turn (Backfill.deliver);
+returns how many it rejected."""
 
 
 @dataclass
@@ -96,12 +97,12 @@ class TemplateFetcher:
         query returns more series and an answer is refused as too large
         (VISTA_MAX_RESPONSE_BYTES), that window is fetched in halves, again and again down to
         one step, and later chunks of the entry start at the smallest window that was needed.
-        Each part is delivered as soon as it answers, so only one part's points are held at a
-        time; the chunk is checkpointed (by the caller) once every part is delivered, so a job
-        stopped (Stopped, between two parts) or killed sends that chunk's earlier parts again
-        on resume, and the resumed job asks in the windows learned (kept in its checkpoint):
-        the bound
-        of skyline/vista/backfill.py, "only the chunk in flight can be sent again".
+        Each part is delivered as soon as it answers (in its chunk's turn: Backfill._deliver_part),
+        so one part's points are held at a time, never the chunk's; the chunk is checkpointed
+        (by the caller) once every part is delivered, so a job stopped (Stopped, between two
+        parts) or killed sends that chunk's earlier parts again on resume, and the resumed job
+        asks in the windows learned (kept in its checkpoint): the bound of
+        skyline/vista/backfill.py, "only the chunk in flight can be sent again".
 
         A name with a problem in a part (two series on one name) is not delivered in that part
         nor in the later parts of the window; its earlier parts, where it named one series,
@@ -143,7 +144,7 @@ class TemplateFetcher:
             points = self._points(part, window, scope, sent.withheld)
             del part  # one part held at a time
             if points:
-                sent.rejected += await self.deliver(points)
+                sent.rejected += await self.deliver(chunk, points)
                 sent.points += len(points)
 
     @staticmethod

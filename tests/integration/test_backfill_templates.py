@@ -324,7 +324,8 @@ def test_a_split_window_stopped_between_parts_resumes_with_the_learned_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The job is stopped after the third part of its first (split) chunk is delivered: it
-    stops there, the chunk not checkpointed, the window its answers needed (103 steps) saved.
+    stops there, the chunk not checkpointed, the window its answers needed (103 steps, or less
+    when the second chunk, fetched ahead, was split further) saved.
     Resumed, it asks in that window at once (no answer refused again) and sends the three
     parts again (the chunk in flight at the stop: the bound of skyline/vista/backfill.py;
     whisper keeps one value per timestamp) and nothing else twice: every point reaches Flux,
@@ -347,7 +348,8 @@ def test_a_split_window_stopped_between_parts_resumes_with_the_learned_window(
         assert run_claimed(cfg, rig.redis) is Status.PENDING
         record = store.get(job_id)
         assert record is not None and record.progress.done == 0 and len(held) == 3, held
-        assert record.checkpoint.get("windows") == {"bs.{instance}": 103}, record.checkpoint
+        windows = record.checkpoint.get("windows")  # 103, or less if chunk 2 split ahead
+        assert windows and 0 < windows["bs.{instance}"] <= 103, record.checkpoint
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="skyline.vista.backfill"):
             assert run_claimed(cfg, rig.redis) is Status.DONE

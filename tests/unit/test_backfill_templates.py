@@ -40,7 +40,7 @@ def run(
 ) -> tuple[ChunkResult, TemplateFetcher]:
     """Fetch the 8-step chunk T0..T0 + 7 steps; what is delivered goes to ``sent``."""
 
-    async def deliver(points: list[SinkPoint]) -> int:
+    async def deliver(_chunk: Chunk, points: list[SinkPoint]) -> int:
         sent.append(points)
         return 0
 
