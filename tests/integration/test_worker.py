@@ -670,34 +670,49 @@ def test_three_worker_processes_deliver_each_point_exactly_once(rig: Rig, flux: 
 
 
 _WHISPER_READ_MANY = r"""
-import json, sys, time, whisper
-out = {}
+import json, os, sys, time, whisper
+out, unreadable = {}, {}
 now = int(time.time())
 for path in json.load(sys.stdin):
-    info = whisper.info(path) if __import__("os").path.exists(path) else None
-    if info is None:
-        out[path] = []
+    try:
+        info = whisper.info(path) if os.path.exists(path) else None
+        if info is None:
+            out[path] = []
+            continue
+        found = whisper.fetch(path, now - info["archives"][0]["retention"], now, now=now)
+    except Exception as exc:  # a file carbon is creating right now: its header is not whole yet
+        unreadable[path] = f"{type(exc).__name__}: {exc}"
         continue
-    found = whisper.fetch(path, now - info["archives"][0]["retention"], now, now=now)
     (first, _last, step), values = found
     out[path] = [[first + i * step, v] for i, v in enumerate(values) if v is not None]
-print(json.dumps(out))
+print(json.dumps({"points": out, "unreadable": unreadable}))
 """
 
 
 def whisper_points(carbon: CarbonServer, metrics: Sequence[str]) -> dict[str, list[Point]]:
-    """The stored points of many metrics, read by one run of Debian's whisper module."""
+    """The stored points of many metrics, read by one run of Debian's whisper module; a file
+    that carbon is still creating is read again (for up to 5 s) once it is whole."""
     paths = {str(carbon.whisper_path(m)): m for m in metrics}
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", _WHISPER_READ_MANY],
-        input=json.dumps(list(paths)),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    found = json.loads(proc.stdout)
-    return {paths[p]: [(int(ts), float(v)) for ts, v in rows] for p, rows in found.items()}
+    points: dict[str, list[Point]] = {}
+    todo, deadline = list(paths), time.monotonic() + 5.0
+    while True:
+        proc = subprocess.run(
+            [SYSTEM_PYTHON, "-c", _WHISPER_READ_MANY],
+            input=json.dumps(todo),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        found = json.loads(proc.stdout)
+        for path, rows in found["points"].items():
+            points[paths[path]] = [(int(ts), float(v)) for ts, v in rows]
+        todo = list(found["unreadable"])
+        if not todo:
+            return points
+        if time.monotonic() > deadline:
+            raise AssertionError(f"whisper files unreadable for 5 s: {found['unreadable']}")
+        time.sleep(0.2)
 
 
 class Feeder(threading.Thread):
