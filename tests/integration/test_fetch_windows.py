@@ -279,6 +279,37 @@ async def templated_cycle(cfg: VistaConfig, now: float) -> CycleReport:
         await rclient.aclose()
 
 
+def two_series_prometheus(
+    tmp_prometheus: PrometheusFactory, metric: str, first: int, minute: int
+) -> PrometheusServer:
+    """A Prometheus holding ``metric{i="a"}`` and ``metric{i="b"}`` every minute from ``first``
+    to two minutes before ``minute`` (values told apart by a .25 / .75 offset)."""
+    lines = [f"# TYPE {metric} gauge"]
+    for i, offset in (("a", 0.25), ("b", 0.75)):
+        for ts in range(first, minute - 120 + 1, 60):
+            lines.append(f'{metric}{{i="{i}"}} {ts % 9973 + offset} {ts}')
+    return tmp_prometheus(history="\n".join(lines) + "\n# EOF\n")
+
+
+def series_points(prom: PrometheusServer, query: str, start: int, end: int) -> list[Point]:
+    """What Prometheus itself answers for one series of ``query`` at STEP."""
+    body = prom.query_range(query, start, end, STEP)
+    return [(int(ts), float(v)) for ts, v in body["data"]["result"][0]["values"]]
+
+
+def template_entry(url: str, query: str, **extra: object) -> dict[str, object]:
+    """A fetch-list entry naming each series of ``query`` tw.<its label i>."""
+    return {
+        "remote_host": url,
+        "remote_host_type": "prometheus",
+        "frequency": STEP,
+        "remote_target": query,
+        "graphite_target": "{i}",
+        "namespace_prefix": "tw",
+        **extra,
+    }
+
+
 @pytest.mark.slow
 async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_name(
     rig: Rig, tmp_prometheus: PrometheusFactory, history: History
@@ -288,35 +319,14 @@ async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_
     hole, and once the source heals its points come as replay items under each name (before:
     the failed window ended the merge, nothing was delivered and nothing recorded)."""
     now, minute = history.now, history.minute
-    lines = ["# TYPE vista_tw gauge"]
-    for i, offset in (("a", 0.25), ("b", 0.75)):
-        for ts in range(minute - DAY - 600, minute - 120 + 1, 60):
-            lines.append(f'vista_tw{{i="{i}"}} {ts % 9973 + offset} {ts}')
-    prom = tmp_prometheus(history="\n".join(lines) + "\n# EOF\n")
+    prom = two_series_prometheus(tmp_prometheus, "vista_tw", minute - DAY - 600, minute)
     names = {"a": "tw.a", "b": "tw.b"}
 
-    async def source(i: str, start: int, end: int) -> list[Point]:
-        params = {
-            "query": f'vista_tw{{i="{i}"}}',
-            "start": str(start),
-            "end": str(end),
-            "step": str(STEP),
-        }
-        async with aiohttp.ClientSession() as session:
-            async with session.get(prom.url + "/api/v1/query_range", params=params) as answer:
-                body = await answer.json()
-        return [(int(ts), float(v)) for ts, v in body["data"]["result"][0]["values"]]
+    def source(i: str, start: int, end: int) -> list[Point]:
+        return series_points(prom, f'vista_tw{{i="{i}"}}', start, end)
 
     async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
-        entry = {
-            "remote_host": px.url,
-            "remote_host_type": "prometheus",
-            "frequency": STEP,
-            "remote_target": "vista_tw",
-            "graphite_target": "{i}",
-            "namespace_prefix": "tw",
-            "populate_at_resolutions": ("1d",),
-        }
+        entry = template_entry(px.url, "vista_tw", populate_at_resolutions=("1d",))
         cfg = rig.config([entry], VISTA_MAX_BACKFILL=2 * DAY)
         template = cfg.fetch_metrics[0].metric
         report = await templated_cycle(cfg, now)
@@ -325,7 +335,7 @@ async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_
         old, new = result.windows
         first = take_all(rig.redis, list(names.values()))
         for i, name in names.items():
-            want = [p for p in await source(i, new.start or 0, new.end or 0) if p[0] < minute]
+            want = [p for p in source(i, new.start or 0, new.end or 0) if p[0] < minute]
             assert points_of(first[name], replay=False) == want and want, name  # at once
         [hole] = stored_holes(rig.redis, template)
         assert (hole.start, hole.end, hole.attempts) == (old.start, old.end, 1)
@@ -336,7 +346,7 @@ async def test_a_failed_window_of_a_name_template_is_a_hole_refilled_under_each_
         refilled = 0
         refill = take_all(rig.redis, list(names.values()))
         for i, name in names.items():
-            want = await source(i, old.start or 0, old.end or 0)
+            want = source(i, old.start or 0, old.end or 0)
             assert points_of(refill[name], replay=True) == want and len(want) > 10_000, name
             refilled += len(want)
         assert report.results[0].refilled == refilled
@@ -355,35 +365,15 @@ async def test_a_template_hole_refills_each_name_only_after_its_own_watermark(
     the two watermarks, already delivered, were queued again as replay items, which skip the
     watermark check, and the sink got them twice)."""
     now, minute = history.now, history.minute
-    lines = ["# TYPE vista_tm gauge"]
-    for i, offset in (("a", 0.25), ("b", 0.75)):
-        for ts in range(minute - 2 * DAY, minute - 120 + 1, 60):
-            lines.append(f'vista_tm{{i="{i}"}} {ts % 9973 + offset} {ts}')
-    prom = tmp_prometheus(history="\n".join(lines) + "\n# EOF\n")
+    prom = two_series_prometheus(tmp_prometheus, "vista_tm", minute - 2 * DAY, minute)
     names = {"a": "tw.a", "b": "tw.b"}
     marks = {"tw.a": minute - 30 * 3600, "tw.b": minute - 25 * 3600}
 
-    async def source(i: str, start: int, end: int) -> list[Point]:
-        params = {
-            "query": f'vista_tm{{i="{i}"}}',
-            "start": str(start),
-            "end": str(end),
-            "step": str(STEP),
-        }
-        async with aiohttp.ClientSession() as session:
-            async with session.get(prom.url + "/api/v1/query_range", params=params) as answer:
-                body = await answer.json()
-        return [(int(ts), float(v)) for ts, v in body["data"]["result"][0]["values"]]
+    def source(i: str, start: int, end: int) -> list[Point]:
+        return series_points(prom, f'vista_tm{{i="{i}"}}', start, end)
 
     async with serve(FailingProxy(prom.url, fail_before=int(now) - 20 * 3600)) as px:
-        entry = {
-            "remote_host": px.url,
-            "remote_host_type": "prometheus",
-            "frequency": STEP,
-            "remote_target": "vista_tm",
-            "graphite_target": "{i}",
-            "namespace_prefix": "tw",
-        }
+        entry = template_entry(px.url, "vista_tm")
         cfg = rig.config([entry], VISTA_MAX_BACKFILL=2 * DAY)
         template = cfg.fetch_metrics[0].metric
         # The names were seen and delivered before, each to its own watermark.
@@ -415,7 +405,7 @@ async def test_a_template_hole_refills_each_name_only_after_its_own_watermark(
     refilled = 0
     for i, name in names.items():
         assert new.start is not None and new.end is not None
-        asked = await source(i, old.start, old.end) + await source(i, new.start, new.end)
+        asked = source(i, old.start, old.end) + source(i, new.start, new.end)
         want = [p for p in asked if marks[name] < p[0] < minute]  # the sink gets each once
         got = points_of(first[name], replay=False) + points_of(refill[name], replay=True)
         again = [ts for ts, _ in got if ts <= marks[name]]  # delivered before: sent twice
