@@ -21,16 +21,22 @@ def _processes_under(directory: Path) -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and needle in cmdline(int(e))]
 
 
+def demo_command(var: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)]
+
+
+def start_demo(var: Path) -> subprocess.Popen[str]:
+    """bin/vista-demo in ``var``, its output (stdout and stderr) read as text."""
+    return subprocess.Popen(
+        demo_command(var), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_the_servers_start_stops_them_without_a_traceback(tmp_path: Path) -> None:
     # Before: a KeyboardInterrupt traceback from inside subprocess/servers code.
     var = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_demo(var)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("[demo] starting"), first
@@ -53,12 +59,7 @@ def test_a_second_demo_in_the_same_directory_is_refused_and_leaves_the_first_run
     # Before: the second demo wiped the first one's directory (its Redis, Prometheus and
     # carbon files) and failed on the fixed metrics port 9313.
     var = tmp_path / "demo"
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = start_demo(var)
     assert first.stdout is not None
     lines: list[str] = []
     try:
@@ -71,7 +72,7 @@ def test_a_second_demo_in_the_same_directory_is_refused_and_leaves_the_first_run
         settings = var / "settings.py"
         assert settings.exists()
         second = subprocess.run(
-            [sys.executable, str(ROOT / "bin" / "vista-demo"), "--dir", str(var)],
+            demo_command(var),
             capture_output=True,
             text=True,
             timeout=60,
