@@ -47,10 +47,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 Pairs = list[tuple[object, object]]
 
 
-def is_template(text: str) -> bool:
-    return "{" in text or "}" in text
-
-
 def sanitise(value: str) -> str:
     """The documented rule: anything but ASCII letters, digits, '-' and '_' becomes '_'."""
     return _UNSAFE.sub("_", value)
